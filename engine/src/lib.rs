@@ -10,11 +10,15 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+#[cfg(main_wip)] // enabled once the tokenizer lands
 pub mod logprob;
 pub mod matmul;
+#[cfg(main_wip)] // enabled once the tokenizer lands
 pub mod model;
 pub mod quant;
 pub mod safetensors;
+#[cfg(main_wip)] // enabled once the tokenizer lands
+pub mod sample;
 pub mod tensor;
 pub mod threads;
 pub mod tokenizer;

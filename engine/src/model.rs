@@ -1,1 +1,655 @@
+//! The LLaMA-family forward pass (LLaMA-2/3, Mistral, SmolLM): RMSNorm, RoPE,
+//! grouped-query attention with an optional sliding window, SwiGLU, tied or
+//! separate output head.
+//!
+//! A [`Model`] is immutable and may be shared by many threads; all mutable
+//! state lives in [`KvCache`]s (one per sequence) and the [`Runtime`]
+//! (threads and precision) that the caller passes in.
+//!
+//! Shapes below: `T` = tokens in the call (all sequences together),
+//! `d` = `d_model`, `hd` = `head_dim`, `H` / `Hkv` = query / key-value heads.
 
+use crate::config::{Config, RopeStyle};
+use crate::error::{Error, Result};
+use crate::gguf::{Gguf, Value};
+use crate::matmul::{matmul, Precision, Weight};
+use crate::quant::dequantize_row;
+use crate::tensor::{Storage, TensorRef, TensorStore};
+use crate::threads::Threads;
+use crate::tokenizer::Tokenizer;
+
+/// Threads and numeric precision for a forward pass. Owned by the caller
+/// (one per scorer), never by the shared `Model`.
+pub struct Runtime {
+    pub threads: Threads,
+    pub precision: Precision,
+}
+
+impl Runtime {
+    /// `n_threads == 0`: one per core.
+    pub fn new(n_threads: usize, precision: Precision) -> Runtime {
+        Runtime { threads: Threads::new(n_threads), precision }
+    }
+}
+
+/// The weights of one transformer block, as views into the model's storage.
+struct Layer {
+    /// (d) RMSNorm weight before attention.
+    attn_norm: Vec<f32>,
+    /// (H*hd, d) query projection.
+    wq: TensorRef,
+    /// (Hkv*hd, d) key projection.
+    wk: TensorRef,
+    /// (Hkv*hd, d) value projection.
+    wv: TensorRef,
+    /// (d, H*hd) attention output projection.
+    wo: TensorRef,
+    /// (d) RMSNorm weight before the feed-forward block.
+    ffn_norm: Vec<f32>,
+    /// (d_ff, d) SwiGLU gate.
+    w_gate: TensorRef,
+    /// (d_ff, d) SwiGLU up.
+    w_up: TensorRef,
+    /// (d, d_ff) SwiGLU down.
+    w_down: TensorRef,
+}
+
+/// A loaded model: config, tokenizer, chat template and weights.
+pub struct Model {
+    pub config: Config,
+    pub tokenizer: Tokenizer,
+    /// Jinja chat template from the model file, if it has one.
+    pub chat_template: Option<String>,
+    store: TensorStore,
+    /// (vocab, d) token embeddings.
+    token_embd: TensorRef,
+    /// (vocab, d) output head; the embedding itself when tied.
+    output: TensorRef,
+    /// (d) final RMSNorm weight.
+    output_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    /// (hd/2) RoPE inverse frequencies, scaling applied.
+    rope_inv_freqs: Vec<f64>,
+}
+
+fn meta_usize(g: &Gguf, key: &str) -> Result<Option<usize>> {
+    Ok(match g.get(key) {
+        None => None,
+        Some(Value::U8(v)) => Some(*v as usize),
+        Some(Value::U16(v)) => Some(*v as usize),
+        Some(Value::U32(v)) => Some(*v as usize),
+        Some(Value::U64(v)) => Some(usize::try_from(*v).map_err(|_| Error::metadata(key, "too large"))?),
+        Some(Value::I32(v)) if *v >= 0 => Some(*v as usize),
+        Some(Value::I64(v)) if *v >= 0 => Some(*v as usize),
+        Some(v) => return Err(Error::metadata(key, format!("expected an unsigned integer, found {v:?}"))),
+    })
+}
+
+fn meta_f32(g: &Gguf, key: &str) -> Result<Option<f32>> {
+    Ok(match g.get(key) {
+        None => None,
+        Some(Value::F32(v)) => Some(*v),
+        Some(Value::F64(v)) => Some(*v as f32),
+        Some(v) => return Err(Error::metadata(key, format!("expected a float, found {v:?}"))),
+    })
+}
+
+fn meta_str<'a>(g: &'a Gguf, key: &str) -> Result<Option<&'a str>> {
+    Ok(match g.get(key) {
+        None => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(v) => return Err(Error::metadata(key, format!("expected a string, found {v:?}"))),
+    })
+}
+
+fn required<T>(v: Option<T>, key: &str) -> Result<T> {
+    v.ok_or_else(|| Error::metadata(key, "missing"))
+}
+
+impl Config {
+    /// Reads the hyper-parameters of a LLaMA-family GGUF.
+    pub fn from_gguf(g: &Gguf) -> Result<Config> {
+        let arch = required(meta_str(g, "general.architecture")?, "general.architecture")?.to_string();
+        if arch != "llama" && arch != "mistral" {
+            return Err(Error::unsupported("architecture", format!("'{arch}' (supported: llama, mistral)")));
+        }
+        let k = |name: &str| format!("{arch}.{name}");
+        let d_model = required(meta_usize(g, &k("embedding_length"))?, &k("embedding_length"))?;
+        let n_heads = required(meta_usize(g, &k("attention.head_count"))?, &k("attention.head_count"))?;
+        let n_kv_heads = meta_usize(g, &k("attention.head_count_kv"))?.unwrap_or(n_heads);
+        if n_heads == 0 {
+            return Err(Error::metadata(k("attention.head_count"), "must be at least 1"));
+        }
+        let head_dim = meta_usize(g, &k("attention.key_length"))?.unwrap_or(d_model / n_heads);
+        if let Some(rope_dim) = meta_usize(g, &k("rope.dimension_count"))? {
+            if rope_dim != head_dim {
+                return Err(Error::unsupported(
+                    "partial rotary embedding",
+                    format!("{} = {rope_dim} but head_dim = {head_dim}", k("rope.dimension_count")),
+                ));
+            }
+        }
+        if let Some(t) = meta_str(g, &k("rope.scaling.type"))? {
+            if t != "none" {
+                return Err(Error::unsupported("RoPE scaling", format!("{} = '{t}'", k("rope.scaling.type"))));
+            }
+        }
+        let vocab_size = match meta_usize(g, &k("vocab_size"))? {
+            Some(v) => v,
+            None => match g.get("tokenizer.ggml.tokens") {
+                Some(Value::Array(a)) => a.len(),
+                _ => return Err(Error::metadata(k("vocab_size"), "missing (and no tokenizer.ggml.tokens)")),
+            },
+        };
+        let config = Config {
+            n_layers: required(meta_usize(g, &k("block_count"))?, &k("block_count"))?,
+            d_model,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            d_ff: required(meta_usize(g, &k("feed_forward_length"))?, &k("feed_forward_length"))?,
+            vocab_size,
+            rms_eps: required(
+                meta_f32(g, &k("attention.layer_norm_rms_epsilon"))?,
+                &k("attention.layer_norm_rms_epsilon"),
+            )?,
+            rope_theta: meta_f32(g, &k("rope.freq_base"))?.unwrap_or(10_000.0),
+            rope_style: RopeStyle::Interleaved,
+            rope_freq_factors: None, // filled from the `rope_freqs.weight` tensor by the loader
+            sliding_window: meta_usize(g, &k("attention.sliding_window"))?.filter(|&w| w > 0),
+            context_length: meta_usize(g, &k("context_length"))?.unwrap_or(4096),
+            architecture: arch,
+        };
+        Ok(config)
+    }
+}
+
+fn f32_vector(store: &TensorStore, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = store.expect(name, &[len])?;
+    let mut out = vec![0f32; len];
+    if t.dtype.row_bytes(len).is_none() {
+        return Err(Error::tensor(name, format!("{} is not a valid type for a vector of {len}", t.dtype.name())));
+    }
+    dequantize_row(t.dtype, store.data(t), &mut out);
+    Ok(out)
+}
+
+fn matrix(store: &TensorStore, name: &str, n_in: usize, n_out: usize) -> Result<TensorRef> {
+    let t = store.expect(name, &[n_in, n_out])?;
+    if !t.dtype.is_weight_type() || t.dtype.row_bytes(n_in).is_none() {
+        return Err(Error::tensor(
+            name,
+            format!("type {} cannot hold rows of {n_in} elements", t.dtype.name()),
+        ));
+    }
+    Ok(t.clone())
+}
+
+impl Model {
+    /// Loads a GGUF file (memory-mapped) or a Hugging Face folder
+    /// (`config.json` + safetensors + `tokenizer.json`).
+    #[cfg(feature = "std-fs")]
+    pub fn load(path: &std::path::Path) -> Result<Model> {
+        if path.is_dir() {
+            return Model::load_hf_dir(path);
+        }
+        let storage = Storage::map(path)?;
+        Model::from_gguf_storage(storage)
+    }
+
+    /// Loads a GGUF model from bytes the caller owns (wasm, tests).
+    pub fn from_gguf_bytes(bytes: std::sync::Arc<[u8]>) -> Result<Model> {
+        Model::from_gguf_storage(Storage::Bytes(bytes))
+    }
+
+    fn from_gguf_storage(storage: Storage) -> Result<Model> {
+        let g = Gguf::parse(storage.bytes())?;
+        let mut config = Config::from_gguf(&g)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let chat_template = meta_str(&g, "tokenizer.chat_template")?.map(str::to_string);
+        let tensors = g.tensors.iter().map(|t| (t.name.clone(), t.clone())).collect();
+        let store = TensorStore { shards: vec![storage], tensors };
+        if store.tensors.contains_key("rope_freqs.weight") {
+            config.rope_freq_factors = Some(f32_vector(&store, "rope_freqs.weight", config.head_dim / 2)?);
+        }
+        Model::assemble(config, tokenizer, chat_template, store)
+    }
+
+    #[cfg(feature = "std-fs")]
+    fn load_hf_dir(dir: &std::path::Path) -> Result<Model> {
+        let (config, store) = crate::safetensors::load_dir(dir)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tok_config: Option<serde_json::Value> = match std::fs::read(dir.join("tokenizer_config.json")) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                Error::format(dir.join("tokenizer_config.json").display().to_string(), e.column() as u64, e.to_string())
+            })?),
+            Err(_) => None,
+        };
+        let tok_bytes = std::fs::read(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
+        let tokenizer = Tokenizer::from_json_bytes(&tok_bytes, tok_config.as_ref())?;
+        let chat_template = tok_config
+            .as_ref()
+            .and_then(|c| c.get("chat_template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        Model::assemble(config, tokenizer, chat_template, store)
+    }
+
+    /// Checks every tensor against the config and builds the layer table.
+    pub fn assemble(
+        config: Config,
+        tokenizer: Tokenizer,
+        chat_template: Option<String>,
+        store: TensorStore,
+    ) -> Result<Model> {
+        config.validate()?;
+        let c = &config;
+        let (d, hd) = (c.d_model, c.head_dim);
+        let token_embd = matrix(&store, "token_embd.weight", d, c.vocab_size)?;
+        let output = if store.tensors.contains_key("output.weight") {
+            matrix(&store, "output.weight", d, c.vocab_size)?
+        } else {
+            token_embd.clone()
+        };
+        let output_norm = f32_vector(&store, "output_norm.weight", d)?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: f32_vector(&store, &n("attn_norm"), d)?,
+                wq: matrix(&store, &n("attn_q"), d, c.n_heads * hd)?,
+                wk: matrix(&store, &n("attn_k"), d, c.n_kv_heads * hd)?,
+                wv: matrix(&store, &n("attn_v"), d, c.n_kv_heads * hd)?,
+                wo: matrix(&store, &n("attn_output"), c.n_heads * hd, d)?,
+                ffn_norm: f32_vector(&store, &n("ffn_norm"), d)?,
+                w_gate: matrix(&store, &n("ffn_gate"), d, c.d_ff)?,
+                w_up: matrix(&store, &n("ffn_up"), d, c.d_ff)?,
+                w_down: matrix(&store, &n("ffn_down"), c.d_ff, d)?,
+            });
+        }
+        if tokenizer.vocab_size() > c.vocab_size {
+            return Err(Error::metadata(
+                "vocab_size",
+                format!("the tokenizer has {} tokens but the embedding only {}", tokenizer.vocab_size(), c.vocab_size),
+            ));
+        }
+        let rope_inv_freqs = config.rope_inv_freqs();
+        Ok(Model { config, tokenizer, chat_template, store, token_embd, output, output_norm, layers, rope_inv_freqs })
+    }
+
+    fn weight(&self, t: &TensorRef) -> Weight<'_> {
+        Weight { dtype: t.dtype, n_out: t.dims[1], n_in: t.dims[0], data: self.store.data(t) }
+    }
+
+    /// The output head as a matrix `(vocab, d)`, for the fused log-prob kernel.
+    pub fn output_weight(&self) -> Weight<'_> {
+        self.weight(&self.output)
+    }
+
+    /// All tensors with their types and shapes, for `inspect`.
+    pub fn tensors(&self) -> impl Iterator<Item = &TensorRef> {
+        self.store.tensors.values()
+    }
+
+    /// Total bytes of weight data.
+    pub fn weight_bytes(&self) -> usize {
+        self.store.tensors.values().map(|t| t.n_bytes).sum()
+    }
+
+    /// Checks that every id is inside the vocabulary.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            Some(t) => Err(Error::invalid_argument(
+                "tokens",
+                format!("token id {t} is outside the vocabulary of {}", self.config.vocab_size),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `tokens[s]` after what `caches[s]` already holds, for every
+    /// sequence `s` at once, appends their keys and values to the caches, and
+    /// returns the final-normed hidden states of the new tokens, sequence
+    /// after sequence: `(T, d)`.
+    ///
+    /// Each sequence sees only itself (its own causal mask); sequences of
+    /// different lengths share every weight read.
+    pub fn forward(&self, rt: &Runtime, caches: &mut [KvCache], tokens: &[&[u32]]) -> Result<Vec<f32>> {
+        if caches.len() != tokens.len() {
+            return Err(Error::invalid_argument("caches", "one KV cache per sequence is required"));
+        }
+        let c = &self.config;
+        for (s, (cache, toks)) in caches.iter().zip(tokens).enumerate() {
+            self.check_tokens(toks)?;
+            if !cache.fits(c) {
+                return Err(Error::invalid_argument("caches", format!("cache {s} was made for another model")));
+            }
+            if cache.len + toks.len() > cache.capacity {
+                return Err(Error::invalid_argument(
+                    "tokens",
+                    format!(
+                        "sequence {s}: {} cached + {} new tokens exceed the cache capacity {}",
+                        cache.len,
+                        toks.len(),
+                        cache.capacity
+                    ),
+                ));
+            }
+        }
+        let (d, hd) = (c.d_model, c.head_dim);
+        let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let n_tok: usize = tokens.iter().map(|t| t.len()).sum();
+        let threads = &rt.threads;
+
+        // Sequence of each token and its absolute position.
+        let mut positions = Vec::with_capacity(n_tok);
+        for (cache, toks) in caches.iter().zip(tokens) {
+            positions.extend((0..toks.len()).map(|i| cache.len + i));
+        }
+        let rope = RopeTable::new(&self.rope_inv_freqs, &positions);
+
+        // (T, d) residual stream, starting from the embeddings.
+        let mut x = vec![0f32; n_tok * d];
+        let embd = self.weight(&self.token_embd);
+        for (row, &tok) in x.chunks_exact_mut(d).zip(tokens.iter().flat_map(|t| t.iter())) {
+            embd.dequantize_row(tok as usize, row);
+        }
+
+        let mut xn = vec![0f32; n_tok * d];
+        let mut q = vec![0f32; n_tok * q_dim];
+        let mut k = vec![0f32; n_tok * kv_dim];
+        let mut v = vec![0f32; n_tok * kv_dim];
+        let mut attn = vec![0f32; n_tok * q_dim];
+        let mut proj = vec![0f32; n_tok * d];
+        let mut gate = vec![0f32; n_tok * c.d_ff];
+        let mut up = vec![0f32; n_tok * c.d_ff];
+        let mm = |w: &TensorRef, input: &[f32], out: &mut [f32]| {
+            matmul(threads, rt.precision, &self.weight(w), input, n_tok, out)
+        };
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
+            mm(&layer.wq, &xn, &mut q);
+            mm(&layer.wk, &xn, &mut k);
+            mm(&layer.wv, &xn, &mut v);
+            rope.apply(&mut q, c.n_heads, hd, c.rope_style);
+            rope.apply(&mut k, c.n_kv_heads, hd, c.rope_style);
+            let mut t0 = 0;
+            for (cache, toks) in caches.iter_mut().zip(tokens) {
+                cache.store(l, &k[t0 * kv_dim..], &v[t0 * kv_dim..], toks.len());
+                t0 += toks.len();
+            }
+            attention(c, threads, l, caches, tokens, &q, &mut attn);
+            mm(&layer.wo, &attn, &mut proj);
+            add_in_place(&mut x, &proj);
+
+            // Feed-forward block (SwiGLU).
+            rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
+            mm(&layer.w_gate, &xn, &mut gate);
+            mm(&layer.w_up, &xn, &mut up);
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = silu(*g) * u;
+            }
+            mm(&layer.w_down, &gate, &mut proj);
+            add_in_place(&mut x, &proj);
+        }
+        for (cache, toks) in caches.iter_mut().zip(tokens) {
+            cache.len += toks.len();
+        }
+        rms_norm(&x, &self.output_norm, c.rms_eps, &mut xn);
+        Ok(xn)
+    }
+
+    /// A KV cache able to hold `capacity` positions of one sequence.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(&self.config, capacity)
+    }
+}
+
+/// Keys and values of one sequence, for every layer.
+/// Layout: `(layer, Hkv, capacity, hd)`, so one head's keys are contiguous.
+#[derive(Clone)]
+pub struct KvCache {
+    n_layers: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    capacity: usize,
+    /// Positions already computed.
+    len: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl KvCache {
+    pub fn new(c: &Config, capacity: usize) -> KvCache {
+        let n = c.n_layers * c.n_kv_heads * capacity * c.head_dim;
+        KvCache {
+            n_layers: c.n_layers,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            capacity,
+            len: 0,
+            k: vec![0f32; n],
+            v: vec![0f32; n],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets positions `len..` (to reuse a shared prefix).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    fn fits(&self, c: &Config) -> bool {
+        self.n_layers == c.n_layers && self.n_kv_heads == c.n_kv_heads && self.head_dim == c.head_dim
+    }
+
+    fn head_offset(&self, layer: usize, head: usize) -> usize {
+        (layer * self.n_kv_heads + head) * self.capacity * self.head_dim
+    }
+
+    /// Writes `n` new rows of `(Hkv*hd)` keys and values at positions `len..len+n`.
+    fn store(&mut self, layer: usize, k: &[f32], v: &[f32], n: usize) {
+        let (hd, kv_dim) = (self.head_dim, self.n_kv_heads * self.head_dim);
+        for h in 0..self.n_kv_heads {
+            let base = self.head_offset(layer, h) + self.len * hd;
+            for i in 0..n {
+                let src = i * kv_dim + h * hd;
+                self.k[base + i * hd..base + (i + 1) * hd].copy_from_slice(&k[src..src + hd]);
+                self.v[base + i * hd..base + (i + 1) * hd].copy_from_slice(&v[src..src + hd]);
+            }
+        }
+    }
+
+    /// Keys and values of one head, positions `0..n`: `(n, hd)` each.
+    fn head(&self, layer: usize, head: usize, n: usize) -> (&[f32], &[f32]) {
+        let o = self.head_offset(layer, head);
+        (&self.k[o..o + n * self.head_dim], &self.v[o..o + n * self.head_dim])
+    }
+}
+
+/// cos/sin of every (token, dimension pair), computed in f64 once per call.
+struct RopeTable {
+    /// (T, hd/2)
+    cos: Vec<f32>,
+    /// (T, hd/2)
+    sin: Vec<f32>,
+    half: usize,
+}
+
+impl RopeTable {
+    fn new(inv_freqs: &[f64], positions: &[usize]) -> RopeTable {
+        let half = inv_freqs.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in inv_freqs {
+                let (s, c) = (p as f64 * f).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        RopeTable { cos, sin, half }
+    }
+
+    /// Rotates `x`: `(T, n_heads * hd)` in place.
+    fn apply(&self, x: &mut [f32], n_heads: usize, hd: usize, style: RopeStyle) {
+        let half = self.half;
+        for (t, row) in x.chunks_exact_mut(n_heads * hd).enumerate() {
+            let (cos, sin) = (&self.cos[t * half..(t + 1) * half], &self.sin[t * half..(t + 1) * half]);
+            for head in row.chunks_exact_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = match style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::Halves => (i, i + half),
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos[i] - x1 * sin[i];
+                    head[b] = x0 * sin[i] + x1 * cos[i];
+                }
+            }
+        }
+    }
+}
+
+/// Causal (optionally sliding-window) grouped-query attention for every
+/// sequence and head. `q`: `(T, H*hd)` already rotated; `out`: `(T, H*hd)`.
+fn attention(
+    c: &Config,
+    threads: &Threads,
+    layer: usize,
+    caches: &[KvCache],
+    tokens: &[&[u32]],
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let hd = c.head_dim;
+    let q_dim = c.n_heads * hd;
+    let group = c.n_heads / c.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+
+    // One task per (sequence, head); each writes its own `(n_new, hd)` block.
+    struct Task<'a> {
+        seq: usize,
+        head: usize,
+        /// First token of the sequence in `q`.
+        t0: usize,
+        out: &'a mut [f32],
+    }
+    let mut buf = vec![0f32; out.len()];
+    let mut tasks = Vec::with_capacity(tokens.len() * c.n_heads);
+    {
+        let mut rest: &mut [f32] = &mut buf;
+        let mut t0 = 0;
+        for (seq, toks) in tokens.iter().enumerate() {
+            for head in 0..c.n_heads {
+                let (mine, tail) = rest.split_at_mut(toks.len() * hd);
+                rest = tail;
+                tasks.push(Task { seq, head, t0, out: mine });
+            }
+            t0 += toks.len();
+        }
+    }
+    threads.for_each_mut(&mut tasks, |_, task| {
+        let cache = &caches[task.seq];
+        let n_new = tokens[task.seq].len();
+        // `cache.len` is not yet advanced: the new tokens sit at `len..len+n_new`.
+        let first_pos = cache.len;
+        let n_keys = first_pos + n_new;
+        let (keys, values) = cache.head(layer, task.head / group, n_keys);
+        let mut scores = vec![0f32; n_keys];
+        for i in 0..n_new {
+            let pos = first_pos + i;
+            let lo = match c.sliding_window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            let qi = &q[(task.t0 + i) * q_dim + task.head * hd..][..hd];
+            let mut max = f32::NEG_INFINITY;
+            for j in lo..=pos {
+                let s = dot(qi, &keys[j * hd..(j + 1) * hd]) * scale;
+                scores[j] = s;
+                max = max.max(s);
+            }
+            let mut sum = 0f32;
+            for s in &mut scores[lo..=pos] {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut task.out[i * hd..(i + 1) * hd];
+            o.fill(0.0);
+            let inv = 1.0 / sum;
+            for j in lo..=pos {
+                axpy(scores[j] * inv, &values[j * hd..(j + 1) * hd], o);
+            }
+        }
+    });
+    // Back from (seq, head, token, hd) to (token, head*hd).
+    for task in &tasks {
+        let n_new = tokens[task.seq].len();
+        for i in 0..n_new {
+            let dst = (task.t0 + i) * q_dim + task.head * hd;
+            out[dst..dst + hd].copy_from_slice(&task.out[i * hd..(i + 1) * hd]);
+        }
+    }
+}
+
+/// Dot product with 16 independent accumulators so the compiler vectorises it
+/// without reassociating a single running sum.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y += a * x`
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// RMSNorm of every row of `x` (`(T, d)`) into `out`; the mean square is
+/// accumulated in f64 because it is cheap and removes one error source.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64;
+        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        for ((oi, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
+            *oi = xi * inv * wi;
+        }
+    }
+}

@@ -55,3 +55,22 @@ impl Threads {
         (0..n_tasks).for_each(f);
     }
 }
+
+impl Threads {
+    /// Runs `f(i, &mut items[i])` for every item, spread over the pool. The
+    /// items are usually disjoint `&mut` slices of one output buffer, so
+    /// workers write their results in place without locks or `unsafe`.
+    pub fn for_each_mut<T: Send>(&self, items: &mut [T], f: impl Fn(usize, &mut T) + Sync + Send) {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            if items.len() <= 1 || self.n == 1 {
+                items.iter_mut().enumerate().for_each(|(i, t)| f(i, t));
+                return;
+            }
+            use rayon::prelude::*;
+            self.pool.install(|| items.par_iter_mut().enumerate().for_each(|(i, t)| f(i, t)));
+        }
+        #[cfg(target_arch = "wasm32")]
+        items.iter_mut().enumerate().for_each(|(i, t)| f(i, t));
+    }
+}
