@@ -1,0 +1,806 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::quant::DType;
+
+/// Deterministic filler so round trips compare real content, not zeros.
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn n_bytes(dtype: DType, dims: &[usize]) -> usize {
+    dtype.row_bytes(dims[0]).unwrap() * dims[1..].iter().product::<usize>()
+}
+
+/// A small valid file: two tensors, the last one a multiple of 32 bytes long,
+/// so the file ends exactly where its data does and every proper prefix is
+/// truncated somewhere that matters.
+fn small_file() -> Vec<u8> {
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", "llama").unwrap();
+    w.add("llama.block_count", 2u32).unwrap();
+    w.add("tokenizer.ggml.tokens", vec!["a", "bc", ""]).unwrap();
+    w.add("tokenizer.ggml.scores", vec![0.5f32, -1.0, 2.0])
+        .unwrap();
+    w.add("flag", true).unwrap();
+    w.add_tensor("a.weight", DType::F32, &[8, 2], pattern(64, 1))
+        .unwrap();
+    w.add_tensor("b.weight", DType::Q8_0, &[32, 16], pattern(34 * 16, 2))
+        .unwrap();
+    w.to_bytes()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{:?} not in file", String::from_utf8_lossy(needle)))
+}
+
+/// Byte offset of the `u32 n_dims` field of a tensor info.
+fn n_dims_at(bytes: &[u8], name: &str) -> usize {
+    let mut prefix = (name.len() as u64).to_le_bytes().to_vec();
+    prefix.extend_from_slice(name.as_bytes());
+    find(bytes, &prefix) + prefix.len()
+}
+
+/// Byte offsets of (type, offset) fields of a tensor info with `n_dims` dims.
+fn type_and_offset_at(bytes: &[u8], name: &str, n_dims: usize) -> (usize, usize) {
+    let type_at = n_dims_at(bytes, name) + 4 + 8 * n_dims;
+    (type_at, type_at + 4)
+}
+
+fn put_u32(bytes: &mut [u8], at: usize, v: u32) {
+    bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(bytes: &mut [u8], at: usize, v: u64) {
+    bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn parse_err(bytes: &[u8]) -> String {
+    match Gguf::parse(bytes) {
+        Ok(_) => panic!("parsed a malformed file"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Builds a file by hand (header + one metadata entry given as raw bytes),
+/// for shapes the writer refuses to produce.
+fn raw_file(kv_count: u64, kvs: &[u8]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&kv_count.to_le_bytes());
+    b.extend_from_slice(kvs);
+    b.resize(b.len().next_multiple_of(32), 0);
+    b
+}
+
+fn raw_key(key: &str, ty: u32) -> Vec<u8> {
+    let mut b = (key.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(key.as_bytes());
+    b.extend_from_slice(&ty.to_le_bytes());
+    b
+}
+
+// ---- round trips ----
+
+fn every_value_type() -> Vec<(&'static str, Value)> {
+    vec![
+        ("t.u8", Value::U8(200)),
+        ("t.i8", Value::I8(-100)),
+        ("t.u16", Value::U16(60000)),
+        ("t.i16", Value::I16(-30000)),
+        ("t.u32", Value::U32(4_000_000_000)),
+        ("t.i32", Value::I32(-2_000_000_000)),
+        ("t.u64", Value::U64(u64::MAX - 1)),
+        ("t.i64", Value::I64(i64::MIN + 1)),
+        ("t.f32", Value::F32(-1.5e-6)),
+        ("t.f64", Value::F64(std::f64::consts::PI)),
+        ("t.bool_true", Value::Bool(true)),
+        ("t.bool_false", Value::Bool(false)),
+        ("t.string", Value::String("héllo, 世界 \n\0 end".into())),
+        ("t.empty_string", Value::String(String::new())),
+        ("t.arr_u8", vec![0u8, 1, 255].into()),
+        ("t.arr_i8", vec![-128i8, 0, 127].into()),
+        ("t.arr_u16", vec![1u16, 65535].into()),
+        ("t.arr_i16", vec![-1i16, 32767].into()),
+        ("t.arr_u32", vec![7u32, 8, 9].into()),
+        ("t.arr_i32", vec![-7i32, 8, -9].into()),
+        ("t.arr_u64", vec![1u64 << 40].into()),
+        ("t.arr_i64", vec![-(1i64 << 40), 3].into()),
+        ("t.arr_f32", vec![0.25f32, -3.0, f32::MAX].into()),
+        ("t.arr_f64", vec![1e300f64, -0.0].into()),
+        ("t.arr_bool", vec![true, false, true].into()),
+        ("t.arr_str", vec!["x", "", "<|im_end|>"].into()),
+        ("t.arr_empty", Value::Array(vec![])),
+        (
+            "t.arr_nested",
+            Value::Array(vec![
+                vec![1u32, 2].into(),
+                vec!["mixed inner types are fine"].into(),
+                Value::Array(vec![]),
+                Value::Array(vec![vec![true].into()]),
+            ]),
+        ),
+    ]
+}
+
+/// Every weight type we compute with, with 1 to 4 dims.
+fn some_tensors() -> Vec<(&'static str, DType, Vec<usize>)> {
+    vec![
+        ("f32.vec", DType::F32, vec![5]),
+        ("f16.mat", DType::F16, vec![3, 7]),
+        ("bf16.3d", DType::BF16, vec![2, 3, 4]),
+        ("q4_0.mat", DType::Q4_0, vec![64, 3]),
+        ("q4_1.mat", DType::Q4_1, vec![32, 5]),
+        ("q8_0.4d", DType::Q8_0, vec![32, 2, 1, 3]),
+        ("q4_k.mat", DType::Q4_K, vec![256, 2]),
+        ("q5_k.mat", DType::Q5_K, vec![512, 1]),
+        ("q6_k.mat", DType::Q6_K, vec![256, 3]),
+        ("empty", DType::F32, vec![0, 4]),
+    ]
+}
+
+fn round_trip(alignment: Option<u32>) {
+    let mut w = GgufWriter::new();
+    if let Some(a) = alignment {
+        w.add(ALIGNMENT_KEY, a).unwrap();
+    }
+    for (k, v) in every_value_type() {
+        w.add(k, v).unwrap();
+    }
+    let datas: Vec<Vec<u8>> = some_tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, (_, t, dims))| pattern(n_bytes(*t, dims), i as u8))
+        .collect();
+    for ((name, dtype, dims), data) in some_tensors().into_iter().zip(&datas) {
+        w.add_tensor(name, dtype, &dims, data.as_slice()).unwrap();
+    }
+    let bytes = w.to_bytes();
+    let expect_alignment = alignment.map_or(32, |a| a as usize);
+    assert_eq!(bytes.len() % expect_alignment, 0);
+
+    let g = Gguf::parse(&bytes).unwrap();
+    assert_eq!(g.version, 3);
+    assert_eq!(g.alignment, expect_alignment);
+    assert_eq!(g.data_offset % expect_alignment, 0);
+    let mut expected: Vec<(String, Value)> = Vec::new();
+    if let Some(a) = alignment {
+        expected.push((ALIGNMENT_KEY.to_string(), Value::U32(a)));
+    }
+    expected.extend(
+        every_value_type()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    assert_eq!(g.metadata, expected);
+
+    assert_eq!(g.tensors.len(), datas.len());
+    for ((t, (name, dtype, dims)), data) in g.tensors.iter().zip(some_tensors()).zip(&datas) {
+        assert_eq!(
+            (t.name.as_str(), t.dtype, &t.dims, t.shard),
+            (name, dtype, &dims, 0)
+        );
+        assert_eq!(t.n_bytes, data.len(), "{name}");
+        assert_eq!((t.offset - g.data_offset) % expect_alignment, 0, "{name}");
+        assert_eq!(
+            &bytes[t.offset..t.offset + t.n_bytes],
+            data.as_slice(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn round_trip_every_value_type_and_tensor_type() {
+    round_trip(None);
+}
+
+#[test]
+fn round_trip_with_custom_alignment() {
+    round_trip(Some(64));
+    round_trip(Some(1));
+}
+
+#[test]
+fn writer_output_is_byte_exact() {
+    // Pins the layout llama.cpp and the python reader expect: header, kv,
+    // tensor info, zero padding to 32, data, zero padding to 32.
+    let mut w = GgufWriter::new();
+    w.add("k", 7u8).unwrap();
+    w.add_tensor("t", DType::F32, &[1], vec![1, 2, 3, 4])
+        .unwrap();
+    let mut expected = b"GGUF".to_vec();
+    expected.extend_from_slice(&3u32.to_le_bytes());
+    expected.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    expected.extend_from_slice(&1u64.to_le_bytes()); // kvs
+    expected.extend_from_slice(&1u64.to_le_bytes());
+    expected.extend_from_slice(b"k");
+    expected.extend_from_slice(&0u32.to_le_bytes()); // u8
+    expected.push(7);
+    expected.extend_from_slice(&1u64.to_le_bytes());
+    expected.extend_from_slice(b"t");
+    expected.extend_from_slice(&1u32.to_le_bytes()); // n_dims
+    expected.extend_from_slice(&1u64.to_le_bytes());
+    expected.extend_from_slice(&0u32.to_le_bytes()); // F32
+    expected.extend_from_slice(&0u64.to_le_bytes()); // offset
+    expected.resize(96, 0);
+    expected.extend_from_slice(&[1, 2, 3, 4]);
+    expected.resize(128, 0);
+    assert_eq!(w.to_bytes(), expected);
+    let mut sink = Vec::new();
+    assert_eq!(w.write_to(&mut sink).unwrap(), 128);
+}
+
+#[test]
+fn version_2_is_read() {
+    let mut bytes = small_file();
+    put_u32(&mut bytes, 4, 2);
+    let g = Gguf::parse(&bytes).unwrap();
+    assert_eq!(g.version, 2);
+    assert_eq!(g.tensors.len(), 2);
+}
+
+#[test]
+fn file_without_tensors() {
+    let mut w = GgufWriter::new();
+    w.add("general.architecture", "llama").unwrap();
+    let bytes = w.to_bytes();
+    let g = Gguf::parse(&bytes).unwrap();
+    assert!(g.tensors.is_empty());
+    assert_eq!(g.data_offset, bytes.len());
+    assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
+    // llama.cpp's vocabulary-only files stop right after the metadata.
+    let unpadded = &bytes[..find(&bytes, b"llama") + 5];
+    let g = Gguf::parse(unpadded).unwrap();
+    assert_eq!(g.data_offset, unpadded.len());
+    assert!(Gguf::parse(&unpadded[..unpadded.len() - 1]).is_err());
+}
+
+// ---- accessors ----
+
+#[test]
+fn typed_accessors() {
+    let mut w = GgufWriter::new();
+    w.add("u8", 5u8).unwrap();
+    w.add("i64", 1i64 << 40).unwrap();
+    w.add("neg", -1i32).unwrap();
+    w.add("f32", 0.5f32).unwrap();
+    w.add("f64", 0.25f64).unwrap();
+    w.add("b", true).unwrap();
+    w.add("s", "text").unwrap();
+    w.add("strs", vec!["a", "b"]).unwrap();
+    w.add("f32s", vec![1.0f32, 2.0]).unwrap();
+    w.add("f64s", vec![1.5f64]).unwrap();
+    w.add("i32s", vec![1i32, -2]).unwrap();
+    w.add("u8s", vec![3u8, 4]).unwrap();
+    w.add("u32s_big", vec![1u32, u32::MAX]).unwrap();
+    w.add("mixed_nested", Value::Array(vec![vec!["x"].into()]))
+        .unwrap();
+    w.add_tensor("w", DType::F32, &[2], pattern(8, 0)).unwrap();
+    let bytes = w.to_bytes();
+    let g = Gguf::parse(&bytes).unwrap();
+
+    assert_eq!(g.get_u32("u8").unwrap(), 5);
+    assert_eq!(g.get_u64("u8").unwrap(), 5);
+    assert_eq!(g.get_usize("u8").unwrap(), 5);
+    assert_eq!(g.get_u64("i64").unwrap(), 1 << 40);
+    assert_eq!(g.get_i64("neg").unwrap(), -1);
+    assert_eq!(g.get_f32("f32").unwrap(), 0.5);
+    assert_eq!(g.get_f32("f64").unwrap(), 0.25);
+    assert!(g.get_bool("b").unwrap());
+    assert_eq!(g.get_str("s").unwrap(), "text");
+    assert_eq!(g.get_str_array("strs").unwrap(), ["a", "b"]);
+    assert_eq!(g.get_f32_array("f32s").unwrap(), [1.0, 2.0]);
+    assert_eq!(g.get_f32_array("f64s").unwrap(), [1.5]);
+    assert_eq!(g.get_i32_array("i32s").unwrap(), [1, -2]);
+    assert_eq!(g.get_i32_array("u8s").unwrap(), [3, 4]);
+    assert_eq!(g.get_array("strs").unwrap().len(), 2);
+    assert_eq!(g.get_opt::<u32>("u8").unwrap(), Some(5));
+    assert_eq!(g.get_opt::<u32>("absent").unwrap(), None);
+    assert_eq!(g.get_as::<Vec<Vec<&str>>>("mixed_nested").unwrap(), [["x"]]);
+
+    let t = g.tensor("w").unwrap();
+    assert_eq!(
+        (t.dtype, t.dims.as_slice(), t.n_bytes),
+        (DType::F32, &[2][..], 8)
+    );
+    assert_eq!(&bytes[t.offset..t.offset + 8], pattern(8, 0).as_slice());
+    assert!(g.tensor("absent").is_none());
+
+    let missing = g.get_u32("absent").unwrap_err().to_string();
+    assert!(
+        missing.contains("'absent'") && missing.contains("missing"),
+        "{missing}"
+    );
+    let wrong = g.get_u32("s").unwrap_err().to_string();
+    assert!(
+        wrong.contains("'s'") && wrong.contains("found string"),
+        "{wrong}"
+    );
+    assert!(!wrong.contains("missing"), "{wrong}");
+    let range = g.get_u32("neg").unwrap_err().to_string();
+    assert!(
+        range.contains("-1") && range.contains("does not fit"),
+        "{range}"
+    );
+    let range = g.get_u32("i64").unwrap_err().to_string();
+    assert!(range.contains("does not fit in u32"), "{range}");
+    let elem = g.get_i32_array("u32s_big").unwrap_err().to_string();
+    assert!(
+        elem.contains("'u32s_big'") && elem.contains("element 1"),
+        "{elem}"
+    );
+    let elem = g.get_str_array("f32s").unwrap_err().to_string();
+    assert!(
+        elem.contains("element 0") && elem.contains("expected string"),
+        "{elem}"
+    );
+    let not_array = g.get_str_array("s").unwrap_err().to_string();
+    assert!(not_array.contains("expected array"), "{not_array}");
+    assert!(g.get_opt::<bool>("s").is_err());
+    assert!(g.get_f32("u8").is_err());
+    assert!(g.get_bool("u8").is_err());
+}
+
+#[test]
+fn value_helpers() {
+    assert_eq!(Value::I8(-1).as_u32(), None);
+    assert_eq!(Value::I8(-1).as_i32(), Some(-1));
+    assert_eq!(Value::U64(u64::MAX).as_i64(), None);
+    assert_eq!(Value::U64(u64::MAX).as_u64(), Some(u64::MAX));
+    assert_eq!(Value::U16(9).as_usize(), Some(9));
+    assert_eq!(Value::F32(1.0).as_u32(), None);
+    assert_eq!(Value::F32(1.5).as_f64(), Some(1.5));
+    assert_eq!(Value::Bool(true).as_bool(), Some(true));
+    assert_eq!(Value::U8(1).as_bool(), None);
+    assert_eq!(Value::from("s").as_str(), Some("s"));
+    assert_eq!(Value::from(vec![1u8]).as_array(), Some(&[Value::U8(1)][..]));
+    assert_eq!(Value::from(vec!["a"]).type_name(), "array of string");
+    assert_eq!(Value::Array(vec![]).type_name(), "empty array");
+}
+
+// ---- writer validation ----
+
+#[test]
+fn writer_rejects_what_readers_would_not_read() {
+    let mut w = GgufWriter::new();
+    w.add("k", 1u32).unwrap();
+    assert!(w.add("k", 2u32).unwrap_err().to_string().contains("'k'"));
+    assert!(w.add(ALIGNMENT_KEY, 48u32).is_err());
+    assert!(
+        w.add(ALIGNMENT_KEY, 64u64).is_err(),
+        "llama.cpp reads it as u32"
+    );
+    let mixed = Value::Array(vec![Value::U8(1), Value::I8(1)]);
+    assert!(w
+        .add("mixed", mixed)
+        .unwrap_err()
+        .to_string()
+        .contains("element 1"));
+    let mut deep = Value::U8(0);
+    for _ in 0..9 {
+        deep = Value::Array(vec![deep]);
+    }
+    assert!(w.add("deep", deep).is_err());
+    assert_eq!(w.alignment(), 32);
+
+    let data = pattern(16, 0);
+    w.add_tensor("t", DType::F32, &[4], data.as_slice())
+        .unwrap();
+    let e = w.add_tensor("t", DType::F32, &[4], data.as_slice());
+    assert!(e.unwrap_err().to_string().contains("added twice"));
+    let e = w.add_tensor("u", DType::F32, &[5], data.as_slice());
+    assert!(e.unwrap_err().to_string().contains("20 bytes but 16"));
+    assert!(w
+        .add_tensor("u", DType::Q8_0, &[16], data.as_slice())
+        .is_err());
+    assert!(w.add_tensor("u", DType::F32, &[], data.as_slice()).is_err());
+    assert!(w
+        .add_tensor("u", DType::F32, &[1, 1, 1, 1, 4], data.as_slice())
+        .is_err());
+    assert!(w
+        .add_tensor("x".repeat(64), DType::F32, &[4], data.as_slice())
+        .is_err());
+    assert!(w
+        .add_tensor("u", DType::Q8_K, &[256], vec![0u8; 292])
+        .is_err());
+    // The rejected calls left the writer unchanged.
+    let g = Gguf::parse(&w.to_bytes()).unwrap();
+    assert_eq!(g.metadata.len(), 1);
+    assert_eq!(g.tensors.len(), 1);
+}
+
+// ---- malformed files ----
+
+#[test]
+fn every_prefix_is_an_error() {
+    let bytes = small_file();
+    assert!(Gguf::parse(&bytes).is_ok());
+    for n in 0..bytes.len() {
+        assert!(
+            Gguf::parse(&bytes[..n]).is_err(),
+            "prefix of {n} bytes parsed"
+        );
+    }
+}
+
+#[test]
+fn every_single_byte_corruption_is_handled() {
+    // No assertion on the result: corrupting a data byte yields a valid file.
+    // This checks that no header byte can make the reader panic or hang.
+    let bytes = small_file();
+    for i in 0..bytes.len() {
+        for v in [0u8, 1, 0x7f, 0x80, 0xff] {
+            let mut b = bytes.clone();
+            b[i] = v;
+            let _ = Gguf::parse(&b);
+        }
+    }
+}
+
+#[test]
+fn wrong_magic() {
+    let mut bytes = small_file();
+    bytes[..4].copy_from_slice(b"GGML");
+    let e = parse_err(&bytes);
+    assert!(
+        e.contains("GGUF header") && e.contains("byte 0") && e.contains("GGML"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_versions() {
+    let mut bytes = small_file();
+    put_u32(&mut bytes, 4, 1);
+    let e = Gguf::parse(&bytes).unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    assert!(
+        e.to_string().contains("version") && e.to_string().contains('1'),
+        "{e}"
+    );
+
+    put_u32(&mut bytes, 4, 4);
+    let e = parse_err(&bytes);
+    assert!(e.contains("GGUF version: 4"), "{e}");
+
+    put_u32(&mut bytes, 4, 3u32.swap_bytes());
+    let e = parse_err(&bytes);
+    assert!(e.contains("big-endian"), "{e}");
+}
+
+#[test]
+fn absurd_n_dims() {
+    for n_dims in [0u32, 5, u32::MAX] {
+        let mut bytes = small_file();
+        let at = n_dims_at(&bytes, "b.weight");
+        put_u32(&mut bytes, at, n_dims);
+        let e = parse_err(&bytes);
+        assert!(
+            e.contains("'b.weight'") && e.contains(&format!("byte {at}")) && e.contains("n_dims"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn absurd_dimensions() {
+    // b.weight is Q8_0 [32, 16]: dims at n_dims_at + 4 and + 12.
+    let cases: [(usize, u64, &str); 4] = [
+        (1, 1 << 50, "past the end"),
+        (1, u64::MAX, "overflow"),
+        (0, 1 << 40, "past the end"),
+        (0, 33, "not a multiple of the Q8_0 block length 32"),
+    ];
+    for (dim, value, why) in cases {
+        let mut bytes = small_file();
+        let at = n_dims_at(&bytes, "b.weight") + 4 + 8 * dim;
+        put_u64(&mut bytes, at, value);
+        let e = parse_err(&bytes);
+        assert!(
+            e.contains("'b.weight'") && e.contains(why),
+            "dims[{dim}] = {value}: {e}"
+        );
+    }
+    // Q4_0 stores 18 bytes per 32 elements, so 3 * 2^31 x 2^32 elements fit
+    // in a u64 byte size while the element count overflows.
+    let mut bytes = small_file();
+    let at = n_dims_at(&bytes, "b.weight") + 4;
+    put_u64(&mut bytes, at, 3 << 31);
+    put_u64(&mut bytes, at + 8, 1 << 32);
+    put_u32(&mut bytes, at + 16, DType::Q4_0.ggml_id());
+    let e = parse_err(&bytes);
+    assert!(e.contains("overflow the element count"), "{e}");
+}
+
+#[test]
+fn unknown_and_unsupported_tensor_types() {
+    let cases = [
+        (10u32, "Q2_K (id 10) in tensor 'b.weight'"),
+        (999, "unknown (id 999) in tensor 'b.weight'"),
+        (15, "Q8_K (id 15) in tensor 'b.weight'"),
+    ];
+    for (id, want) in cases {
+        let mut bytes = small_file();
+        let (type_at, _) = type_and_offset_at(&bytes, "b.weight", 2);
+        put_u32(&mut bytes, type_at, id);
+        let e = Gguf::parse(&bytes).unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}
+
+#[test]
+fn tensor_data_beyond_the_end() {
+    let mut bytes = small_file();
+    let (_, offset_at) = type_and_offset_at(&bytes, "b.weight", 2);
+    put_u64(&mut bytes, offset_at, 1 << 20);
+    let e = parse_err(&bytes);
+    assert!(
+        e.contains("'b.weight'") && e.contains("past the end of the file"),
+        "{e}"
+    );
+
+    put_u64(&mut bytes, offset_at, u64::MAX - 31);
+    let e = parse_err(&bytes);
+    assert!(
+        e.contains("'b.weight'") && e.contains("past the end of the file"),
+        "{e}"
+    );
+
+    // One byte short: the last tensor ends exactly at the end of the file.
+    let bytes = small_file();
+    let e = parse_err(&bytes[..bytes.len() - 1]);
+    assert!(e.contains("'b.weight'"), "{e}");
+}
+
+#[test]
+fn misaligned_tensor_offset() {
+    let mut bytes = small_file();
+    let (_, offset_at) = type_and_offset_at(&bytes, "b.weight", 2);
+    put_u64(&mut bytes, offset_at, 16);
+    let e = parse_err(&bytes);
+    assert!(
+        e.contains("'b.weight'") && e.contains("not a multiple of the alignment 32"),
+        "{e}"
+    );
+}
+
+#[test]
+fn string_length_bigger_than_the_file() {
+    let mut bytes = small_file();
+    let at = find(&bytes, b"general.architecture") + 20 + 4;
+    assert_eq!(&bytes[at..at + 8], &5u64.to_le_bytes());
+    put_u64(&mut bytes, at, 1 << 60);
+    let e = parse_err(&bytes);
+    assert!(
+        e.contains("'general.architecture'")
+            && e.contains(&format!("byte {at}"))
+            && e.contains("string length"),
+        "{e}"
+    );
+
+    // The key's own length.
+    let mut bytes = small_file();
+    put_u64(&mut bytes, 24, u64::MAX);
+    let e = parse_err(&bytes);
+    assert!(
+        e.contains("metadata entry #0 key") && e.contains("byte 24"),
+        "{e}"
+    );
+}
+
+#[test]
+fn array_count_bigger_than_the_file() {
+    for (key, ty) in [
+        ("tokenizer.ggml.tokens", 8u32),
+        ("tokenizer.ggml.scores", 6),
+    ] {
+        let mut bytes = small_file();
+        // key, array type (4), element type (4), count.
+        let at = find(&bytes, key.as_bytes()) + key.len() + 8;
+        assert_eq!(&bytes[at - 4..at], &ty.to_le_bytes());
+        put_u64(&mut bytes, at, 1 << 60);
+        let e = parse_err(&bytes);
+        assert!(
+            e.contains(&format!("'{key}'")) && e.contains("array count"),
+            "{e}"
+        );
+        // Small enough to allocate, too big for the bytes that remain.
+        let too_many = (bytes.len() - at) as u64;
+        put_u64(&mut bytes, at, too_many);
+        assert!(Gguf::parse(&bytes).is_err());
+    }
+}
+
+#[test]
+fn header_counts_bigger_than_the_file() {
+    let mut bytes = small_file();
+    put_u64(&mut bytes, 8, 1 << 60);
+    assert!(parse_err(&bytes).contains("tensor count"));
+    let mut bytes = small_file();
+    put_u64(&mut bytes, 16, u64::MAX);
+    assert!(parse_err(&bytes).contains("metadata count"));
+}
+
+#[test]
+fn alignment_must_be_a_power_of_two() {
+    for (bad, why) in [(48u32, "not a power of two"), (0, "not a power of two")] {
+        let mut w = GgufWriter::new();
+        w.add(ALIGNMENT_KEY, 64u32).unwrap();
+        w.add_tensor("t", DType::F32, &[16], pattern(64, 0))
+            .unwrap();
+        let mut bytes = w.to_bytes();
+        let at = find(&bytes, ALIGNMENT_KEY.as_bytes()) + ALIGNMENT_KEY.len() + 4;
+        put_u32(&mut bytes, at, bad);
+        let e = parse_err(&bytes);
+        assert!(
+            e.contains(ALIGNMENT_KEY) && e.contains(why) && e.contains(&format!("byte {at}")),
+            "{e}"
+        );
+    }
+    let mut kv = raw_key(ALIGNMENT_KEY, value_type::STRING);
+    kv.extend_from_slice(&2u64.to_le_bytes());
+    kv.extend_from_slice(b"32");
+    assert!(parse_err(&raw_file(1, &kv)).contains("non-negative integer"));
+}
+
+#[test]
+fn duplicate_tensor_name() {
+    let mut bytes = small_file();
+    let at = n_dims_at(&bytes, "b.weight") - "b.weight".len();
+    bytes[at] = b'a';
+    let e = parse_err(&bytes);
+    assert!(
+        e.contains("'a.weight'") && e.contains("duplicate tensor name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    let mut w = GgufWriter::new();
+    w.add("k", 1u8).unwrap();
+    w.add("j", 2u8).unwrap();
+    let mut bytes = w.to_bytes();
+    let at = find(&bytes, &[1, 0, 0, 0, 0, 0, 0, 0, b'j']) + 8;
+    bytes[at] = b'k';
+    let e = parse_err(&bytes);
+    assert!(e.contains("'k'") && e.contains("duplicate key"), "{e}");
+}
+
+#[test]
+fn bad_values() {
+    let mut kv = raw_key("b", value_type::BOOL);
+    kv.push(2);
+    assert!(parse_err(&raw_file(1, &kv)).contains("bool byte is 2"));
+
+    let mut kv = raw_key("ty", 13);
+    kv.push(0);
+    assert!(parse_err(&raw_file(1, &kv)).contains("unknown value type 13"));
+
+    let mut kv = raw_key("arr", value_type::ARRAY);
+    kv.extend_from_slice(&77u32.to_le_bytes());
+    kv.extend_from_slice(&0u64.to_le_bytes());
+    assert!(parse_err(&raw_file(1, &kv)).contains("unknown array element type 77"));
+
+    let mut kv = raw_key("s", value_type::STRING);
+    kv.extend_from_slice(&2u64.to_le_bytes());
+    kv.extend_from_slice(&[0xc3, 0x28]);
+    assert!(parse_err(&raw_file(1, &kv)).contains("UTF-8"));
+
+    // Deep nesting is refused before it can exhaust the stack.
+    let mut kv = raw_key("deep", value_type::ARRAY);
+    for _ in 0..100_000 {
+        kv.extend_from_slice(&value_type::ARRAY.to_le_bytes());
+        kv.extend_from_slice(&1u64.to_le_bytes());
+    }
+    assert!(parse_err(&raw_file(1, &kv)).contains("nested more than 8"));
+}
+
+#[test]
+fn data_section_past_the_end() {
+    // A file that stops right after its tensor infos, without the padding.
+    let mut w = GgufWriter::new();
+    w.add_tensor("t", DType::F32, &[0], Vec::new()).unwrap();
+    let bytes = w.to_bytes();
+    let infos_end = n_dims_at(&bytes, "t") + 4 + 8 + 4 + 8;
+    assert!(bytes.len() > infos_end);
+    let e = parse_err(&bytes[..infos_end]);
+    assert!(
+        e.contains("GGUF tensor data") && e.contains("past the end"),
+        "{e}"
+    );
+}
+
+// ---- real files ----
+
+fn fixtures_dir() -> PathBuf {
+    match std::env::var_os("MAIN_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    let path = fixtures_dir().join(name);
+    assert!(
+        path.exists(),
+        "fixture {} is missing: run scripts/fetch-fixtures (or set MAIN_FIXTURES to the fixtures directory)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn real_model_file() {
+    let path = fixture("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    let g = Gguf::parse(&bytes).unwrap();
+    assert_eq!(g.version, 3);
+    assert_eq!(g.alignment, 32);
+    assert_eq!(g.tensors.len(), 272);
+    assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
+    assert_eq!(g.get_u32("llama.block_count").unwrap(), 30);
+    assert_eq!(g.get_usize("llama.embedding_length").unwrap(), 576);
+    assert_eq!(g.get_f32("llama.rope.freq_base").unwrap(), 100000.0);
+    assert_eq!(g.get_str_array("general.languages").unwrap(), ["en"]);
+    let tokens = g.get_str_array("tokenizer.ggml.tokens").unwrap();
+    assert_eq!(tokens.len(), 49152);
+    assert_eq!(
+        &tokens[..3],
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    );
+    assert_eq!(
+        g.get_i32_array("tokenizer.ggml.token_type").unwrap().len(),
+        49152
+    );
+    assert_eq!(
+        g.get_str_array("tokenizer.ggml.merges").unwrap().len(),
+        48900
+    );
+
+    // Offsets as the python gguf package reports them.
+    let embd = g.tensor("token_embd.weight").unwrap();
+    assert_eq!(embd.dtype, DType::Q8_0);
+    assert_eq!(embd.dims, [576, 49152]);
+    assert_eq!((embd.offset, embd.n_bytes), (1785664, 30081024));
+    assert_eq!(g.data_offset, 1785664);
+    let last = g.tensors.last().unwrap();
+    assert_eq!(last.name, "output_norm.weight");
+    assert_eq!(last.offset + last.n_bytes, bytes.len());
+    let count = |t: DType| g.tensors.iter().filter(|x| x.dtype == t).count();
+    assert_eq!(
+        (count(DType::Q4_1), count(DType::F32), count(DType::Q8_0)),
+        (210, 61, 1)
+    );
+}
+
+#[test]
+fn llama_cpp_vocab_files() {
+    // Vocabulary-only files from llama.cpp's test suite: many tokenizer
+    // kinds, no tensors.
+    let dir = fixture("llama-vocab");
+    let mut n_files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "gguf") {
+            let bytes = std::fs::read(&path).unwrap();
+            let g = Gguf::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let tokens = g.get_str_array("tokenizer.ggml.tokens").unwrap();
+            assert!(!tokens.is_empty(), "{}", path.display());
+            n_files += 1;
+        }
+    }
+    assert!(
+        n_files >= 10,
+        "only {n_files} vocab files in {}",
+        dir.display()
+    );
+}
