@@ -25,6 +25,7 @@ so llama.cpp's log-probs on model.gguf match the reference run with --no-window.
 CLI:
     python3 tests/reference/make_tiny_mistral.py --out fixtures/mistral-tiny \
         [--vocab-from fixtures/SmolLM2-135M-Instruct.Q4_1.gguf] [--seed 20240601] [--no-verify]
+        [--write-reference tests/data/mistral_tiny_f64.json]
 
 writes  OUT/model.gguf  OUT/model-f16.gguf  OUT/hf/{config.json, model.safetensors}
 and then verifies with reference.py that the GGUF and HF copies agree (< 1e-9)
@@ -238,15 +239,35 @@ def verify(out: str, seed: int) -> None:
     except ImportError:
         return
     llm = llama_cpp.Llama(os.path.join(out, "model.gguf"), n_ctx=256, logits_all=True,
-                          n_threads=2, verbose=False)
+                          n_threads=2, type_k=0, type_v=0, verbose=False)   # F32 KV cache
     llm.eval(ids)
     x = np.array(llm.scores[: len(ids)], dtype=np.float64)
     x -= x.max(1, keepdims=True)
     ls = x - np.log(np.exp(x).sum(1, keepdims=True))
     lp_cpp = np.array([ls[i - 1, ids[i]] for i in range(1, len(ids))])
-    print(f"verify: llama.cpp {llama_cpp.__version__} on model.gguf (ignores the window): "
+    print(f"verify: llama.cpp {llama_cpp.__version__} on model.gguf, F32 KV (ignores the window): "
           f"max|cpp - ref(no window)| = {np.abs(lp_cpp - lp_full).max():.2e}, "
           f"max|cpp - ref(window)| = {np.abs(lp_cpp - lp_g).max():.2e}", file=sys.stderr)
+
+
+def write_reference(out: str, golden: str, max_tokens: int = 256) -> dict:
+    """Float64 log-probs of the tiny model on the fidelity ids (first `max_tokens` of each segment).
+
+    Writes {"segments": [{"ids", "logprobs", "logprobs_no_window"}], ...} (6 decimals),
+    so engine tests can check the sliding window without running Python.
+    """
+    sys.path.insert(0, HERE)
+    import reference as R
+    with open(golden) as f:
+        segs = [s["ids"][:max_tokens] for s in json.load(f)["segments"]]
+    m = R.load_model(os.path.join(out, "model.gguf"))
+    rnd = lambda lps: [None] + [round(x, 6) for x in lps[1:]]
+    result = {"model": "fixtures/mistral-tiny (tests/reference/make_tiny_mistral.py)",
+              "config": CONFIG, "seed": None,
+              "segments": [{"ids": ids, "logprobs": rnd(R.token_logprobs(m, ids)),
+                            "logprobs_no_window": rnd(R.token_logprobs(m, ids, window=0))}
+                           for ids in segs]}
+    return result
 
 
 def main(argv=None) -> int:
@@ -255,6 +276,10 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab-from", default=os.path.join(ROOT, "fixtures", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--no-verify", action="store_true")
+    ap.add_argument("--write-reference", metavar="JSON", default=None,
+                    help="also write float64 log-probs on the fidelity ids, e.g. tests/data/mistral_tiny_f64.json")
+    ap.add_argument("--golden", default=os.path.join(ROOT, "tests", "data", "llamacpp_golden.json"),
+                    help="source of the token ids for --write-reference")
     args = ap.parse_args(argv)
 
     os.makedirs(args.out, exist_ok=True)
@@ -265,6 +290,13 @@ def main(argv=None) -> int:
     print(f"wrote {args.out}/model.gguf, model-f16.gguf, hf/", file=sys.stderr)
     if not args.no_verify:
         verify(args.out, args.seed)
+    if args.write_reference:
+        result = write_reference(args.out, args.golden)
+        result["seed"] = args.seed
+        with open(args.write_reference, "w") as f:
+            json.dump(result, f, separators=(",", ":"))
+            f.write("\n")
+        print(f"wrote {args.write_reference}", file=sys.stderr)
     return 0
 
 
