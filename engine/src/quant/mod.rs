@@ -155,10 +155,11 @@ impl DType {
     /// Bytes of a row of `n` elements, or `None` when `n` is not a whole
     /// number of blocks (or the size overflows).
     pub fn row_bytes(self, n: usize) -> Option<usize> {
-        if n % self.block_len() != 0 {
+        let n_blocks = n / self.block_len();
+        if n_blocks * self.block_len() != n {
             return None;
         }
-        (n / self.block_len()).checked_mul(self.block_bytes())
+        n_blocks.checked_mul(self.block_bytes())
     }
 
     /// Whether this is a stored weight type (as opposed to an activation-only format).
@@ -364,3 +365,6 @@ pub fn vec_dot_scalar(weight: DType, w: &[u8], a: &[u8], n: usize) -> f32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
