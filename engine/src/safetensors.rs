@@ -1011,6 +1011,8 @@ fn hf_row_of_gguf_row(r: usize, head_dim: usize) -> usize {
     head * head_dim + j * (head_dim / 2) + i
 }
 
+// `usize::is_multiple_of` needs Rust 1.87; the workspace's rust-version is 1.85.
+#[allow(clippy::manual_is_multiple_of)]
 fn check_qk_args(rows: &[f32], n_heads: usize, head_dim: usize, n_in: usize) {
     assert!(
         head_dim % 2 == 0,
@@ -1204,7 +1206,8 @@ mod tests {
                 .map(|_| rng.random())
                 .collect();
             let p = permute_qk(&w, n_heads, head_dim, n_in);
-            assert_ne!(p, w);
+            // With head_dim 2 each head's single pair is already adjacent.
+            assert_eq!(p == w, head_dim == 2);
             assert_eq!(unpermute_qk(&p, n_heads, head_dim, n_in), w);
             assert_eq!(
                 permute_qk(
@@ -1482,7 +1485,7 @@ mod tests {
         let config = small_config("llama", None);
         let mut tensors = random_tensors(&config, true, 2);
         tensors.retain(|(n, _, _)| n != "output_norm.weight");
-        let good = st_bytes(&config, &tensors);
+        let good: Arc<[u8]> = encode(&hf_unchecked(&tensors)).into();
         // Append model.norm.weight as I64 (16 values, 128 bytes) in a second shard.
         let norm = st_file(
             r#"{"model.norm.weight": {"dtype": "I64", "shape": [16], "data_offsets": [0, 128]}}"#,
