@@ -8,16 +8,15 @@
 //! [`logprob`] (fused LM head + log-softmax + gather).
 
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod gguf;
-#[cfg(main_wip)] // enabled once the tokenizer lands
+pub mod kernels;
 pub mod logprob;
 pub mod matmul;
-#[cfg(main_wip)] // enabled once the tokenizer lands
 pub mod model;
 pub mod quant;
 pub mod safetensors;
-#[cfg(main_wip)] // enabled once the tokenizer lands
 pub mod sample;
 pub mod tensor;
 pub mod threads;

@@ -22,7 +22,11 @@ pub fn target_logprobs(model: &Model, rt: &Runtime, hidden: &[f32], targets: &[u
 pub fn head_logprobs(head: &Weight, rt: &Runtime, hidden: &[f32], targets: &[u32]) -> Vec<f64> {
     let (d, vocab) = (head.n_in, head.n_out);
     let n = targets.len();
-    assert_eq!(hidden.len(), n * d, "head_logprobs: hidden has the wrong length");
+    assert_eq!(
+        hidden.len(),
+        n * d,
+        "head_logprobs: hidden has the wrong length"
+    );
     let mut max = vec![f64::NEG_INFINITY; n];
     let mut sum = vec![0f64; n];
     let mut target_logit = vec![f64::NAN; n];
@@ -32,7 +36,14 @@ pub fn head_logprobs(head: &Weight, rt: &Runtime, hidden: &[f32], targets: &[u32
         let end = (start + VOCAB_CHUNK).min(vocab);
         let width = end - start;
         let chunk = &mut logits[..n * width];
-        matmul(&rt.threads, rt.precision, &head.rows(start, end), hidden, n, chunk);
+        matmul(
+            &rt.threads,
+            rt.precision,
+            &head.rows(start, end),
+            hidden,
+            n,
+            chunk,
+        );
         for i in 0..n {
             let row = &chunk[i * width..(i + 1) * width];
             let chunk_max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
@@ -47,7 +58,9 @@ pub fn head_logprobs(head: &Weight, rt: &Runtime, hidden: &[f32], targets: &[u32
         }
         start = end;
     }
-    (0..n).map(|i| target_logit[i] - max[i] - sum[i].ln()).collect()
+    (0..n)
+        .map(|i| target_logit[i] - max[i] - sum[i].ln())
+        .collect()
 }
 
 /// Full logits of one hidden state `(d)`, for sampling.
@@ -64,7 +77,11 @@ pub const TEXT_CHUNK: usize = 512;
 
 /// `out[i] = log p(ids[i] | ids[..i])` for `i >= 1` (`out[0]` is `None`: the
 /// first token has no context).
-pub fn sequence_logprobs(model: &Model, rt: &Runtime, ids: &[u32]) -> crate::Result<Vec<Option<f64>>> {
+pub fn sequence_logprobs(
+    model: &Model,
+    rt: &Runtime,
+    ids: &[u32],
+) -> crate::Result<Vec<Option<f64>>> {
     model.check_tokens(ids)?;
     let mut out = Vec::with_capacity(ids.len());
     if ids.is_empty() {
@@ -79,7 +96,12 @@ pub fn sequence_logprobs(model: &Model, rt: &Runtime, ids: &[u32]) -> crate::Res
         // Position p predicts ids[p + 1]; the text's last position predicts nothing.
         let n_pred = end.min(ids.len() - 1) - start;
         if n_pred > 0 {
-            let lps = target_logprobs(model, rt, &hidden[..n_pred * d], &ids[start + 1..start + 1 + n_pred]);
+            let lps = target_logprobs(
+                model,
+                rt,
+                &hidden[..n_pred * d],
+                &ids[start + 1..start + 1 + n_pred],
+            );
             out.extend(lps.into_iter().map(Some));
         }
     }

@@ -28,7 +28,10 @@ pub struct Runtime {
 impl Runtime {
     /// `n_threads == 0`: one per core.
     pub fn new(n_threads: usize, precision: Precision) -> Runtime {
-        Runtime { threads: Threads::new(n_threads), precision }
+        Runtime {
+            threads: Threads::new(n_threads),
+            precision,
+        }
     }
 }
 
@@ -60,6 +63,9 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     /// Jinja chat template from the model file, if it has one.
     pub chat_template: Option<String>,
+    /// The GGUF metadata as read (empty for safetensors), kept so a
+    /// conversion can carry it over.
+    pub metadata: Vec<(String, Value)>,
     store: TensorStore,
     /// (vocab, d) token embeddings.
     token_embd: TensorRef,
@@ -78,10 +84,17 @@ fn meta_usize(g: &Gguf, key: &str) -> Result<Option<usize>> {
         Some(Value::U8(v)) => Some(*v as usize),
         Some(Value::U16(v)) => Some(*v as usize),
         Some(Value::U32(v)) => Some(*v as usize),
-        Some(Value::U64(v)) => Some(usize::try_from(*v).map_err(|_| Error::metadata(key, "too large"))?),
+        Some(Value::U64(v)) => {
+            Some(usize::try_from(*v).map_err(|_| Error::metadata(key, "too large"))?)
+        }
         Some(Value::I32(v)) if *v >= 0 => Some(*v as usize),
         Some(Value::I64(v)) if *v >= 0 => Some(*v as usize),
-        Some(v) => return Err(Error::metadata(key, format!("expected an unsigned integer, found {v:?}"))),
+        Some(v) => {
+            return Err(Error::metadata(
+                key,
+                format!("expected an unsigned integer, found {v:?}"),
+            ))
+        }
     })
 }
 
@@ -90,7 +103,12 @@ fn meta_f32(g: &Gguf, key: &str) -> Result<Option<f32>> {
         None => None,
         Some(Value::F32(v)) => Some(*v),
         Some(Value::F64(v)) => Some(*v as f32),
-        Some(v) => return Err(Error::metadata(key, format!("expected a float, found {v:?}"))),
+        Some(v) => {
+            return Err(Error::metadata(
+                key,
+                format!("expected a float, found {v:?}"),
+            ))
+        }
     })
 }
 
@@ -98,7 +116,12 @@ fn meta_str<'a>(g: &'a Gguf, key: &str) -> Result<Option<&'a str>> {
     Ok(match g.get(key) {
         None => None,
         Some(Value::String(s)) => Some(s.as_str()),
-        Some(v) => return Err(Error::metadata(key, format!("expected a string, found {v:?}"))),
+        Some(v) => {
+            return Err(Error::metadata(
+                key,
+                format!("expected a string, found {v:?}"),
+            ))
+        }
     })
 }
 
@@ -109,36 +132,60 @@ fn required<T>(v: Option<T>, key: &str) -> Result<T> {
 impl Config {
     /// Reads the hyper-parameters of a LLaMA-family GGUF.
     pub fn from_gguf(g: &Gguf) -> Result<Config> {
-        let arch = required(meta_str(g, "general.architecture")?, "general.architecture")?.to_string();
+        let arch =
+            required(meta_str(g, "general.architecture")?, "general.architecture")?.to_string();
         if arch != "llama" && arch != "mistral" {
-            return Err(Error::unsupported("architecture", format!("'{arch}' (supported: llama, mistral)")));
+            return Err(Error::unsupported(
+                "architecture",
+                format!("'{arch}' (supported: llama, mistral)"),
+            ));
         }
         let k = |name: &str| format!("{arch}.{name}");
-        let d_model = required(meta_usize(g, &k("embedding_length"))?, &k("embedding_length"))?;
-        let n_heads = required(meta_usize(g, &k("attention.head_count"))?, &k("attention.head_count"))?;
+        let d_model = required(
+            meta_usize(g, &k("embedding_length"))?,
+            &k("embedding_length"),
+        )?;
+        let n_heads = required(
+            meta_usize(g, &k("attention.head_count"))?,
+            &k("attention.head_count"),
+        )?;
         let n_kv_heads = meta_usize(g, &k("attention.head_count_kv"))?.unwrap_or(n_heads);
         if n_heads == 0 {
-            return Err(Error::metadata(k("attention.head_count"), "must be at least 1"));
+            return Err(Error::metadata(
+                k("attention.head_count"),
+                "must be at least 1",
+            ));
         }
         let head_dim = meta_usize(g, &k("attention.key_length"))?.unwrap_or(d_model / n_heads);
         if let Some(rope_dim) = meta_usize(g, &k("rope.dimension_count"))? {
             if rope_dim != head_dim {
                 return Err(Error::unsupported(
                     "partial rotary embedding",
-                    format!("{} = {rope_dim} but head_dim = {head_dim}", k("rope.dimension_count")),
+                    format!(
+                        "{} = {rope_dim} but head_dim = {head_dim}",
+                        k("rope.dimension_count")
+                    ),
                 ));
             }
         }
         if let Some(t) = meta_str(g, &k("rope.scaling.type"))? {
             if t != "none" {
-                return Err(Error::unsupported("RoPE scaling", format!("{} = '{t}'", k("rope.scaling.type"))));
+                return Err(Error::unsupported(
+                    "RoPE scaling",
+                    format!("{} = '{t}'", k("rope.scaling.type")),
+                ));
             }
         }
         let vocab_size = match meta_usize(g, &k("vocab_size"))? {
             Some(v) => v,
             None => match g.get("tokenizer.ggml.tokens") {
                 Some(Value::Array(a)) => a.len(),
-                _ => return Err(Error::metadata(k("vocab_size"), "missing (and no tokenizer.ggml.tokens)")),
+                _ => {
+                    return Err(Error::metadata(
+                        k("vocab_size"),
+                        "missing (and no tokenizer.ggml.tokens)",
+                    ))
+                }
             },
         };
         let config = Config {
@@ -147,7 +194,10 @@ impl Config {
             n_heads,
             n_kv_heads,
             head_dim,
-            d_ff: required(meta_usize(g, &k("feed_forward_length"))?, &k("feed_forward_length"))?,
+            d_ff: required(
+                meta_usize(g, &k("feed_forward_length"))?,
+                &k("feed_forward_length"),
+            )?,
             vocab_size,
             rms_eps: required(
                 meta_f32(g, &k("attention.layer_norm_rms_epsilon"))?,
@@ -168,7 +218,13 @@ fn f32_vector(store: &TensorStore, name: &str, len: usize) -> Result<Vec<f32>> {
     let t = store.expect(name, &[len])?;
     let mut out = vec![0f32; len];
     if t.dtype.row_bytes(len).is_none() {
-        return Err(Error::tensor(name, format!("{} is not a valid type for a vector of {len}", t.dtype.name())));
+        return Err(Error::tensor(
+            name,
+            format!(
+                "{} is not a valid type for a vector of {len}",
+                t.dtype.name()
+            ),
+        ));
     }
     dequantize_row(t.dtype, store.data(t), &mut out);
     Ok(out)
@@ -179,7 +235,10 @@ fn matrix(store: &TensorStore, name: &str, n_in: usize, n_out: usize) -> Result<
     if !t.dtype.is_weight_type() || t.dtype.row_bytes(n_in).is_none() {
         return Err(Error::tensor(
             name,
-            format!("type {} cannot hold rows of {n_in} elements", t.dtype.name()),
+            format!(
+                "type {} cannot hold rows of {n_in} elements",
+                t.dtype.name()
+            ),
         ));
     }
     Ok(t.clone())
@@ -207,24 +266,42 @@ impl Model {
         let mut config = Config::from_gguf(&g)?;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let chat_template = meta_str(&g, "tokenizer.chat_template")?.map(str::to_string);
-        let tensors = g.tensors.iter().map(|t| (t.name.clone(), t.clone())).collect();
-        let store = TensorStore { shards: vec![storage], tensors };
+        let tensors = g
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        let store = TensorStore {
+            shards: vec![storage],
+            tensors,
+        };
         if store.tensors.contains_key("rope_freqs.weight") {
-            config.rope_freq_factors = Some(f32_vector(&store, "rope_freqs.weight", config.head_dim / 2)?);
+            config.rope_freq_factors = Some(f32_vector(
+                &store,
+                "rope_freqs.weight",
+                config.head_dim / 2,
+            )?);
         }
-        Model::assemble(config, tokenizer, chat_template, store)
+        let mut model = Model::assemble(config, tokenizer, chat_template, store)?;
+        model.metadata = g.metadata;
+        Ok(model)
     }
 
     #[cfg(feature = "std-fs")]
     fn load_hf_dir(dir: &std::path::Path) -> Result<Model> {
         let (config, store) = crate::safetensors::load_dir(dir)?;
         let tok_path = dir.join("tokenizer.json");
-        let tok_config: Option<serde_json::Value> = match std::fs::read(dir.join("tokenizer_config.json")) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
-                Error::format(dir.join("tokenizer_config.json").display().to_string(), e.column() as u64, e.to_string())
-            })?),
-            Err(_) => None,
-        };
+        let tok_config: Option<serde_json::Value> =
+            match std::fs::read(dir.join("tokenizer_config.json")) {
+                Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::format(
+                        dir.join("tokenizer_config.json").display().to_string(),
+                        e.column() as u64,
+                        e.to_string(),
+                    )
+                })?),
+                Err(_) => None,
+            };
         let tok_bytes = std::fs::read(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
         let tokenizer = Tokenizer::from_json_bytes(&tok_bytes, tok_config.as_ref())?;
         let chat_template = tok_config
@@ -270,15 +347,35 @@ impl Model {
         if tokenizer.vocab_size() > c.vocab_size {
             return Err(Error::metadata(
                 "vocab_size",
-                format!("the tokenizer has {} tokens but the embedding only {}", tokenizer.vocab_size(), c.vocab_size),
+                format!(
+                    "the tokenizer has {} tokens but the embedding only {}",
+                    tokenizer.vocab_size(),
+                    c.vocab_size
+                ),
             ));
         }
         let rope_inv_freqs = config.rope_inv_freqs();
-        Ok(Model { config, tokenizer, chat_template, store, token_embd, output, output_norm, layers, rope_inv_freqs })
+        Ok(Model {
+            config,
+            tokenizer,
+            chat_template,
+            metadata: Vec::new(),
+            store,
+            token_embd,
+            output,
+            output_norm,
+            layers,
+            rope_inv_freqs,
+        })
     }
 
     fn weight(&self, t: &TensorRef) -> Weight<'_> {
-        Weight { dtype: t.dtype, n_out: t.dims[1], n_in: t.dims[0], data: self.store.data(t) }
+        Weight {
+            dtype: t.dtype,
+            n_out: t.dims[1],
+            n_in: t.dims[0],
+            data: self.store.data(t),
+        }
     }
 
     /// The output head as a matrix `(vocab, d)`, for the fused log-prob kernel.
@@ -291,6 +388,11 @@ impl Model {
         self.store.tensors.values()
     }
 
+    /// The bytes of one of this model's tensors.
+    pub fn tensor_data(&self, t: &TensorRef) -> &[u8] {
+        self.store.data(t)
+    }
+
     /// Total bytes of weight data.
     pub fn weight_bytes(&self) -> usize {
         self.store.tensors.values().map(|t| t.n_bytes).sum()
@@ -298,10 +400,16 @@ impl Model {
 
     /// Checks that every id is inside the vocabulary.
     pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        match tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        match tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             Some(t) => Err(Error::invalid_argument(
                 "tokens",
-                format!("token id {t} is outside the vocabulary of {}", self.config.vocab_size),
+                format!(
+                    "token id {t} is outside the vocabulary of {}",
+                    self.config.vocab_size
+                ),
             )),
             None => Ok(()),
         }
@@ -314,15 +422,26 @@ impl Model {
     ///
     /// Each sequence sees only itself (its own causal mask); sequences of
     /// different lengths share every weight read.
-    pub fn forward(&self, rt: &Runtime, caches: &mut [KvCache], tokens: &[&[u32]]) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        rt: &Runtime,
+        caches: &mut [KvCache],
+        tokens: &[&[u32]],
+    ) -> Result<Vec<f32>> {
         if caches.len() != tokens.len() {
-            return Err(Error::invalid_argument("caches", "one KV cache per sequence is required"));
+            return Err(Error::invalid_argument(
+                "caches",
+                "one KV cache per sequence is required",
+            ));
         }
         let c = &self.config;
         for (s, (cache, toks)) in caches.iter().zip(tokens).enumerate() {
             self.check_tokens(toks)?;
             if !cache.fits(c) {
-                return Err(Error::invalid_argument("caches", format!("cache {s} was made for another model")));
+                return Err(Error::invalid_argument(
+                    "caches",
+                    format!("cache {s} was made for another model"),
+                ));
             }
             if cache.len + toks.len() > cache.capacity {
                 return Err(Error::invalid_argument(
@@ -351,7 +470,10 @@ impl Model {
         // (T, d) residual stream, starting from the embeddings.
         let mut x = vec![0f32; n_tok * d];
         let embd = self.weight(&self.token_embd);
-        for (row, &tok) in x.chunks_exact_mut(d).zip(tokens.iter().flat_map(|t| t.iter())) {
+        for (row, &tok) in x
+            .chunks_exact_mut(d)
+            .zip(tokens.iter().flat_map(|t| t.iter()))
+        {
             embd.dequantize_row(tok as usize, row);
         }
 
@@ -453,7 +575,9 @@ impl KvCache {
     }
 
     fn fits(&self, c: &Config) -> bool {
-        self.n_layers == c.n_layers && self.n_kv_heads == c.n_kv_heads && self.head_dim == c.head_dim
+        self.n_layers == c.n_layers
+            && self.n_kv_heads == c.n_kv_heads
+            && self.head_dim == c.head_dim
     }
 
     fn head_offset(&self, layer: usize, head: usize) -> usize {
@@ -476,7 +600,10 @@ impl KvCache {
     /// Keys and values of one head, positions `0..n`: `(n, hd)` each.
     fn head(&self, layer: usize, head: usize, n: usize) -> (&[f32], &[f32]) {
         let o = self.head_offset(layer, head);
-        (&self.k[o..o + n * self.head_dim], &self.v[o..o + n * self.head_dim])
+        (
+            &self.k[o..o + n * self.head_dim],
+            &self.v[o..o + n * self.head_dim],
+        )
     }
 }
 
@@ -508,7 +635,10 @@ impl RopeTable {
     fn apply(&self, x: &mut [f32], n_heads: usize, hd: usize, style: RopeStyle) {
         let half = self.half;
         for (t, row) in x.chunks_exact_mut(n_heads * hd).enumerate() {
-            let (cos, sin) = (&self.cos[t * half..(t + 1) * half], &self.sin[t * half..(t + 1) * half]);
+            let (cos, sin) = (
+                &self.cos[t * half..(t + 1) * half],
+                &self.sin[t * half..(t + 1) * half],
+            );
             for head in row.chunks_exact_mut(hd) {
                 for i in 0..half {
                     let (a, b) = match style {
@@ -557,7 +687,12 @@ fn attention(
             for head in 0..c.n_heads {
                 let (mine, tail) = rest.split_at_mut(toks.len() * hd);
                 rest = tail;
-                tasks.push(Task { seq, head, t0, out: mine });
+                tasks.push(Task {
+                    seq,
+                    head,
+                    t0,
+                    out: mine,
+                });
             }
             t0 += toks.len();
         }

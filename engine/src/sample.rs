@@ -17,7 +17,11 @@ pub struct SamplerParams {
 
 impl Default for SamplerParams {
     fn default() -> Self {
-        SamplerParams { temperature: 0.0, top_p: 1.0, seed: 0x5eed }
+        SamplerParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0x5eed,
+        }
     }
 }
 
@@ -43,12 +47,21 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplerParams) -> Result<Sampler> {
         if !(params.temperature >= 0.0 && params.temperature.is_finite()) {
-            return Err(Error::invalid_argument("temperature", format!("{} must be >= 0", params.temperature)));
+            return Err(Error::invalid_argument(
+                "temperature",
+                format!("{} must be >= 0", params.temperature),
+            ));
         }
         if !(params.top_p > 0.0 && params.top_p <= 1.0) {
-            return Err(Error::invalid_argument("top_p", format!("{} must be in (0, 1]", params.top_p)));
+            return Err(Error::invalid_argument(
+                "top_p",
+                format!("{} must be in (0, 1]", params.top_p),
+            ));
         }
-        Ok(Sampler { params, rng: Rng(params.seed) })
+        Ok(Sampler {
+            params,
+            rng: Rng(params.seed),
+        })
     }
 
     /// Picks a token id from raw logits.
@@ -57,7 +70,13 @@ impl Sampler {
             logits
                 .iter()
                 .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 {
+                        (i, v)
+                    } else {
+                        best
+                    }
+                })
                 .0 as u32
         };
         if self.params.temperature == 0.0 {
@@ -65,8 +84,11 @@ impl Sampler {
         }
         let t = self.params.temperature as f64;
         let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let mut probs: Vec<(u32, f64)> =
-            logits.iter().enumerate().map(|(i, &v)| (i as u32, ((v as f64 - max) / t).exp())).collect();
+        let mut probs: Vec<(u32, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (i as u32, ((v as f64 - max) / t).exp()))
+            .collect();
         let total: f64 = probs.iter().map(|p| p.1).sum();
         probs.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
         // Nucleus: the smallest prefix whose mass reaches top_p.
@@ -104,7 +126,10 @@ pub fn generate(
     sampler: &mut Sampler,
 ) -> Result<Vec<u32>> {
     if prompt.is_empty() {
-        return Err(Error::invalid_argument("prompt", "must hold at least one token"));
+        return Err(Error::invalid_argument(
+            "prompt",
+            "must hold at least one token",
+        ));
     }
     let mut cache = model.new_cache(prompt.len() + max_new);
     let d = model.config.d_model;

@@ -68,7 +68,8 @@ impl Threads {
                 return;
             }
             use rayon::prelude::*;
-            self.pool.install(|| items.par_iter_mut().enumerate().for_each(|(i, t)| f(i, t)));
+            self.pool
+                .install(|| items.par_iter_mut().enumerate().for_each(|(i, t)| f(i, t)));
         }
         #[cfg(target_arch = "wasm32")]
         items.iter_mut().enumerate().for_each(|(i, t)| f(i, t));
