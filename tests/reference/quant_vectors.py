@@ -9,7 +9,14 @@ For each type NAME this writes, under engine/tests/data/quant/:
                    quantize (F16, BF16, Q4_0, Q4_1, Q8_0); for the
                    k-quants Q4_K, Q5_K, Q6_K, which the package can only
                    dequantize, random blocks with sane f16 scales instead;
-* NAME.dequant.f32 gguf.quants.dequantize(NAME.quant.bin).
+* NAME.dequant.f32 gguf.quants.dequantize(NAME.quant.bin);
+* kquant.input.f32 and NAME.ggml.quant.bin for Q4_K, Q5_K, Q6_K: ggml's own
+  reference quantizers (quantize_row_*_ref through ggml_quantize_chunk, no
+  importance matrix) via the `ggml-python` bindings, when they are installed,
+  since the gguf package has no k-quant quantizer;
+* model_q4_1.* and model_q8_0.*: the same pair for a few rows of real tensors
+  of the SmolLM2 fixture (blk.0.attn_q.weight, Q4_1; token_embd.weight, Q8_0),
+  read with gguf.GGUFReader, when the fixture is present.
 
 The Rust tests (engine/src/quant/mod.rs) check that our dequantize reproduces
 NAME.dequant.f32 bit for bit and our quantize reproduces NAME.quant.bin byte
@@ -17,6 +24,7 @@ for byte. The data is seeded, so rerunning this script rewrites the same files.
 
 CLI:
     python3 tests/reference/quant_vectors.py [--out engine/tests/data/quant]
+        [--model fixtures/SmolLM2-135M-Instruct.Q4_1.gguf]
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ def write(out: Path, name: str, data: np.ndarray) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("engine/tests/data/quant"))
+    ap.add_argument("--model", type=Path, default=Path("fixtures/SmolLM2-135M-Instruct.Q4_1.gguf"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20240611)
@@ -85,6 +94,66 @@ def main() -> None:
         y = quants.dequantize(q, qtype).astype(np.float32).reshape(-1)
         write(args.out, f"{name}.quant.bin", q)
         write(args.out, f"{name}.dequant.f32", y.astype("<f4"))
+
+    try:
+        import ggml  # noqa: F401  (the ggml-python package)
+    except ImportError:
+        print("ggml-python not installed: k-quant quantizer vectors left as they are")
+    else:
+        write_kquant_vectors(rng, args.out)
+
+    if args.model.exists():
+        write_model_rows(args.model, args.out)
+    else:
+        print(f"{args.model} not found: model_* vectors left as they are")
+
+
+def write_kquant_vectors(rng: np.random.Generator, out: Path) -> None:
+    """ggml's reference k-quant quantizers on 16 super-blocks of varied data."""
+    import ctypes
+
+    import ggml
+
+    n_per_row, n_rows = 256, 16
+    x = rng.standard_normal((n_rows, n_per_row)).astype(np.float32)
+    for r in range(n_rows):
+        x[r] *= np.float32(10.0 ** rng.uniform(-4, 1))  # scales from 1e-4 to 10
+        if r % 4 == 1:
+            x[r] = np.abs(x[r])  # one sign: the minimum search clamps at 0
+        if r % 4 == 2:
+            x[r, rng.integers(0, n_per_row, 3)] *= 30.0  # outliers
+        if r % 8 == 3:
+            x[r, :100] = 0.0  # zero sub-blocks
+    x = np.ascontiguousarray(x.reshape(-1))
+    write(out, "kquant.input.f32", x.astype("<f4"))
+    for qtype, gtype in ((T.Q4_K, ggml.GGML_TYPE_Q4_K), (T.Q5_K, ggml.GGML_TYPE_Q5_K), (T.Q6_K, ggml.GGML_TYPE_Q6_K)):
+        q = np.zeros(ggml.ggml_row_size(gtype, n_per_row) * n_rows, dtype=np.uint8)
+        ggml.ggml_quantize_chunk(
+            gtype,
+            x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            q.ctypes.data_as(ctypes.c_void_p),
+            0,
+            n_rows,
+            n_per_row,
+            None,
+        )
+        write(out, f"{qtype.name.lower()}.ggml.quant.bin", q)
+
+
+def write_model_rows(model: Path, out: Path) -> None:
+    """A few rows of real weights: 4 rows of a Q4_1 matrix, 4 token embeddings in Q8_0."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(model).tensors}
+    for name, tensor, rows in (
+        ("model_q4_1", "blk.0.attn_q.weight", [0, 1, 287, 575]),
+        ("model_q8_0", "token_embd.weight", [0, 1, 1000, 49151]),
+    ):
+        t = tensors[tensor]
+        q = np.ascontiguousarray(t.data[rows]).reshape(-1)
+        y = quants.dequantize(q, t.tensor_type).astype(np.float32).reshape(-1)
+        write(out, f"{name}.quant.bin", q)
+        write(out, f"{name}.dequant.f32", y.astype("<f4"))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,42 @@ fn quantize_matches_gguf_package_byte_for_byte() {
     }
 }
 
+#[test]
+fn k_quantize_matches_ggml_byte_for_byte() {
+    // ggml's own reference quantizers, through the ggml-python bindings
+    // (the gguf package has none for the k-quants).
+    let x = floats(&golden("kquant.input.f32"));
+    for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        let name = dtype.name().to_ascii_lowercase();
+        let want = golden(&format!("{name}.ggml.quant.bin"));
+        let got = quantize_vec(dtype, &x);
+        let block = dtype.block_bytes();
+        for (b, (g, w)) in got.chunks(block).zip(want.chunks(block)).enumerate() {
+            assert_eq!(g, w, "{dtype:?} block {b}");
+        }
+    }
+}
+
+#[test]
+fn real_model_rows_match_gguf_package() {
+    // Rows of the SmolLM2 fixture as llama.cpp's quantizer wrote them.
+    for (name, dtype) in [("model_q4_1", DType::Q4_1), ("model_q8_0", DType::Q8_0)] {
+        let q = golden(&format!("{name}.quant.bin"));
+        let want = floats(&golden(&format!("{name}.dequant.f32")));
+        let got = dequantize_vec(dtype, &q, want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "{name} element {i}: {g} vs {w}");
+        }
+        // Quantizing the dequantized values finds the same scales and codes,
+        // since the file was written by the same reference quantizer.
+        let again = quantize_vec(dtype, &got);
+        let block = dtype.block_bytes();
+        for (b, (g, w)) in again.chunks(block).zip(q.chunks(block)).enumerate() {
+            assert_eq!(g, w, "{name} block {b}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Round trips
 // ---------------------------------------------------------------------------
@@ -223,6 +259,28 @@ fn activation_blocks_carry_consistent_sums() {
             assert_eq!(*s as i32, sum);
         }
         assert!(b.qs.iter().all(|&q| q != -128), "Q8_K codes are symmetric");
+    }
+    // ggml maps each Q8_K block's value of largest magnitude to code -127, and
+    // each Q8_0/Q8_1 block's to +-127.
+    for (xb, b) in x
+        .chunks(QK_K)
+        .zip(blocks::<BlockQ8K>(&quantize_vec(DType::Q8_K, &x), x.len()))
+    {
+        let i = (0..QK_K)
+            .max_by(|&i, &j| xb[i].abs().total_cmp(&xb[j].abs()))
+            .unwrap();
+        assert_eq!(b.qs[i], -127);
+        assert_eq!(b.d, 1.0 / (-127.0 / xb[i]));
+    }
+    for (xb, b) in x
+        .chunks(32)
+        .zip(blocks::<BlockQ8_1>(&quantize_vec(DType::Q8_1, &x), x.len()))
+    {
+        let i = (0..32)
+            .max_by(|&i, &j| xb[i].abs().total_cmp(&xb[j].abs()))
+            .unwrap();
+        assert_eq!(b.qs[i] as f32, 127.0 * xb[i].signum());
+        assert_eq!(b.d, half::f16::from_f32(xb[i].abs() / 127.0));
     }
     for b in blocks::<BlockQ8_1>(&quantize_vec(DType::Q8_1, &x), x.len()) {
         let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
