@@ -102,7 +102,7 @@ impl Config {
         if self.vocab_size == 0 || self.vocab_size > MAX_VOCAB {
             return bad("vocab_size", format!("{} is out of range", self.vocab_size));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(
                 "attention.head_count_kv",
                 format!(
@@ -111,7 +111,7 @@ impl Config {
                 ),
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(
                 "head_dim",
                 format!("{} must be even for RoPE", self.head_dim),
