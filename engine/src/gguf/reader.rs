@@ -14,7 +14,7 @@ pub(crate) const MAX_DIMS: usize = 4;
 
 /// Nested arrays are legal GGUF but no real file nests deeply; the cap keeps
 /// a hostile file from overflowing the stack through recursion.
-pub(super) const MAX_ARRAY_DEPTH: usize = 8;
+const MAX_ARRAY_DEPTH: usize = 8;
 
 /// Smallest possible metadata entry: empty key (8) + type (4) + one-byte value.
 const MIN_KV_BYTES: usize = 8 + 4 + 1;

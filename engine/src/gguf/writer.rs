@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io::Write;
 
-use super::reader::{MAX_ARRAY_DEPTH, MAX_DIMS};
+use super::reader::MAX_DIMS;
 use super::{value_type as vt, Value, ALIGNMENT_KEY, DEFAULT_ALIGNMENT};
 use crate::error::{Error, Result};
 use crate::quant::DType;
@@ -58,9 +58,9 @@ impl<'a> GgufWriter<'a> {
         self.alignment
     }
 
-    /// Adds a metadata entry, in order. Arrays must hold one value type
-    /// (nested arrays may differ from each other); an empty array is written
-    /// with element type u8, since `Value` carries no type for it.
+    /// Adds a metadata entry, in order. Arrays must hold one value type and
+    /// must not hold arrays (llama.cpp refuses nested arrays); an empty array
+    /// is written with element type u8, since `Value` carries no type for it.
     /// `general.alignment` must be a `U32` power of two (llama.cpp reads it
     /// as u32) and sets the alignment of the tensor data.
     pub fn add(&mut self, key: impl Into<String>, value: impl Into<Value>) -> Result<()> {
@@ -69,7 +69,7 @@ impl<'a> GgufWriter<'a> {
         if self.keys.contains(&key) {
             return Err(Error::metadata(key, "added twice to the GGUF writer"));
         }
-        check_value(&value, 0).map_err(|reason| Error::metadata(&key, reason))?;
+        check_value(&value).map_err(|reason| Error::metadata(&key, reason))?;
         if key == ALIGNMENT_KEY {
             match value {
                 Value::U32(a) if a.is_power_of_two() => self.alignment = a as usize,
@@ -210,25 +210,28 @@ impl<'a> GgufWriter<'a> {
     }
 }
 
-/// Rejects values the format cannot express or our reader would refuse.
-fn check_value(v: &Value, depth: usize) -> std::result::Result<(), String> {
+/// Rejects arrays the format cannot express or llama.cpp would refuse.
+fn check_value(v: &Value) -> std::result::Result<(), String> {
     let Value::Array(items) = v else {
         return Ok(());
     };
-    if depth >= MAX_ARRAY_DEPTH {
-        return Err(format!("arrays nested more than {MAX_ARRAY_DEPTH} deep"));
+    let Some(first) = items.first() else {
+        return Ok(());
+    };
+    if matches!(first, Value::Array(_)) {
+        // GGUF allows them and our reader reads them, but llama.cpp's
+        // gguf_init refuses the whole file.
+        return Err("nested arrays are not written: llama.cpp cannot read them".to_string());
     }
-    if let Some(first) = items.first() {
-        let ty = first.type_id();
-        if let Some((i, other)) = items.iter().enumerate().find(|(_, x)| x.type_id() != ty) {
-            return Err(format!(
-                "array mixes {} (element 0) and {} (element {i}); GGUF arrays hold one type",
-                first.type_name(),
-                other.type_name()
-            ));
-        }
+    let ty = first.type_id();
+    match items.iter().enumerate().find(|(_, x)| x.type_id() != ty) {
+        None => Ok(()),
+        Some((i, other)) => Err(format!(
+            "array mixes {} (element 0) and {} (element {i}); GGUF arrays hold one type",
+            first.type_name(),
+            other.type_name()
+        )),
     }
-    items.iter().try_for_each(|x| check_value(x, depth + 1))
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
