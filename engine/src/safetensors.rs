@@ -203,7 +203,7 @@ fn parse_hf_config(bytes: &[u8]) -> Result<HfConfig> {
     } else {
         "rope_scaling."
     };
-    let rope_freq_factors = match scaling_obj {
+    let llama3 = match scaling_obj {
         None => None,
         Some(s) => {
             let s = JsonObject {
@@ -236,7 +236,7 @@ fn parse_hf_config(bytes: &[u8]) -> Result<HfConfig> {
                             ),
                         ));
                     }
-                    Some(scaling.freq_factors(head_dim, rope_theta))
+                    Some(scaling)
                 }
                 Some(other) => {
                     return Err(Error::unsupported(
@@ -255,7 +255,7 @@ fn parse_hf_config(bytes: &[u8]) -> Result<HfConfig> {
         None
     };
 
-    let config = Config {
+    let mut config = Config {
         architecture,
         n_layers: obj.usize("num_hidden_layers")?,
         d_model,
@@ -267,14 +267,22 @@ fn parse_hf_config(bytes: &[u8]) -> Result<HfConfig> {
         rms_eps: obj.f64("rms_norm_eps")? as f32,
         rope_theta,
         rope_style: RopeStyle::Halves,
-        rope_freq_factors,
+        rope_freq_factors: None,
         sliding_window,
         context_length: obj.usize("max_position_embeddings")?,
     };
-    config.validate().map_err(|e| match e {
-        Error::Metadata { key, reason } => Error::metadata(hf_key(&key), reason),
-        other => other,
-    })?;
+    let validate = |c: &Config| {
+        c.validate().map_err(|e| match e {
+            Error::Metadata { key, reason } => Error::metadata(hf_key(&key), reason),
+            other => other,
+        })
+    };
+    // head_dim must be known sane before it sizes the factor table.
+    validate(&config)?;
+    if let Some(scaling) = llama3 {
+        config.rope_freq_factors = Some(scaling.freq_factors(head_dim, rope_theta));
+        validate(&config)?;
+    }
     Ok(HfConfig {
         config,
         tie_word_embeddings: obj.opt_bool("tie_word_embeddings")?.unwrap_or(false),
@@ -574,14 +582,8 @@ fn index_shard(
     }
     let data_start = 8 + header_len as usize;
     let data_len = bytes.len() - data_start;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&bytes[8..data_start]).map_err(|e| {
-            Error::format(
-                label,
-                8 + e.column() as u64 - 1,
-                format!("header is not a valid JSON object: {e}"),
-            )
-        })?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..data_start])
+        .map_err(|e| Error::format(label, 8, format!("header is not a valid JSON object: {e}")))?;
 
     for (name, info) in &header {
         if name == "__metadata__" {
@@ -710,14 +712,29 @@ fn build_store(
     Ok(TensorStore { shards, tensors })
 }
 
-fn load(config_json: &[u8], shards: Vec<(String, Storage)>) -> Result<(HfConfig, TensorStore)> {
+/// Shared by every entry point: `shards` are `(label, storage)`, the label
+/// being the file name where there is one; `weight_map` (sharded folders)
+/// says which labelled shard must hold each tensor.
+fn load(
+    config_json: &[u8],
+    shards: Vec<(String, Storage)>,
+    weight_map: Option<&HashMap<String, String>>,
+) -> Result<(Config, TensorStore)> {
     let hf = parse_hf_config(config_json)?;
     let mut index = HashMap::new();
     for (i, (label, storage)) in shards.iter().enumerate() {
         index_shard(label, i, storage.bytes(), &mut index)?;
     }
+    for (name, file) in weight_map.into_iter().flatten() {
+        if index.get(name).map(|e| &shards[e.shard].0) != Some(file) {
+            return Err(Error::tensor(
+                name,
+                format!("model.safetensors.index.json places it in {file}, which does not hold it"),
+            ));
+        }
+    }
     let store = build_store(&hf, &index, shards.into_iter().map(|(_, s)| s).collect())?;
-    Ok((hf, store))
+    Ok((hf.config, store))
 }
 
 /// Loads a checkpoint from memory (wasm, tests): the bytes of `config.json`
@@ -729,7 +746,7 @@ pub fn load_bytes(config_json: &[u8], shards: Vec<Arc<[u8]>>) -> Result<(Config,
         .enumerate()
         .map(|(i, b)| (format!("safetensors shard {i}"), Storage::Bytes(b)))
         .collect();
-    load(config_json, shards).map(|(hf, store)| (hf.config, store))
+    load(config_json, shards, None)
 }
 
 /// Loads a Hugging Face model folder: `config.json` and `model.safetensors`,
@@ -743,7 +760,7 @@ pub fn load_dir(dir: &std::path::Path) -> Result<(Config, TensorStore)> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         let shards = vec![("model.safetensors".to_string(), Storage::map(&single)?)];
-        return load(&config_json, shards).map(|(hf, store)| (hf.config, store));
+        return load(&config_json, shards, None);
     }
 
     let index_path = dir.join("model.safetensors.index.json");
@@ -779,22 +796,7 @@ pub fn load_dir(dir: &std::path::Path) -> Result<(Config, TensorStore)> {
         shards.push((file.to_string(), storage));
     }
 
-    let hf = parse_hf_config(&config_json)?;
-    let mut index = HashMap::new();
-    for (i, (label, storage)) in shards.iter().enumerate() {
-        index_shard(label, i, storage.bytes(), &mut index)?;
-    }
-    for (name, file) in &weight_map {
-        let shard = files.binary_search(&file.as_str()).expect("file listed");
-        if index.get(name).map(|e| e.shard) != Some(shard) {
-            return Err(Error::tensor(
-                name,
-                format!("model.safetensors.index.json places it in {file}, which does not hold it"),
-            ));
-        }
-    }
-    let store = build_store(&hf, &index, shards.into_iter().map(|(_, s)| s).collect())?;
-    Ok((hf.config, store))
+    load(&config_json, shards, Some(&weight_map))
 }
 
 /// `weight_map` of a sharded index: tensor name -> shard file name.
@@ -935,6 +937,22 @@ fn write_safetensors(w: &mut impl std::io::Write, tensors: &[HfTensor]) -> std::
         }
     }
     Ok(())
+}
+
+/// The in-memory form of [`write_dir`] (no file system, e.g. on wasm): the
+/// text of `config.json` and the bytes of `model.safetensors`.
+pub fn write_bytes(
+    config: &Config,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<(String, Vec<u8>)> {
+    config.validate()?;
+    let (hf_tensors, tied) = to_hf_tensors(config, tensors)?;
+    let config_json = config_to_hf_json(config, tied)?;
+    let mut file = safetensors_header(&hf_tensors);
+    for t in &hf_tensors {
+        file.extend(t.data.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    Ok((config_json, file))
 }
 
 /// Writes `path` via a temporary name in the same folder and a rename, so a
@@ -1140,8 +1158,7 @@ mod tests {
 
     /// The bytes `write_dir` would write for `tensors`, in memory.
     fn st_bytes(config: &Config, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Arc<[u8]> {
-        let (hf, _) = to_hf_tensors(config, tensors).unwrap();
-        encode(&hf).into()
+        write_bytes(config, tensors).unwrap().1.into()
     }
 
     /// HF tensors without the completeness check, to build incomplete files.
@@ -1440,6 +1457,14 @@ mod tests {
         let e = err_string(Config::from_hf_json(v.to_string().as_bytes()));
         assert!(e.contains("vocab_size") && e.contains("many"), "{e}");
 
+        let mut v: Value = serde_json::from_str(&good).unwrap();
+        v["head_dim"] = 1_000_000_000_000u64.into();
+        v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192});
+        let e = err_string(Config::from_hf_json(v.to_string().as_bytes()));
+        assert!(e.contains("head_dim") && e.contains("out of range"), "{e}");
+
         let e = err_string(Config::from_hf_json(b"{\"model_type\": "));
         assert!(e.contains("config.json") && e.contains("JSON"), "{e}");
     }
@@ -1640,6 +1665,19 @@ mod tests {
         for (name, dims, data) in &tensors {
             assert_eq!(f32s(store.data(store.expect(name, dims).unwrap())), *data);
         }
+
+        let mut wrong = index.clone();
+        wrong["weight_map"]["model.norm.weight"] = "model-00001-of-00002.safetensors".into();
+        std::fs::write(
+            dir.0.join("model.safetensors.index.json"),
+            wrong.to_string(),
+        )
+        .unwrap();
+        let e = err_string(load_dir(&dir.0));
+        assert!(
+            e.contains("'model.norm.weight'") && e.contains("does not hold it"),
+            "{e}"
+        );
 
         std::fs::remove_file(dir.0.join("model-00002-of-00002.safetensors")).unwrap();
         let e = err_string(load_dir(&dir.0));
