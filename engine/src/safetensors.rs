@@ -678,8 +678,10 @@ fn build_store(
         let entry = index.get(&exp.hf).ok_or_else(|| {
             let why = if exp.hf == "lm_head.weight" {
                 "config.json tie_word_embeddings is false".to_string()
-            } else {
+            } else if exp.hf.starts_with("model.layers.") {
                 format!("config.json num_hidden_layers = {}", config.n_layers)
+            } else {
+                "every LLaMA/Mistral model has it".to_string()
             };
             Error::tensor(
                 &exp.hf,
