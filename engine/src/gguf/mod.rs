@@ -300,8 +300,8 @@ impl Gguf {
     /// Parses the header, metadata and tensor infos of a GGUF v2/v3 file and
     /// checks every tensor's type, alignment and bounds against `bytes`.
     ///
-    /// Never panics and never allocates more than a small multiple of
-    /// `bytes.len()`, whatever the header claims.
+    /// Never panics, whatever the header claims, and allocates in proportion
+    /// to `bytes.len()`: at worst one 32-byte `Value` per byte of a `u8` array.
     pub fn parse(bytes: &[u8]) -> Result<Gguf> {
         reader::parse(bytes)
     }
