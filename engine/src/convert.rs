@@ -38,11 +38,14 @@ fn llama_file_type(ty: DType) -> u32 {
     }
 }
 
-/// Writes `model` as GGUF with every weight matrix in `ty` (norms and
-/// vectors stay F32, as llama.cpp keeps them). The metadata of a GGUF input
-/// is carried over unchanged except `general.file_type`.
-#[cfg(feature = "std-fs")]
-pub fn write_gguf(model: &Model, ty: DType, path: &std::path::Path) -> Result<ConvertReport> {
+/// Encodes `model` as GGUF with every weight matrix in `ty` (norms and
+/// vectors stay F32, as llama.cpp keeps them) into `out`. The metadata of a
+/// GGUF input is carried over unchanged except `general.file_type`.
+pub fn write_gguf_to(
+    model: &Model,
+    ty: DType,
+    out: &mut impl std::io::Write,
+) -> Result<ConvertReport> {
     if !ty.is_weight_type() {
         return Err(Error::invalid_argument(
             "type",
@@ -52,8 +55,7 @@ pub fn write_gguf(model: &Model, ty: DType, path: &std::path::Path) -> Result<Co
     if model.metadata.is_empty() || model.config.rope_style != RopeStyle::Interleaved {
         return Err(Error::unsupported(
             "conversion",
-            "safetensors -> GGUF needs the GGUF tokenizer metadata; convert from a GGUF model \
-             (or export GGUF with main-train export)",
+            "safetensors -> GGUF needs the GGUF tokenizer metadata; convert from a GGUF model",
         ));
     }
     let mut w = GgufWriter::new();
@@ -79,34 +81,39 @@ pub fn write_gguf(model: &Model, ty: DType, path: &std::path::Path) -> Result<Co
         } else {
             DType::F32
         };
-        let mut bytes = vec![
-            0u8;
-            target.row_bytes(t.n_elements()).ok_or_else(|| {
-                Error::tensor(&t.name, format!("cannot be encoded as {}", target.name()))
-            })?
-        ];
+        let row_bytes = target.row_bytes(t.dims[0]).ok_or_else(|| {
+            Error::tensor(&t.name, format!("cannot be encoded as {}", target.name()))
+        })?;
+        let mut bytes = vec![0u8; row_bytes * (t.n_elements() / t.dims[0])];
         for (src, dst) in values
             .chunks_exact(t.dims[0])
-            .zip(bytes.chunks_exact_mut(target.row_bytes(t.dims[0]).unwrap_or(0).max(1)))
+            .zip(bytes.chunks_exact_mut(row_bytes))
         {
             quantize_row(target, src, dst)?;
         }
         n_bytes += bytes.len();
         w.add_tensor(t.name.clone(), target, &t.dims, bytes)?;
     }
+    w.write_to(out).map_err(|e| Error::io("GGUF output", e))?;
+    Ok(ConvertReport {
+        n_tensors: tensors.len(),
+        n_bytes,
+    })
+}
+
+/// [`write_gguf_to`] a file, atomically (temporary file, fsync, rename).
+#[cfg(feature = "std-fs")]
+pub fn write_gguf(model: &Model, ty: DType, path: &std::path::Path) -> Result<ConvertReport> {
     let tmp = path.with_extension("gguf.tmp");
     let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut out = std::io::BufWriter::new(file);
-    w.write_to(&mut out).map_err(|e| Error::io(&tmp, e))?;
+    let report = write_gguf_to(model, ty, &mut out)?;
     let file = out
         .into_inner()
         .map_err(|e| Error::io(&tmp, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(ConvertReport {
-        n_tensors: tensors.len(),
-        n_bytes,
-    })
+    Ok(report)
 }
 
 /// Writes an F32 Hugging Face folder (`config.json`, `model.safetensors`,

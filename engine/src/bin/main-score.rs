@@ -52,6 +52,9 @@ enum Command {
         /// Print one JSON object: {"ids", "pieces", "logprobs", "perplexity"}.
         #[arg(long)]
         json: bool,
+        /// Print `{"tokens": n, "seconds": s}` for the forward pass to stderr (benchmarks).
+        #[arg(long)]
+        report_speed: bool,
     },
     /// Re-encode a model's weight matrices (GGUF or safetensors in, GGUF out).
     Quantize {
@@ -75,7 +78,8 @@ fn main() -> ExitCode {
             threads,
             exact,
             json,
-        } => logprobs(&model, &text_file, threads, exact, json),
+            report_speed,
+        } => logprobs(&model, &text_file, threads, exact, json, report_speed),
         Command::Quantize {
             input,
             output,
@@ -210,6 +214,7 @@ fn logprobs(
     threads: usize,
     exact: bool,
     json: bool,
+    report_speed: bool,
 ) -> Result<()> {
     let text = read_text(text_file)?;
     let model = Model::load(model_path)?;
@@ -224,7 +229,12 @@ fn logprobs(
     let ids = model
         .tokenizer
         .encode(&text, model.tokenizer.add_bos_default(), false)?;
+    let start = std::time::Instant::now();
     let lps = sequence_logprobs(&model, &rt, &ids)?;
+    if report_speed {
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("{}", serde_json::json!({ "tokens": ids.len(), "seconds": secs }));
+    }
     let ppl = perplexity(&lps);
     let pieces: Vec<String> = ids.iter().map(|&id| model.tokenizer.piece(id)).collect();
     let mut out = std::io::stdout().lock();
