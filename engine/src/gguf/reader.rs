@@ -344,23 +344,22 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Gguf> {
             })?;
             dims.push(dim);
         }
+        let type_at = c.pos;
         let type_id = c.u32(&what)?;
         let dtype = match DType::from_ggml_id(type_id) {
             Some(t) if t.is_weight_type() => t,
-            Some(_) => {
+            other => {
+                let why = match other {
+                    Some(_) => ", an activation-only format",
+                    None => "",
+                };
                 return Err(Error::unsupported(
                     "tensor type",
                     format!(
-                        "{} (id {type_id}) in tensor '{name}': an activation-only format, not a weight type",
+                        "{} (id {type_id}) in tensor '{name}' (type field at byte {type_at}){why}",
                         DType::ggml_name(type_id)
                     ),
-                ))
-            }
-            None => {
-                return Err(Error::unsupported(
-                    "tensor type",
-                    format!("{} (id {type_id}) in tensor '{name}'", DType::ggml_name(type_id)),
-                ))
+                ));
             }
         };
         let offset = c.u64(&what)?;

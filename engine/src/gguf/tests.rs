@@ -526,6 +526,7 @@ fn unknown_and_unsupported_tensor_types() {
         let e = Gguf::parse(&bytes).unwrap_err();
         assert!(matches!(e, Error::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains(want), "{e}");
+        assert!(e.to_string().contains(&format!("at byte {type_at}")), "{e}");
     }
 }
 
