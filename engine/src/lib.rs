@@ -18,6 +18,7 @@ pub mod model;
 pub mod quant;
 pub mod safetensors;
 pub mod sample;
+pub mod score;
 pub mod tensor;
 pub mod threads;
 pub mod tokenizer;

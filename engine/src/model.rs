@@ -574,6 +574,33 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
+    /// A new cache of `capacity` positions holding the first `len` positions
+    /// of `prefix`: a shared prompt computed once, continued by many sequences.
+    pub fn from_prefix(prefix: &KvCache, len: usize, capacity: usize) -> KvCache {
+        assert!(
+            len <= prefix.len && len <= capacity,
+            "from_prefix: {len} positions requested"
+        );
+        let hd = prefix.head_dim;
+        let mut c = KvCache {
+            n_layers: prefix.n_layers,
+            n_kv_heads: prefix.n_kv_heads,
+            head_dim: hd,
+            capacity,
+            len,
+            k: vec![0f32; prefix.n_layers * prefix.n_kv_heads * capacity * hd],
+            v: vec![0f32; prefix.n_layers * prefix.n_kv_heads * capacity * hd],
+        };
+        for layer in 0..prefix.n_layers {
+            for head in 0..prefix.n_kv_heads {
+                let (src, dst) = (prefix.head_offset(layer, head), c.head_offset(layer, head));
+                c.k[dst..dst + len * hd].copy_from_slice(&prefix.k[src..src + len * hd]);
+                c.v[dst..dst + len * hd].copy_from_slice(&prefix.v[src..src + len * hd]);
+            }
+        }
+        c
+    }
+
     fn fits(&self, c: &Config) -> bool {
         self.n_layers == c.n_layers
             && self.n_kv_heads == c.n_kv_heads
