@@ -39,6 +39,11 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    /// A chat template failed to compile or render, or raised an exception
+    /// (`raise_exception`); the message names the template line.
+    #[error("chat template: {0}")]
+    Template(String),
+
     /// A caller passed an argument outside its domain.
     #[error("invalid argument '{name}': {reason}")]
     InvalidArgument { name: String, reason: String },

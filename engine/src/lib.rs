@@ -19,8 +19,10 @@ pub mod quant;
 pub mod safetensors;
 pub mod sample;
 pub mod score;
+pub mod template;
 pub mod tensor;
 pub mod threads;
 pub mod tokenizer;
+pub mod views;
 
 pub use error::{Error, Result};

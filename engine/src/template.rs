@@ -1,0 +1,401 @@
+//! Chat templates (DESIGN.md §2): a model is asked in the format it was
+//! trained on, so prompts are rendered with the model's own Hugging Face
+//! Jinja template (GGUF `tokenizer.chat_template` or `tokenizer_config.json`).
+//!
+//! The template runs in MiniJinja configured as `transformers` configures
+//! Jinja2 for `apply_chat_template`: `trim_blocks` and `lstrip_blocks` on,
+//! loop controls (`break`/`continue`), Python string/dict methods
+//! (`.strip()`, `.startswith()`, `.items()`, ...), and the globals HF adds:
+//! `raise_exception(msg)`, `strftime_now(fmt)` and a `tojson` filter that
+//! writes JSON as Python's `json.dumps` does. The variables are `messages`,
+//! `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (none) and
+//! `documents` (none).
+
+use minijinja::value::{Kwargs, Value};
+use minijinja::{context, Environment, ErrorKind};
+
+use crate::error::{Error, Result};
+
+/// The template for models that ship none (DESIGN.md §2): the prompt is
+/// `### Instruction:\n{x}\n\n### Response:\n`, and an assistant turn ends
+/// with the EOS token, the one thing such a model was trained to predict
+/// after a response.
+pub const ALPACA_TEMPLATE: &str = "{% for message in messages %}\
+{% if message['role'] == 'user' %}### Instruction:\n{{ message['content'] }}\n\n\
+{% elif message['role'] == 'assistant' %}### Response:\n{{ message['content'] }}{{ eos_token }}\n\n\
+{% endif %}{% endfor %}\
+{% if add_generation_prompt %}### Response:\n{% endif %}";
+
+/// The name errors cite as the template's location (`in chat_template:3`).
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// Assistant content that no template rewrites and no text contains, so the
+/// text after it is what the template appends to an assistant turn.
+const SENTINEL: &str = "MAINx7f3aSENTINELx91c2";
+
+/// A model's chat template, compiled once; immutable and shareable across
+/// threads like the model it comes from.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    /// What the template writes after an assistant message, trailing
+    /// whitespace removed.
+    end_of_turn: String,
+}
+
+impl ChatTemplate {
+    /// Compiles `source` (`None`: [`ALPACA_TEMPLATE`]) with the model's BOS
+    /// and EOS token texts, and checks that it renders a prompt and an
+    /// assistant turn. With the Alpaca template and no EOS token the end of
+    /// turn is empty: the target is then the content alone.
+    pub fn new(
+        source: Option<&str>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<ChatTemplate> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        let source = source.unwrap_or(ALPACA_TEMPLATE).to_string();
+        env.add_template_owned(TEMPLATE_NAME, source)
+            .map_err(template_error)?;
+        let mut t = ChatTemplate {
+            env,
+            bos_token,
+            eos_token,
+            end_of_turn: String::new(),
+        };
+        t.render_prompt("")?;
+        t.end_of_turn = t.derive_end_of_turn()?;
+        Ok(t)
+    }
+
+    /// The template of `model` (Alpaca when the file has none), with the
+    /// texts of its tokenizer's BOS and EOS tokens.
+    pub fn for_model(model: &crate::model::Model) -> Result<ChatTemplate> {
+        let tok = &model.tokenizer;
+        let text_of = |id: Option<u32>| id.and_then(|id| tok.id_to_token(id));
+        ChatTemplate::new(
+            model.chat_template.as_deref(),
+            text_of(tok.bos_id()),
+            text_of(tok.eos_id()),
+        )
+    }
+
+    /// The prompt for one user message with `user_content`, followed by the
+    /// generation prompt (the assistant header the model continues from).
+    pub fn render_prompt(&self, user_content: &str) -> Result<String> {
+        self.render(&[("user", user_content)], true)
+    }
+
+    /// The text the template puts after an assistant message, trailing
+    /// whitespace removed (`<|im_end|>` for ChatML, `<|eot_id|>` for
+    /// LLaMA-3, ` </s>` for LLaMA-2, `</s>` for Mistral).
+    pub fn end_of_turn(&self) -> &str {
+        &self.end_of_turn
+    }
+
+    /// Renders a conversation of `(role, content)` messages.
+    pub fn render(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(template_error)?;
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|&(role, content)| context! { role => role, content => content })
+            .collect();
+        // HF leaves a missing special token undefined rather than none, so
+        // `bos_token is defined` behaves as in `transformers`.
+        let token = |t: &Option<String>| t.as_deref().map_or(Value::UNDEFINED, Value::from);
+        template
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => token(&self.bos_token),
+                eos_token => token(&self.eos_token),
+                tools => Value::from(()),
+                documents => Value::from(()),
+            })
+            .map_err(template_error)
+    }
+
+    fn derive_end_of_turn(&self) -> Result<String> {
+        let text = self.render(&[("user", "u"), ("assistant", SENTINEL)], false)?;
+        let Some(at) = text.rfind(SENTINEL) else {
+            return Err(Error::Template(format!(
+                "an assistant message's content does not appear in the rendered \
+                 conversation, so its end-of-turn text cannot be found: {text:?}"
+            )));
+        };
+        Ok(text[at + SENTINEL.len()..].trim_end().to_string())
+    }
+}
+
+/// A MiniJinja error as ours, with its location and the errors under it
+/// (a function's own message sits in the source chain).
+fn template_error(e: minijinja::Error) -> Error {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    Error::Template(msg)
+}
+
+fn raise_exception(msg: String) -> std::result::Result<Value, minijinja::Error> {
+    Err(minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        format!("the template raised an exception: {msg}"),
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// strftime_now
+// ---------------------------------------------------------------------------
+
+/// The date `strftime_now` formats: a pair's score must not depend on the
+/// day it is computed, and wasm32 has no clock. 26 Jul 2024 is the date
+/// LLaMA-3.1's own template falls back to.
+const FIXED_DATE: (i32, u32, u32) = (2024, 7, 26);
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// Python's `datetime.strftime` for the date fields of [`FIXED_DATE`] at
+/// midnight; an unknown directive is an error rather than a silent guess.
+fn strftime_now(fmt: String) -> std::result::Result<Value, minijinja::Error> {
+    let (year, month, day) = FIXED_DATE;
+    let (weekday, day_of_year) = weekday_and_ordinal(year, month, day);
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        // `%-d` (glibc's unpadded form) is accepted as HF templates use it.
+        let (unpadded, d) = match chars.next() {
+            Some('-') => (true, chars.next()),
+            d => (false, d),
+        };
+        let num = |v: u32, width: usize| {
+            if unpadded {
+                v.to_string()
+            } else {
+                format!("{v:0width$}")
+            }
+        };
+        match d {
+            Some('d') => out.push_str(&num(day, 2)),
+            Some('m') => out.push_str(&num(month, 2)),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&num(year.rem_euclid(100) as u32, 2)),
+            Some('B') => out.push_str(MONTHS[month as usize - 1]),
+            Some('b') | Some('h') => out.push_str(&MONTHS[month as usize - 1][..3]),
+            Some('A') => out.push_str(WEEKDAYS[weekday]),
+            Some('a') => out.push_str(&WEEKDAYS[weekday][..3]),
+            Some('j') => out.push_str(&num(day_of_year, 3)),
+            Some('H') | Some('M') | Some('S') | Some('I') => out.push_str(&num(0, 2)),
+            Some('p') => out.push_str("AM"),
+            Some('%') => out.push('%'),
+            other => {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "strftime_now: unsupported directive %{}",
+                        other.map_or(String::new(), String::from)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(Value::from(out))
+}
+
+/// (0 = Monday, day of the year from 1) of a Gregorian date.
+fn weekday_and_ordinal(year: i32, month: u32, day: u32) -> (usize, u32) {
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    let ordinal = month_days[..month as usize - 1].iter().sum::<u32>() + day;
+    // Days since 0001-01-01 (a Monday) in the proleptic Gregorian calendar.
+    let y = (year - 1) as i64;
+    let days = y * 365 + y / 4 - y / 100 + y / 400 + ordinal as i64 - 1;
+    (days.rem_euclid(7) as usize, ordinal)
+}
+
+// ---------------------------------------------------------------------------
+// tojson
+// ---------------------------------------------------------------------------
+
+/// `transformers`' `tojson`: Python's `json.dumps(x, ensure_ascii=False,
+/// indent=indent)`, so `{"a": 1, "b": [1, 2]}` with a space after `,` and
+/// `:`, and no HTML escaping (Jinja2's and MiniJinja's own `tojson` escape
+/// `<`, `>`, `&`, `'`, which would change the prompt).
+fn tojson(
+    value: &Value,
+    indent: Option<Value>,
+    kwargs: Kwargs,
+) -> std::result::Result<Value, minijinja::Error> {
+    let indent = match indent {
+        Some(v) => Some(v),
+        None => kwargs.get::<Option<Value>>("indent")?,
+    };
+    kwargs.assert_all_used()?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(usize::try_from(v)?),
+    };
+    let mut out = Vec::new();
+    let written = match indent {
+        // Python's indented form is serde_json's pretty form: "," + newline
+        // + indent between items, ": " after keys.
+        Some(n) => {
+            let pad = " ".repeat(n);
+            let f = serde_json::ser::PrettyFormatter::with_indent(pad.as_bytes());
+            serde::Serialize::serialize(
+                value,
+                &mut serde_json::Serializer::with_formatter(&mut out, f),
+            )
+        }
+        None => serde::Serialize::serialize(
+            value,
+            &mut serde_json::Serializer::with_formatter(&mut out, PythonCompact),
+        ),
+    };
+    written.map_err(|e| {
+        minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: cannot serialize")
+            .with_source(e)
+    })?;
+    let s = String::from_utf8(out).map_err(|e| {
+        minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: not UTF-8").with_source(e)
+    })?;
+    Ok(Value::from_safe_string(s))
+}
+
+/// `json.dumps`' default separators `", "` and `": "`.
+struct PythonCompact;
+
+impl serde_json::ser::Formatter for PythonCompact {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpaca_prompt_and_end_of_turn() {
+        let t = ChatTemplate::new(None, Some("<s>".into()), Some("</s>".into())).unwrap();
+        assert_eq!(
+            t.render_prompt("Add 2 and 3.").unwrap(),
+            "### Instruction:\nAdd 2 and 3.\n\n### Response:\n"
+        );
+        assert_eq!(t.end_of_turn(), "</s>");
+        let bare = ChatTemplate::new(None, None, None).unwrap();
+        assert_eq!(
+            bare.end_of_turn(),
+            "",
+            "no EOS: the target is the content alone"
+        );
+    }
+
+    #[test]
+    fn fixed_date_formats_like_python() {
+        // datetime.date(2024, 7, 26).strftime("%d %b %Y %A %j %-d/%m/%y")
+        let s = strftime_now("%d %b %Y %A %j %-d/%m/%y %%".into()).unwrap();
+        assert_eq!(s.as_str().unwrap(), "26 Jul 2024 Friday 208 26/07/24 %");
+        assert!(strftime_now("%Q".into()).is_err());
+        assert_eq!(
+            weekday_and_ordinal(2000, 1, 1),
+            (5, 1),
+            "1 Jan 2000 was a Saturday"
+        );
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        // json.dumps({'a': 1, 'z': [1, 'x<y'], 'b': None}, ensure_ascii=False)
+        let t = ChatTemplate::new(
+            Some("{% for m in messages %}{{ m.content }}|{% endfor %}{{ {'a': 1, 'z': [1, 'x<y'], 'b': none} | tojson }}"),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            t.render_prompt("é").unwrap(),
+            r#"é|{"a": 1, "z": [1, "x<y"], "b": null}"#
+        );
+        let t = ChatTemplate::new(Some("{% for m in messages %}{{ m.content }}{% endfor %}{{ [1, {'k': 'é'}] | tojson(indent=2) }}"), None, None).unwrap();
+        assert_eq!(
+            t.render_prompt("").unwrap(),
+            "[\n  1,\n  {\n    \"k\": \"é\"\n  }\n]"
+        );
+    }
+}
