@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod logprob;
 pub mod matmul;
 pub mod model;
+pub mod pairs;
 pub mod quant;
 pub mod safetensors;
 pub mod sample;
