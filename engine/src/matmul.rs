@@ -2,9 +2,14 @@
 //! the one operation that dominates the forward pass.
 //!
 //! `y[t, o] = sum_i w[o, i] * x[t, i]` for `t < n_tok`, `o < n_out`.
-//! Work is split over output rows so each weight byte is read once per call,
-//! however many tokens are in the batch.
+//! Work is split over output rows (tiles of `Kernels::tile_rows`, grouped into
+//! one stripe of columns of `y` per task) so each weight byte is read once per
+//! call, however many tokens are in the batch. The kernels live in
+//! [`crate::kernels`].
 
+use std::cell::RefCell;
+
+use crate::kernels::{self, ColumnStripes, Kernels, OutTile, Scheme, Scratch, WeightRows};
 use crate::quant::{dequantize_row, DType};
 use crate::threads::Threads;
 
@@ -53,15 +58,27 @@ impl<'a> Weight<'a> {
     }
 }
 
-/// Raw pointer to the output, shared by workers that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: workers write disjoint elements (distinct output rows `o`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+thread_local! {
+    /// Each worker's packed tile, kept between calls so steady-state matmuls
+    /// do not allocate.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
 
 /// `y = x · wᵀ`; `x` is `[n_tok, n_in]`, `y` is `[n_tok, n_out]`, both row-major f32.
 pub fn matmul(
+    threads: &Threads,
+    precision: Precision,
+    w: &Weight,
+    x: &[f32],
+    n_tok: usize,
+    y: &mut [f32],
+) {
+    matmul_with(kernels::best(), threads, precision, w, x, n_tok, y)
+}
+
+/// [`matmul`] with a given kernel set (tests and benches compare them).
+pub fn matmul_with(
+    k: &Kernels,
     threads: &Threads,
     precision: Precision,
     w: &Weight,
@@ -76,22 +93,221 @@ pub fn matmul(
         w.n_out * w.row_bytes(),
         "matmul: weight bytes do not match its shape"
     );
-    let _ = precision; // The reference path is exact for every precision.
-    const ROWS_PER_TASK: usize = 16;
-    let n_tasks = w.n_out.div_ceil(ROWS_PER_TASK);
-    let out = OutPtr(y.as_mut_ptr());
-    threads.for_each(n_tasks, |task| {
-        let out = out;
-        let mut row = vec![0f32; w.n_in];
-        for o in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(w.n_out) {
-            w.dequantize_row(o, &mut row);
-            for t in 0..n_tok {
-                let xt = &x[t * w.n_in..(t + 1) * w.n_in];
-                let dot: f32 = row.iter().zip(xt).map(|(a, b)| a * b).sum();
-                // SAFETY: `t * n_out + o < y.len()` (asserted above) and no other
-                // task writes row `o`.
-                unsafe { *out.0.add(t * w.n_out + o) = dot };
+    if n_tok == 0 || w.n_out == 0 {
+        return;
+    }
+    let scheme = match precision {
+        Precision::Fast => Scheme::of(w.dtype),
+        Precision::Exact => None,
+    };
+    let acts = scheme.map(|s| k.quantize_acts(s, x, n_tok));
+    let tr = k.tile_rows;
+    let n_tiles = w.n_out.div_ceil(tr);
+    // A few tasks per thread balance the load; fewer, larger ones keep the
+    // scheduling cost small next to a tile's work.
+    let tiles_per_task = n_tiles.div_ceil(4 * threads.n_threads()).max(1);
+    let row_bytes = w.row_bytes();
+    let stripes = ColumnStripes::new(y, n_tok, w.n_out, tiles_per_task * tr);
+    threads.for_each(stripes.len(), |i| {
+        let mut stripe = stripes.claim(i);
+        SCRATCH.with_borrow_mut(|scratch| {
+            let o0 = stripe.col0;
+            for col in (0..stripe.width).step_by(tr) {
+                let n_rows = tr.min(stripe.width - col);
+                let first = o0 + col;
+                let rows = WeightRows {
+                    dtype: w.dtype,
+                    n_in: w.n_in,
+                    n_rows,
+                    row_bytes,
+                    data: &w.data[first * row_bytes..(first + n_rows) * row_bytes],
+                };
+                let mut out = OutTile {
+                    stripe: &mut stripe,
+                    col,
+                };
+                k.tile(&rows, acts.as_ref(), x, scratch, &mut out);
+            }
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::kernels::available;
+    use crate::quant::quantize_row;
+
+    const TYPES: [DType; 9] = [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+    ];
+
+    struct Case {
+        dtype: DType,
+        n_out: usize,
+        n_in: usize,
+        data: Vec<u8>,
+        /// Dequantized weights, `[n_out, n_in]`.
+        w: Vec<f32>,
+    }
+
+    fn case(rng: &mut StdRng, dtype: DType, n_out: usize) -> Case {
+        let n_in = if dtype.block_len() == 256 { 512 } else { 96 };
+        let rb = dtype.row_bytes(n_in).unwrap();
+        let mut data = vec![0u8; n_out * rb];
+        let mut w = vec![0f32; n_out * n_in];
+        for (row, out) in data.chunks_exact_mut(rb).zip(w.chunks_exact_mut(n_in)) {
+            let x: Vec<f32> = (0..n_in).map(|_| rng.random_range(-1.0..1.0)).collect();
+            quantize_row(dtype, &x, row).unwrap();
+            dequantize_row(dtype, row, out);
+        }
+        Case {
+            dtype,
+            n_out,
+            n_in,
+            data,
+            w,
+        }
+    }
+
+    fn weight(c: &Case) -> Weight<'_> {
+        Weight {
+            dtype: c.dtype,
+            n_out: c.n_out,
+            n_in: c.n_in,
+            data: &c.data,
+        }
+    }
+
+    /// `(y, Σ|w x|, Σ|w| * (activation step / 2))` per output, in f64.
+    fn reference(c: &Case, x: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let act_block = Scheme::of(c.dtype).map_or(1, |s| s.act_block);
+        let mut y = Vec::new();
+        let mut mag = Vec::new();
+        let mut qerr = Vec::new();
+        for x in x.chunks_exact(c.n_in) {
+            let half_step: Vec<f64> = x
+                .chunks_exact(act_block)
+                .map(|b| b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)) / 127.0 / 2.0)
+                .collect();
+            for w in c.w.chunks_exact(c.n_in) {
+                let terms = w.iter().zip(x).map(|(&w, &x)| w as f64 * x as f64);
+                y.push(terms.clone().sum());
+                mag.push(terms.map(f64::abs).sum());
+                qerr.push(
+                    w.iter()
+                        .enumerate()
+                        .map(|(i, w)| w.abs() as f64 * half_step[i / act_block])
+                        .sum(),
+                );
             }
         }
-    });
+        (y, mag, qerr)
+    }
+
+    fn run(
+        k: &Kernels,
+        threads: &Threads,
+        p: Precision,
+        c: &Case,
+        x: &[f32],
+        n_tok: usize,
+    ) -> Vec<f32> {
+        let mut y = vec![f32::NAN; n_tok * c.n_out];
+        matmul_with(k, threads, p, &weight(c), x, n_tok, &mut y);
+        y
+    }
+
+    /// Exact: within f32 rounding of the f64 product of the dequantized
+    /// weights (1e-5 relative to Σ|w x|). Fast: within the worst case of
+    /// rounding the activations to 8 bits, Σ|w| * step / 2, plus the same.
+    #[test]
+    fn exact_and_fast_match_f64_reference_on_every_isa() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let threads = Threads::new(2);
+        for dtype in TYPES {
+            for k in available() {
+                // Ragged: neither a multiple of the tile nor of a task's stripe.
+                let c = case(&mut rng, dtype, 2 * k.tile_rows + 5);
+                for n_tok in [1, 3, 17, 64] {
+                    let x: Vec<f32> = (0..n_tok * c.n_in)
+                        .map(|_| rng.random_range(-2.0..2.0))
+                        .collect();
+                    let (want, mag, qerr) = reference(&c, &x);
+                    for p in [Precision::Exact, Precision::Fast] {
+                        let got = run(k, &threads, p, &c, &x, n_tok);
+                        let quantized = p == Precision::Fast && Scheme::of(dtype).is_some();
+                        for i in 0..got.len() {
+                            let tol = 1e-5 * mag[i] + 1e-6 + if quantized { qerr[i] } else { 0.0 };
+                            let err = (got[i] as f64 - want[i]).abs();
+                            assert!(
+                                err <= tol,
+                                "{:?} {dtype:?} {p:?} n_tok {n_tok} output {i}: {} vs {} (tolerance {tol})",
+                                k.isa,
+                                got[i],
+                                want[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every kernel set computes the same integers as the scalar one, so Fast
+    /// results agree to f32 rounding (1e-5 relative to Σ|w x|).
+    #[test]
+    fn fast_matches_scalar_fast_on_every_isa() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let threads = Threads::new(2);
+        let scalar = crate::kernels::for_isa(crate::kernels::Isa::Scalar).unwrap();
+        for dtype in TYPES {
+            let c = case(&mut rng, dtype, 53);
+            for n_tok in [1, 17] {
+                let x: Vec<f32> = (0..n_tok * c.n_in)
+                    .map(|_| rng.random_range(-2.0..2.0))
+                    .collect();
+                let (_, mag, _) = reference(&c, &x);
+                let want = run(scalar, &threads, Precision::Fast, &c, &x, n_tok);
+                for k in available() {
+                    let got = run(k, &threads, Precision::Fast, &c, &x, n_tok);
+                    for i in 0..got.len() {
+                        let tol = 1e-5 * mag[i] as f32 + 1e-6;
+                        assert!(
+                            (got[i] - want[i]).abs() <= tol,
+                            "{:?} {dtype:?} n_tok {n_tok} output {i}: {} vs scalar {}",
+                            k.isa,
+                            got[i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn thread_count_does_not_change_results() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let c = case(&mut rng, DType::Q4_1, 301);
+        let x: Vec<f32> = (0..5 * c.n_in)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        for p in [Precision::Exact, Precision::Fast] {
+            let one = run(crate::kernels::best(), &Threads::new(1), p, &c, &x, 5);
+            let three = run(crate::kernels::best(), &Threads::new(3), p, &c, &x, 5);
+            assert_eq!(one, three, "{p:?}");
+        }
+    }
 }

@@ -1,0 +1,657 @@
+//! Matmul micro-kernels, one file per instruction set, chosen once at run time.
+//!
+//! A matmul `y[t, o] = sum_i w[o, i] * x[t, i]` is cut into *tiles* of
+//! `tile_rows` weight rows. Every kernel keeps one SIMD lane per weight row, so
+//! a tile's result for one token is one contiguous vector store into `y` and no
+//! horizontal sums are needed. Per tile, a kernel
+//!
+//! 1. *packs* the rows into thread-local scratch: for quantized weights the
+//!    codes become unsigned bytes interleaved four at a time across rows
+//!    ([`PackedQ`]); for [`crate::matmul::Precision::Exact`] the rows become f32,
+//!    transposed ([`PackedF`]);
+//! 2. sweeps *every* token of the batch over the packed tile, several tokens at
+//!    a time, so each weight byte is read from memory once per matmul.
+//!
+//! Quantized weights meet activations quantized once per matmul to 8 bits
+//! ([`QuantActs`], the same codes and scales as ggml's Q8_0 / Q8_1 / Q8_K with
+//! the scales kept in f32), then integer dot products per sub-block scaled in
+//! f32. Every weight format reduces to one shape (a [`Scheme`]):
+//! `w = dw * (u - zero) + mw` per sub-block of `sub_len` elements, with `u` an
+//! unsigned byte. The zero point enters as `-zero * sum(a)`, precomputed per
+//! activation sub-block, which lets x86 use its unsigned-by-signed byte
+//! products (`vpdpbusd`, `vpmaddubsw`) on every format.
+//!
+//! [`scalar`] is the reference; every SIMD kernel is tested against it, and it
+//! is tested against `quant::vec_dot_scalar`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use crate::quant::DType;
+
+/// Calls `$tile::<NT, ...>(.., t0, ..)` over all tokens, `$nt` at a time and
+/// the remainder with a smaller `NT`, so every tile is fully unrolled.
+#[allow(unused_macros)] // Not every target has SIMD kernels.
+macro_rules! sweep_tokens {
+    ($n_tok:expr, $nt:literal, |$t0:ident, $k:ident| $call:expr) => {{
+        let n_tok = $n_tok;
+        let mut $t0 = 0;
+        while $t0 + $nt <= n_tok {
+            {
+                const $k: usize = $nt;
+                $call;
+            }
+            $t0 += $nt;
+        }
+        match n_tok - $t0 {
+            0 => {}
+            1 => {
+                const $k: usize = 1;
+                $call
+            }
+            2 => {
+                const $k: usize = 2;
+                $call
+            }
+            3 => {
+                const $k: usize = 3;
+                $call
+            }
+            4 => {
+                const $k: usize = 4;
+                $call
+            }
+            5 => {
+                const $k: usize = 5;
+                $call
+            }
+            6 => {
+                const $k: usize = 6;
+                $call
+            }
+            7 => {
+                const $k: usize = 7;
+                $call
+            }
+            r => unreachable!("remainder {r}"),
+        }
+    }};
+}
+
+/// Calls `$f::<G, MIN, WIDE>` for the scheme's constants.
+#[allow(unused_macros)]
+macro_rules! by_scheme {
+    ($scheme:expr, |$g:ident, $min:ident, $wide:ident| $call:expr) => {{
+        let s: $crate::kernels::Scheme = $scheme;
+        match (s.groups(), s.has_min, s.zero == 128) {
+            (8, false, false) => {
+                const $g: usize = 8;
+                const $min: bool = false;
+                #[allow(dead_code)] // Only kernels without signed byte products use it.
+                #[allow(dead_code)] // Only kernels with unsigned-by-signed byte products use it.
+                const $wide: bool = false;
+                $call
+            }
+            (8, true, false) => {
+                const $g: usize = 8;
+                const $min: bool = true;
+                #[allow(dead_code)] // Only kernels without signed byte products use it.
+                #[allow(dead_code)] // Only kernels with unsigned-by-signed byte products use it.
+                const $wide: bool = false;
+                $call
+            }
+            (8, false, true) => {
+                const $g: usize = 8;
+                const $min: bool = false;
+                #[allow(dead_code)] // Only kernels without signed byte products use it.
+                #[allow(dead_code)] // Only kernels with unsigned-by-signed byte products use it.
+                const $wide: bool = true;
+                $call
+            }
+            (4, false, false) => {
+                const $g: usize = 4;
+                const $min: bool = false;
+                #[allow(dead_code)] // Only kernels without signed byte products use it.
+                #[allow(dead_code)] // Only kernels with unsigned-by-signed byte products use it.
+                const $wide: bool = false;
+                $call
+            }
+            other => unreachable!("scheme {other:?}"),
+        }
+    }};
+}
+
+#[cfg(target_arch = "aarch64")]
+pub mod arm;
+pub mod scalar;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod wasm;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+#[cfg(test)]
+mod tests;
+
+/// An instruction set with its own kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C, 8 rows per tile.
+    Avx2,
+    /// AVX-512 F/BW/VL without VNNI (byte products through `vpmaddubsw`).
+    Avx512,
+    /// AVX-512 F/BW/VL + VNNI (`vpdpbusd`), 16 rows per tile.
+    Avx512Vnni,
+    Neon,
+    Simd128,
+}
+
+/// How a weight format reduces to unsigned bytes for integer dot products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scheme {
+    /// The weight format.
+    pub weight: DType,
+    /// Elements per activation scale (32 for Q8_0 / Q8_1, 256 for Q8_K).
+    pub act_block: usize,
+    /// Elements sharing one weight scale (and minimum).
+    pub sub_len: usize,
+    /// Packed byte `u` stands for code `u - zero`.
+    pub zero: u8,
+    /// Whether sub-blocks carry an additive minimum `mw` (Q4_1, Q4_K, Q5_K).
+    pub has_min: bool,
+}
+
+impl Scheme {
+    /// The integer scheme for quantized weights; `None` for float weights.
+    pub fn of(weight: DType) -> Option<Scheme> {
+        let s = |act_block, sub_len, zero, has_min| {
+            Some(Scheme {
+                weight,
+                act_block,
+                sub_len,
+                zero,
+                has_min,
+            })
+        };
+        match weight {
+            DType::Q4_0 => s(32, 32, 8, false),
+            DType::Q4_1 => s(32, 32, 0, true),
+            // Codes are stored with the sign bit flipped: `u = q + 128`.
+            DType::Q8_0 => s(32, 32, 128, false),
+            DType::Q4_K | DType::Q5_K => s(256, 32, 0, true),
+            DType::Q6_K => s(256, 16, 32, false),
+            _ => None,
+        }
+    }
+
+    /// Byte-groups of four per sub-block.
+    pub fn groups(&self) -> usize {
+        self.sub_len / 4
+    }
+}
+
+/// `n_rows` consecutive rows of a weight matrix in their stored format.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightRows<'a> {
+    pub dtype: DType,
+    pub n_in: usize,
+    pub n_rows: usize,
+    pub row_bytes: usize,
+    /// `n_rows * row_bytes` bytes.
+    pub data: &'a [u8],
+}
+
+impl WeightRows<'_> {
+    fn check(&self, tile_rows: usize) {
+        assert!(
+            self.n_rows >= 1 && self.n_rows <= tile_rows,
+            "tile of {} rows",
+            self.n_rows
+        );
+        assert_eq!(Some(self.row_bytes), self.dtype.row_bytes(self.n_in));
+        assert_eq!(self.data.len(), self.n_rows * self.row_bytes);
+    }
+}
+
+/// A cache-line aligned buffer of 4-byte words, viewed as `u32` or `f32`.
+#[derive(Default)]
+pub struct AlignedBuf {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+impl AlignedBuf {
+    /// Sets the length to `len` words (contents unspecified).
+    pub fn resize(&mut self, len: usize) {
+        self.lines.resize(len.div_ceil(16), Line([0; 16]));
+        self.len = len;
+    }
+
+    pub fn words(&self) -> &[u32] {
+        // SAFETY: `lines` holds at least `len` initialized, contiguous u32s.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+
+    pub fn words_mut(&mut self) -> &mut [u32] {
+        // SAFETY: as in `words`, and `&mut self` makes the view exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+
+    pub fn floats(&self) -> &[f32] {
+        // SAFETY: f32 has the size and alignment of u32, and every bit pattern is valid.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+
+    pub fn floats_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `floats`, and `&mut self` makes the view exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+/// One tile of quantized weight rows, packed for integer dot products.
+///
+/// For sub-block `s`, byte-group `g` (elements `s * sub_len + 4g .. + 4`) and
+/// row `r`: `qs[(s * groups + g) * tile_rows + r]` holds the four bytes `u`
+/// little-endian; `dw[s * tile_rows + r]` the scale and `mw[...]` the minimum.
+/// Rows `n_rows..tile_rows` are padding whose results are never stored.
+#[derive(Default)]
+pub struct PackedQ {
+    pub scheme: Option<Scheme>,
+    pub tile_rows: usize,
+    pub n_rows: usize,
+    pub n_in: usize,
+    pub qs: AlignedBuf,
+    pub dw: AlignedBuf,
+    pub mw: AlignedBuf,
+}
+
+impl PackedQ {
+    /// Sizes the buffers for `rows` and returns the scheme.
+    pub fn reset(&mut self, tile_rows: usize, rows: &WeightRows) -> Scheme {
+        rows.check(tile_rows);
+        let scheme = Scheme::of(rows.dtype).expect("integer packing needs a quantized type");
+        let n_sub = rows.n_in / scheme.sub_len;
+        self.scheme = Some(scheme);
+        self.tile_rows = tile_rows;
+        self.n_rows = rows.n_rows;
+        self.n_in = rows.n_in;
+        self.qs.resize(rows.n_in / 4 * tile_rows);
+        self.dw.resize(n_sub * tile_rows);
+        self.mw
+            .resize(if scheme.has_min { n_sub * tile_rows } else { 0 });
+        scheme
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.scheme.expect("PackedQ used before packing")
+    }
+
+    pub fn n_sub(&self) -> usize {
+        self.n_in / self.scheme().sub_len
+    }
+}
+
+/// One tile of weight rows as f32, transposed: `w[i * tile_rows + r]`.
+#[derive(Default)]
+pub struct PackedF {
+    pub tile_rows: usize,
+    pub n_rows: usize,
+    pub n_in: usize,
+    pub w: AlignedBuf,
+}
+
+impl PackedF {
+    pub fn reset(&mut self, tile_rows: usize, rows: &WeightRows) {
+        rows.check(tile_rows);
+        self.tile_rows = tile_rows;
+        self.n_rows = rows.n_rows;
+        self.n_in = rows.n_in;
+        self.w.resize(rows.n_in * tile_rows);
+    }
+}
+
+/// Per-thread scratch of a matmul: the packed tile.
+#[derive(Default)]
+pub struct Scratch {
+    pub q: PackedQ,
+    pub f: PackedF,
+}
+
+/// A batch of activation rows quantized for one weight [`Scheme`].
+///
+/// Codes and scales are those of ggml's activation format for the weight type
+/// (`quant::activation_type`), except that scales stay f32 instead of being
+/// rounded to f16. Per token `t` and weight sub-block `s`:
+/// `da` the activation scale, `sa = da * sum(q)` (for minimums) and
+/// `corr = -zero * sum(q)` (the zero-point term, in integers).
+pub struct QuantActs {
+    pub scheme: Scheme,
+    pub n_tok: usize,
+    pub n_in: usize,
+    /// `[n_tok, n_in]` codes.
+    pub qs: Vec<i8>,
+    /// `[n_tok, n_sub]` each.
+    pub da: Vec<f32>,
+    pub sa: Vec<f32>,
+    pub corr: Vec<i32>,
+}
+
+/// One token's share of a [`QuantActs`].
+pub struct ActRowMut<'a> {
+    pub qs: &'a mut [i8],
+    pub da: &'a mut [f32],
+    pub sa: &'a mut [f32],
+    pub corr: &'a mut [i32],
+}
+
+impl QuantActs {
+    /// All zero, ready to be filled row by row.
+    pub fn zeroed(scheme: Scheme, n_tok: usize, n_in: usize) -> QuantActs {
+        assert_eq!(
+            n_in % scheme.act_block,
+            0,
+            "n_in {n_in} is not a whole number of blocks"
+        );
+        let n_sub = n_in / scheme.sub_len;
+        QuantActs {
+            scheme,
+            n_tok,
+            n_in,
+            qs: vec![0; n_tok * n_in],
+            da: vec![0.0; n_tok * n_sub],
+            sa: vec![0.0; n_tok * n_sub],
+            corr: vec![0; n_tok * n_sub],
+        }
+    }
+
+    pub fn n_sub(&self) -> usize {
+        self.n_in / self.scheme.sub_len
+    }
+
+    /// Mutable views of each token's row.
+    pub fn rows_mut(&mut self) -> impl Iterator<Item = ActRowMut<'_>> {
+        let (n_in, n_sub) = (self.n_in, self.n_sub());
+        self.qs
+            .chunks_exact_mut(n_in)
+            .zip(self.da.chunks_exact_mut(n_sub))
+            .zip(self.sa.chunks_exact_mut(n_sub))
+            .zip(self.corr.chunks_exact_mut(n_sub))
+            .map(|(((qs, da), sa), corr)| ActRowMut { qs, da, sa, corr })
+    }
+
+    /// Fills the per-sub-block sums from the codes and per-block scales
+    /// `d[block]` (shared by the quantizers and the ggml-bytes importer).
+    pub fn finish_row(scheme: &Scheme, row: &mut ActRowMut, d: impl Fn(usize) -> f32) {
+        let per_block = scheme.act_block / scheme.sub_len;
+        for (s, q) in row.qs.chunks_exact(scheme.sub_len).enumerate() {
+            let sum: i32 = q.iter().map(|&q| q as i32).sum();
+            let ds = d(s / per_block);
+            row.da[s] = ds;
+            row.sa[s] = ds * sum as f32;
+            row.corr[s] = -(scheme.zero as i32) * sum;
+        }
+    }
+
+    /// Reads activations already quantized to ggml's activation format for
+    /// `scheme.weight` (one row of `n_in` elements per token), so kernels can
+    /// be checked against `quant::vec_dot_scalar` on identical inputs.
+    pub fn from_ggml(scheme: Scheme, rows: &[&[u8]], n_in: usize) -> QuantActs {
+        use crate::quant::{activation_type, blocks, BlockQ8K, BlockQ8_0, BlockQ8_1};
+        let mut acts = QuantActs::zeroed(scheme, rows.len(), n_in);
+        let fmt = activation_type(scheme.weight);
+        for (bytes, mut row) in rows.iter().zip(acts.rows_mut()) {
+            let mut d = Vec::new();
+            let mut sums = Vec::new();
+            match fmt {
+                DType::Q8_0 => {
+                    for (b, q) in blocks::<BlockQ8_0>(bytes, n_in).zip(row.qs.chunks_exact_mut(32))
+                    {
+                        q.copy_from_slice(&b.qs);
+                        d.push(b.d.to_f32());
+                    }
+                }
+                DType::Q8_1 => {
+                    for (b, q) in blocks::<BlockQ8_1>(bytes, n_in).zip(row.qs.chunks_exact_mut(32))
+                    {
+                        q.copy_from_slice(&b.qs);
+                        d.push(b.d.to_f32());
+                        sums.push(b.s.to_f32());
+                    }
+                }
+                DType::Q8_K => {
+                    for (b, q) in blocks::<BlockQ8K>(bytes, n_in).zip(row.qs.chunks_exact_mut(256))
+                    {
+                        q.copy_from_slice(&b.qs);
+                        d.push(b.d);
+                    }
+                }
+                other => panic!("{other:?} is not an activation format"),
+            }
+            QuantActs::finish_row(&scheme, &mut row, |b| d[b]);
+            // Q8_1 carries its own (f16) block sums: use them, as ggml does.
+            if !sums.is_empty() {
+                row.sa.copy_from_slice(&sums);
+            }
+        }
+        acts
+    }
+}
+
+/// The columns `[col0, col0 + width)` of a row-major `[n_rows, n_cols]` f32
+/// matrix: one worker's output rows of a matmul.
+pub struct Stripe<'a> {
+    ptr: *mut f32,
+    n_rows: usize,
+    n_cols: usize,
+    pub col0: usize,
+    pub width: usize,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a stripe is the only handle to its columns (see `ColumnStripes::claim`).
+unsafe impl Send for Stripe<'_> {}
+
+impl Stripe<'_> {
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    /// Row `t` of the stripe (`width` elements).
+    pub fn row_mut(&mut self, t: usize) -> &mut [f32] {
+        assert!(t < self.n_rows, "stripe row {t} of {}", self.n_rows);
+        // SAFETY: the range lies inside the matrix (checked at construction and
+        // above), no other stripe covers these columns, and `&mut self` makes
+        // this view the only live one into the stripe.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.add(t * self.n_cols + self.col0), self.width)
+        }
+    }
+}
+
+/// A matrix cut into column stripes that threads claim, each exactly once, so
+/// they can write disjoint columns of one output without locks.
+pub struct ColumnStripes<'a> {
+    ptr: *mut f32,
+    n_rows: usize,
+    n_cols: usize,
+    stripe_width: usize,
+    claimed: Vec<AtomicBool>,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: claims hand out each stripe once (atomically), and stripes are disjoint.
+unsafe impl Sync for ColumnStripes<'_> {}
+
+impl<'a> ColumnStripes<'a> {
+    pub fn new(y: &'a mut [f32], n_rows: usize, n_cols: usize, stripe_width: usize) -> Self {
+        assert_eq!(y.len(), n_rows * n_cols, "output has the wrong length");
+        assert!(stripe_width > 0);
+        let n = n_cols.div_ceil(stripe_width);
+        ColumnStripes {
+            ptr: y.as_mut_ptr(),
+            n_rows,
+            n_cols,
+            stripe_width,
+            claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            _y: std::marker::PhantomData,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.claimed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.claimed.is_empty()
+    }
+
+    /// Stripe `i`; panics if it was claimed before.
+    pub fn claim(&self, i: usize) -> Stripe<'_> {
+        assert!(
+            !self.claimed[i].swap(true, Ordering::AcqRel),
+            "stripe {i} claimed twice"
+        );
+        let col0 = i * self.stripe_width;
+        Stripe {
+            ptr: self.ptr,
+            n_rows: self.n_rows,
+            n_cols: self.n_cols,
+            col0,
+            width: self.stripe_width.min(self.n_cols - col0),
+            _y: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The writable destination of one tile: columns `col..col + n_rows` of a stripe.
+pub struct OutTile<'s, 'y> {
+    pub stripe: &'s mut Stripe<'y>,
+    /// First column, relative to the stripe.
+    pub col: usize,
+}
+
+impl OutTile<'_, '_> {
+    /// The tile's outputs for token `t` (as many as the stripe has room for).
+    pub fn row(&mut self, t: usize) -> &mut [f32] {
+        let col = self.col;
+        &mut self.stripe.row_mut(t)[col..]
+    }
+}
+
+/// Quantizes one activation row for a scheme.
+pub type QuantizeFn = fn(&Scheme, &[f32], &mut ActRowMut);
+/// Packs quantized rows for integer dot products.
+pub type PackQFn = fn(&WeightRows, &mut PackedQ);
+/// Integer dot products of a packed tile with every token.
+pub type DotQFn = fn(&PackedQ, &QuantActs, &mut OutTile);
+/// Packs rows of any format as f32 (the integer tile is scratch for quantized ones).
+pub type PackFFn = fn(&WeightRows, &mut PackedQ, &mut PackedF);
+/// f32 dot products of a packed tile with every token of `x` (`[n_tok, n_in]`).
+pub type DotFFn = fn(&PackedF, &[f32], &mut OutTile);
+
+/// One instruction set's kernels. Only built where the CPU supports them, so
+/// the function pointers are safe to call.
+pub struct Kernels {
+    pub isa: Isa,
+    /// Weight rows per tile (SIMD lanes of f32 / i32).
+    pub tile_rows: usize,
+    quantize: QuantizeFn,
+    pack_q: PackQFn,
+    dot_q: DotQFn,
+    pack_f: PackFFn,
+    dot_f: DotFFn,
+}
+
+impl Kernels {
+    /// Quantizes `n_tok` rows of `x` for `scheme` (one pass, reused by every tile).
+    pub fn quantize_acts(&self, scheme: Scheme, x: &[f32], n_tok: usize) -> QuantActs {
+        let n_in = x.len() / n_tok.max(1);
+        let mut acts = QuantActs::zeroed(scheme, n_tok, n_in);
+        for (x, mut row) in x.chunks_exact(n_in.max(1)).zip(acts.rows_mut()) {
+            (self.quantize)(&scheme, x, &mut row);
+        }
+        acts
+    }
+
+    pub fn quantize_row(&self, scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
+        assert_eq!(x.len(), row.qs.len());
+        (self.quantize)(scheme, x, row)
+    }
+
+    pub fn pack_q(&self, rows: &WeightRows, packed: &mut PackedQ) {
+        (self.pack_q)(rows, packed)
+    }
+
+    pub fn dot_q(&self, packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+        assert_eq!(packed.tile_rows, self.tile_rows);
+        assert_eq!(packed.scheme(), acts.scheme);
+        assert_eq!(packed.n_in, acts.n_in);
+        assert_eq!(out.stripe.n_rows(), acts.n_tok);
+        assert!(out.col + packed.n_rows <= out.stripe.width);
+        (self.dot_q)(packed, acts, out)
+    }
+
+    pub fn pack_f(&self, rows: &WeightRows, scratch: &mut PackedQ, packed: &mut PackedF) {
+        (self.pack_f)(rows, scratch, packed)
+    }
+
+    pub fn dot_f(&self, packed: &PackedF, x: &[f32], out: &mut OutTile) {
+        assert_eq!(packed.tile_rows, self.tile_rows);
+        assert_eq!(x.len(), out.stripe.n_rows() * packed.n_in);
+        assert!(out.col + packed.n_rows <= out.stripe.width);
+        (self.dot_f)(packed, x, out)
+    }
+
+    /// Packs `rows` and writes their products with every token into `out`:
+    /// integer kernels when `acts` is given, f32 ones otherwise.
+    pub fn tile(
+        &self,
+        rows: &WeightRows,
+        acts: Option<&QuantActs>,
+        x: &[f32],
+        scratch: &mut Scratch,
+        out: &mut OutTile,
+    ) {
+        match acts {
+            Some(acts) => {
+                self.pack_q(rows, &mut scratch.q);
+                self.dot_q(&scratch.q, acts, out);
+            }
+            None => {
+                self.pack_f(rows, &mut scratch.q, &mut scratch.f);
+                self.dot_f(&scratch.f, x, out);
+            }
+        }
+    }
+}
+
+/// Every kernel set this CPU can run, best last (tests force each one).
+pub fn available() -> &'static [Kernels] {
+    static ALL: OnceLock<Vec<Kernels>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut all = vec![scalar::kernels()];
+        #[cfg(target_arch = "x86_64")]
+        all.extend(x86::kernels());
+        #[cfg(target_arch = "aarch64")]
+        all.push(arm::kernels());
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        all.push(wasm::kernels());
+        all
+    })
+}
+
+/// The best kernel set for this CPU, detected once.
+pub fn best() -> &'static Kernels {
+    available()
+        .last()
+        .expect("the scalar kernels are always available")
+}
+
+/// The kernel set for `isa`, if this CPU runs it.
+pub fn for_isa(isa: Isa) -> Option<&'static Kernels> {
+    available().iter().find(|k| k.isa == isa)
+}

@@ -1,0 +1,393 @@
+//! Every kernel set on this CPU against the scalar reference, and the scalar
+//! reference against `quant`'s ggml oracle, on random data of awkward sizes.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::quant::{self, activation_type};
+
+const QUANT_TYPES: [DType; 6] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+const FLOAT_TYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+const N_TOKS: [usize; 4] = [1, 3, 17, 64];
+
+fn random_f32(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    // Mostly small values with a few outliers, like real activations.
+    (0..n)
+        .map(|_| {
+            let v: f32 = rng.random_range(-1.0..1.0);
+            if rng.random_range(0..50) == 0 {
+                v * 8.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// `n_rows` random rows of `n_in` elements stored as `dtype`.
+fn random_rows(rng: &mut StdRng, dtype: DType, n_rows: usize, n_in: usize) -> Vec<u8> {
+    let rb = dtype.row_bytes(n_in).unwrap();
+    let mut out = vec![0u8; n_rows * rb];
+    for row in out.chunks_exact_mut(rb) {
+        quant::quantize_row(dtype, &random_f32(rng, n_in), row).unwrap();
+    }
+    out
+}
+
+/// Input widths for a type: one block and several.
+fn widths(dtype: DType) -> Vec<usize> {
+    match dtype.block_len() {
+        1 => vec![1, 7, 32, 97],
+        32 => vec![32, 96],
+        _ => vec![256, 512],
+    }
+}
+
+fn rows<'a>(dtype: DType, n_in: usize, n_rows: usize, data: &'a [u8]) -> WeightRows<'a> {
+    WeightRows {
+        dtype,
+        n_in,
+        n_rows,
+        row_bytes: dtype.row_bytes(n_in).unwrap(),
+        data,
+    }
+}
+
+/// Runs `f` on a fresh `[n_tok, width]` output through one stripe.
+fn with_out(n_tok: usize, width: usize, f: impl FnOnce(&mut OutTile)) -> Vec<f32> {
+    let mut y = vec![f32::NAN; n_tok * width];
+    let stripes = ColumnStripes::new(&mut y, n_tok, width, width);
+    let mut stripe = stripes.claim(0);
+    f(&mut OutTile {
+        stripe: &mut stripe,
+        col: 0,
+    });
+    y
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, ((g, w), t)) in got.iter().zip(want).zip(tol).enumerate() {
+        assert!(
+            (g - w).abs() <= *t,
+            "{what}: element {i}: got {g}, want {w} (tolerance {t})"
+        );
+    }
+}
+
+/// Σ|w_i x_i| per (token, row): the scale of f32 rounding in a dot product.
+fn magnitudes(dtype: DType, data: &[u8], n_rows: usize, n_in: usize, x: &[f32]) -> Vec<f32> {
+    let rb = dtype.row_bytes(n_in).unwrap();
+    let mut w = vec![0f32; n_in];
+    let mut mags = vec![0f32; x.len() / n_in * n_rows];
+    for r in 0..n_rows {
+        quant::dequantize_row(dtype, &data[r * rb..(r + 1) * rb], &mut w);
+        for (t, x) in x.chunks_exact(n_in).enumerate() {
+            mags[t * n_rows + r] = w.iter().zip(x).map(|(w, x)| (w * x).abs()).sum();
+        }
+    }
+    mags
+}
+
+#[test]
+fn scalar_quantizer_matches_ggml_within_one_step() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for dtype in QUANT_TYPES {
+        let scheme = Scheme::of(dtype).unwrap();
+        let act = activation_type(dtype);
+        let n_in = 512;
+        let x = random_f32(&mut rng, n_in);
+        let mine = scalar::kernels().quantize_acts(scheme, &x, 1);
+        let mut ggml = vec![0u8; act.row_bytes(n_in).unwrap()];
+        quant::quantize_row(act, &x, &mut ggml).unwrap();
+        let mut ggml_x = vec![0f32; n_in];
+        quant::dequantize_row(act, &ggml, &mut ggml_x);
+        for i in 0..n_in {
+            let d = mine.da[i / scheme.sub_len];
+            let v = d * mine.qs[i] as f32;
+            // ggml rounds its scale to f16 (Q8_0 / Q8_1): allow that on top of a step.
+            assert!(
+                (v - ggml_x[i]).abs() <= d * 1.01 + 2e-3 * x[i].abs(),
+                "{dtype:?} element {i}: {v} vs ggml {}",
+                ggml_x[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn scalar_dot_matches_ggml_vec_dot() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for dtype in QUANT_TYPES {
+        let scheme = Scheme::of(dtype).unwrap();
+        let act = activation_type(dtype);
+        for n_in in widths(dtype) {
+            let (n_rows, n_tok) = (5, 3);
+            let data = random_rows(&mut rng, dtype, n_rows, n_in);
+            let x = random_f32(&mut rng, n_tok * n_in);
+            let ggml_acts: Vec<Vec<u8>> = x
+                .chunks_exact(n_in)
+                .map(|x| {
+                    let mut a = vec![0u8; act.row_bytes(n_in).unwrap()];
+                    quant::quantize_row(act, x, &mut a).unwrap();
+                    a
+                })
+                .collect();
+            let refs: Vec<&[u8]> = ggml_acts.iter().map(|a| a.as_slice()).collect();
+            let acts = QuantActs::from_ggml(scheme, &refs, n_in);
+            let mut packed = PackedQ::default();
+            scalar::pack_q_with(&rows(dtype, n_in, n_rows, &data), n_rows, &mut packed);
+            let got = with_out(n_tok, n_rows, |out| scalar::dot_q(&packed, &acts, out));
+            let rb = dtype.row_bytes(n_in).unwrap();
+            let mut want = vec![0f32; n_tok * n_rows];
+            let mut tol = vec![0f32; n_tok * n_rows];
+            let mags = magnitudes(dtype, &data, n_rows, n_in, &x);
+            for t in 0..n_tok {
+                for r in 0..n_rows {
+                    let w = &data[r * rb..(r + 1) * rb];
+                    want[t * n_rows + r] = quant::vec_dot_scalar(dtype, w, &ggml_acts[t], n_in);
+                    tol[t * n_rows + r] = 1e-5 * mags[t * n_rows + r] + 1e-5;
+                }
+            }
+            assert_close(&got, &want, &tol, &format!("scalar {dtype:?} n_in {n_in}"));
+        }
+    }
+}
+
+#[test]
+fn quantizers_match_scalar_exactly() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for k in available() {
+        for dtype in QUANT_TYPES {
+            let scheme = Scheme::of(dtype).unwrap();
+            for n_in in widths(dtype) {
+                let mut x = random_f32(&mut rng, 3 * n_in);
+                // An all-zero block must give zero codes and scale.
+                x[..scheme.act_block].fill(0.0);
+                let got = k.quantize_acts(scheme, &x, 3);
+                let want = scalar::kernels().quantize_acts(scheme, &x, 3);
+                let what = format!("{:?} {dtype:?} n_in {n_in}", k.isa);
+                assert_eq!(got.qs, want.qs, "{what}: codes");
+                assert_eq!(got.da, want.da, "{what}: scales");
+                assert_eq!(got.sa, want.sa, "{what}: scaled sums");
+                assert_eq!(got.corr, want.corr, "{what}: zero-point terms");
+            }
+        }
+    }
+}
+
+/// Row counts of a tile: one, a ragged one and a full one.
+fn tile_heights(tr: usize) -> [usize; 3] {
+    [1, tr - 3, tr]
+}
+
+#[test]
+fn pack_q_matches_scalar_exactly() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for k in available() {
+        let tr = k.tile_rows;
+        for dtype in QUANT_TYPES {
+            for n_in in widths(dtype) {
+                for n_rows in tile_heights(tr) {
+                    let data = random_rows(&mut rng, dtype, n_rows, n_in);
+                    let rows = rows(dtype, n_in, n_rows, &data);
+                    let (mut got, mut want) = (PackedQ::default(), PackedQ::default());
+                    k.pack_q(&rows, &mut got);
+                    scalar::pack_q_with(&rows, tr, &mut want);
+                    let what = format!("{:?} {dtype:?} n_in {n_in} rows {n_rows}", k.isa);
+                    let valid = |i: usize| i % tr < n_rows;
+                    let pick = |v: &[u32]| -> Vec<u32> {
+                        v.iter()
+                            .enumerate()
+                            .filter(|(i, _)| valid(*i))
+                            .map(|(_, v)| *v)
+                            .collect()
+                    };
+                    let pickf = |v: &[f32]| -> Vec<f32> {
+                        v.iter()
+                            .enumerate()
+                            .filter(|(i, _)| valid(*i))
+                            .map(|(_, v)| *v)
+                            .collect()
+                    };
+                    assert_eq!(pick(got.qs.words()), pick(want.qs.words()), "{what}: codes");
+                    assert_eq!(
+                        pickf(got.dw.floats()),
+                        pickf(want.dw.floats()),
+                        "{what}: scales"
+                    );
+                    assert_eq!(
+                        pickf(got.mw.floats()),
+                        pickf(want.mw.floats()),
+                        "{what}: minimums"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_q_matches_scalar() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for k in available() {
+        let tr = k.tile_rows;
+        for dtype in QUANT_TYPES {
+            let scheme = Scheme::of(dtype).unwrap();
+            for n_in in widths(dtype) {
+                for n_rows in tile_heights(tr) {
+                    let data = random_rows(&mut rng, dtype, n_rows, n_in);
+                    let rows = rows(dtype, n_in, n_rows, &data);
+                    let mut packed = PackedQ::default();
+                    k.pack_q(&rows, &mut packed);
+                    for n_tok in N_TOKS {
+                        let x = random_f32(&mut rng, n_tok * n_in);
+                        let acts = scalar::kernels().quantize_acts(scheme, &x, n_tok);
+                        // The padded output width catches stores past the tile.
+                        let got = with_out(n_tok, tr, |out| k.dot_q(&packed, &acts, out));
+                        let want = with_out(n_tok, tr, |out| scalar::dot_q(&packed, &acts, out));
+                        let mags = magnitudes(dtype, &data, n_rows, n_in, &x);
+                        let mut tol = vec![0f32; n_tok * tr];
+                        for t in 0..n_tok {
+                            for r in 0..n_rows {
+                                tol[t * tr + r] = 1e-5 * mags[t * n_rows + r] + 1e-6;
+                            }
+                        }
+                        for t in 0..n_tok {
+                            for r in n_rows..tr {
+                                assert!(
+                                    got[t * tr + r].is_nan(),
+                                    "{:?} wrote past the tile",
+                                    k.isa
+                                );
+                            }
+                        }
+                        let keep = |v: &[f32]| -> Vec<f32> {
+                            v.iter()
+                                .enumerate()
+                                .map(|(i, v)| if i % tr < n_rows { *v } else { 0.0 })
+                                .collect()
+                        };
+                        let what = format!(
+                            "{:?} {dtype:?} n_in {n_in} rows {n_rows} n_tok {n_tok}",
+                            k.isa
+                        );
+                        assert_close(&keep(&got), &keep(&want), &tol, &what);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pack_f_matches_scalar_exactly() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for k in available() {
+        let tr = k.tile_rows;
+        for dtype in QUANT_TYPES.into_iter().chain(FLOAT_TYPES) {
+            for n_in in widths(dtype) {
+                for n_rows in tile_heights(tr) {
+                    let data = random_rows(&mut rng, dtype, n_rows, n_in);
+                    let rows = rows(dtype, n_in, n_rows, &data);
+                    let (mut got, mut want) = (PackedF::default(), PackedF::default());
+                    let mut scratch = PackedQ::default();
+                    k.pack_f(&rows, &mut scratch, &mut got);
+                    scalar::pack_f_with(&rows, tr, &mut scratch, &mut want);
+                    let what = format!("{:?} {dtype:?} n_in {n_in} rows {n_rows}", k.isa);
+                    for (i, (g, w)) in got.w.floats().iter().zip(want.w.floats()).enumerate() {
+                        if i % tr < n_rows {
+                            assert_eq!(g.to_bits(), w.to_bits(), "{what}: element {i}: {g} vs {w}");
+                        }
+                    }
+                    // And the reference itself dequantizes as `quant` does.
+                    let mut row = vec![0f32; n_in];
+                    for r in 0..n_rows {
+                        quant::dequantize_row(
+                            dtype,
+                            &data[r * rows.row_bytes..(r + 1) * rows.row_bytes],
+                            &mut row,
+                        );
+                        for (i, v) in row.iter().enumerate() {
+                            let p = want.w.floats()[i * tr + r];
+                            assert!(
+                                (p - v).abs() <= 1e-6 * v.abs().max(1e-3),
+                                "{what}: reference element {i} of row {r}: {p} vs quant {v}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_f_matches_scalar() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for k in available() {
+        let tr = k.tile_rows;
+        for dtype in [DType::F32, DType::F16, DType::Q4_1, DType::Q8_0] {
+            for n_in in widths(dtype) {
+                for n_rows in tile_heights(tr) {
+                    let data = random_rows(&mut rng, dtype, n_rows, n_in);
+                    let rows = rows(dtype, n_in, n_rows, &data);
+                    let mut packed = PackedF::default();
+                    scalar::pack_f_with(&rows, tr, &mut PackedQ::default(), &mut packed);
+                    for n_tok in N_TOKS {
+                        let x = random_f32(&mut rng, n_tok * n_in);
+                        let got = with_out(n_tok, tr, |out| k.dot_f(&packed, &x, out));
+                        let want = with_out(n_tok, tr, |out| scalar::dot_f(&packed, &x, out));
+                        let mags = magnitudes(dtype, &data, n_rows, n_in, &x);
+                        let mut tol = vec![0f32; n_tok * tr];
+                        for t in 0..n_tok {
+                            for r in 0..n_rows {
+                                tol[t * tr + r] = 1e-5 * mags[t * n_rows + r] + 1e-6;
+                            }
+                        }
+                        let keep = |v: &[f32]| -> Vec<f32> {
+                            v.iter()
+                                .enumerate()
+                                .map(|(i, v)| if i % tr < n_rows { *v } else { 0.0 })
+                                .collect()
+                        };
+                        let what = format!(
+                            "{:?} {dtype:?} n_in {n_in} rows {n_rows} n_tok {n_tok}",
+                            k.isa
+                        );
+                        assert_close(&keep(&got), &keep(&want), &tol, &what);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn best_is_detected_once_and_listed() {
+    let best = best();
+    assert!(std::ptr::eq(best, best_after_second_call()));
+    assert_eq!(for_isa(best.isa).map(|k| k.isa), Some(best.isa));
+    assert_eq!(for_isa(Isa::Scalar).map(|k| k.tile_rows), Some(8));
+}
+
+fn best_after_second_call() -> &'static Kernels {
+    best()
+}
+
+#[test]
+#[should_panic(expected = "claimed twice")]
+fn a_stripe_cannot_be_claimed_twice() {
+    let mut y = vec![0f32; 12];
+    let stripes = ColumnStripes::new(&mut y, 3, 4, 2);
+    let _a = stripes.claim(1);
+    let _b = stripes.claim(1);
+}

@@ -1,0 +1,738 @@
+//! x86_64 kernels: AVX2 + FMA + F16C (8 rows per tile) and AVX-512 F/BW/VL
+//! (16 rows per tile) with or without VNNI.
+//!
+//! Packing gathers four bytes per row straight from the stored blocks (one
+//! `vpgatherdd` fills a byte-group of the whole tile), so Q4_0 / Q4_1 / Q8_0
+//! tiles are packed without a scalar pass; k-quants go through the scalar
+//! decoder (their packing cost is amortized over every token of the batch).
+//!
+//! Byte products: `vpdpbusd` multiplies unsigned weight bytes by signed
+//! activation bytes, so Q8_0's signed codes are stored offset by 128 and the
+//! activations' precomputed `-128 * sum(a)` starts the accumulator.
+//! `vpmaddubsw` saturates 16-bit pair sums, which offset Q8_0 bytes could hit,
+//! so without VNNI Q8_0 ("wide" codes) uses llama.cpp's sign trick instead:
+//! `|w| * (a * sign(w))`.
+
+use std::arch::x86_64::*;
+
+use super::{
+    scalar, ActRowMut, Isa, Kernels, OutTile, PackedF, PackedQ, QuantActs, Scheme, WeightRows,
+};
+use crate::quant::DType;
+
+/// The kernel sets this CPU supports, weakest first.
+pub fn kernels() -> Vec<Kernels> {
+    let mut all = Vec::new();
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    if !avx2 {
+        return all;
+    }
+    all.push(Kernels {
+        isa: Isa::Avx2,
+        tile_rows: 8,
+        // SAFETY (all closures below): this table exists only when the CPU
+        // has the features the functions are compiled for.
+        quantize: |s, x, row| unsafe { avx2::quantize(s, x, row) },
+        pack_q: |rows, packed| unsafe { avx2::pack_q(rows, packed) },
+        dot_q: |packed, acts, out| unsafe { avx2::dot_q(packed, acts, out) },
+        pack_f: |rows, scratch, packed| unsafe { avx2::pack_f(rows, scratch, packed) },
+        dot_f: |packed, x, out| unsafe { avx2::dot_f(packed, x, out) },
+    });
+    let avx512 = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl");
+    if !avx512 {
+        return all;
+    }
+    all.push(Kernels {
+        isa: Isa::Avx512,
+        tile_rows: 16,
+        // SAFETY: as above.
+        quantize: |s, x, row| unsafe { avx512::quantize(s, x, row) },
+        pack_q: |rows, packed| unsafe { avx512::pack_q(rows, packed) },
+        dot_q: |packed, acts, out| unsafe { avx512::dot_q_bw(packed, acts, out) },
+        pack_f: |rows, scratch, packed| unsafe { avx512::pack_f(rows, scratch, packed) },
+        dot_f: |packed, x, out| unsafe { avx512::dot_f(packed, x, out) },
+    });
+    if is_x86_feature_detected!("avx512vnni") {
+        all.push(Kernels {
+            isa: Isa::Avx512Vnni,
+            tile_rows: 16,
+            // SAFETY: as above.
+            quantize: |s, x, row| unsafe { avx512::quantize(s, x, row) },
+            pack_q: |rows, packed| unsafe { avx512::pack_q(rows, packed) },
+            dot_q: |packed, acts, out| unsafe { avx512::dot_q_vnni(packed, acts, out) },
+            pack_f: |rows, scratch, packed| unsafe { avx512::pack_f(rows, scratch, packed) },
+            dot_f: |packed, x, out| unsafe { avx512::dot_f(packed, x, out) },
+        });
+    }
+    all
+}
+
+mod avx512 {
+    use super::*;
+
+    /// Tile rows: one lane of a 512-bit vector per weight row.
+    const TR: usize = 16;
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    unsafe fn gather(mask: __mmask16, idx: __m512i, p: *const u8) -> __m512i {
+        // SAFETY: the caller guarantees 4 readable bytes at `p + idx[r]` for
+        // every lane `r` set in `mask`; other lanes are not accessed.
+        unsafe { _mm512_mask_i32gather_epi32::<1>(_mm512_setzero_si512(), mask, idx, p as _) }
+    }
+
+    /// Low halves of each 32-bit lane as f16 -> f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    fn f16_lo(v: __m512i) -> __m512 {
+        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    fn row_mask(n_rows: usize) -> __mmask16 {
+        ((1u32 << n_rows) - 1) as __mmask16
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub unsafe fn quantize(scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
+        let (ab, sl) = (scheme.act_block, scheme.sub_len);
+        let zero = scheme.zero as i32;
+        assert_eq!(x.len(), row.qs.len());
+        assert_eq!(x.len() % ab, 0);
+        let mut s = 0;
+        for (xb, qb) in x.chunks_exact(ab).zip(row.qs.chunks_exact_mut(ab)) {
+            let xp = xb.as_ptr();
+            let mut m = _mm512_setzero_ps();
+            for i in (0..ab).step_by(16) {
+                // SAFETY: `i + 16 <= ab == xb.len()`.
+                m = _mm512_max_ps(m, _mm512_abs_ps(unsafe { _mm512_loadu_ps(xp.add(i)) }));
+            }
+            let d = _mm512_reduce_max_ps(m) / 127.0;
+            let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            for (xs, qs) in xb.chunks_exact(sl).zip(qb.chunks_exact_mut(sl)) {
+                let mut sum = _mm512_setzero_si512();
+                for i in (0..sl).step_by(16) {
+                    // SAFETY: `i + 16 <= sl` elements of `xs` and bytes of `qs`.
+                    unsafe {
+                        let q = _mm512_cvtps_epi32(_mm512_mul_ps(
+                            _mm512_loadu_ps(xs.as_ptr().add(i)),
+                            id,
+                        ));
+                        sum = _mm512_add_epi32(sum, q);
+                        _mm_storeu_si128(
+                            qs.as_mut_ptr().add(i) as *mut __m128i,
+                            _mm512_cvtepi32_epi8(q),
+                        );
+                    }
+                }
+                let sum = _mm512_reduce_add_epi32(sum);
+                row.da[s] = d;
+                row.sa[s] = d * sum as f32;
+                row.corr[s] = -zero * sum;
+                s += 1;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub unsafe fn pack_q(rows: &WeightRows, packed: &mut PackedQ) {
+        if !matches!(rows.dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+            return scalar::pack_q_with(rows, TR, packed);
+        }
+        packed.reset(TR, rows);
+        let mask = row_mask(rows.n_rows);
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(rows.row_bytes as i32),
+        );
+        let bb = rows.dtype.block_bytes();
+        let nib = _mm512_set1_epi8(0x0f);
+        let qs = packed.qs.words_mut().as_mut_ptr();
+        let dw = packed.dw.floats_mut().as_mut_ptr();
+        let mw = packed.mw.floats_mut().as_mut_ptr();
+        // SAFETY: every gather reads 4 bytes inside block `b` of a row below
+        // `n_rows` (offsets 0..4, 2..18 / 4..20 / 2..34 of 18 / 20 / 34-byte
+        // blocks); stores stay inside the buffers `reset` sized for `n_in`.
+        unsafe {
+            let store = |i: usize, v: __m512i| _mm512_storeu_si512(qs.add(i * TR) as *mut _, v);
+            for b in 0..rows.n_in / 32 {
+                let p = rows.data.as_ptr().add(b * bb);
+                let hdr = gather(mask, idx, p);
+                _mm512_storeu_ps(dw.add(b * TR), f16_lo(hdr));
+                match rows.dtype {
+                    DType::Q8_0 => {
+                        for g in 0..8 {
+                            let v = gather(mask, idx, p.add(2 + 4 * g));
+                            store(b * 8 + g, _mm512_xor_si512(v, _mm512_set1_epi8(-128)));
+                        }
+                    }
+                    _ => {
+                        let q4_1 = rows.dtype == DType::Q4_1;
+                        if q4_1 {
+                            _mm512_storeu_ps(mw.add(b * TR), f16_lo(_mm512_srli_epi32::<16>(hdr)));
+                        }
+                        let off = if q4_1 { 4 } else { 2 };
+                        for g in 0..4 {
+                            let v = gather(mask, idx, p.add(off + 4 * g));
+                            store(b * 8 + g, _mm512_and_si512(v, nib));
+                            store(
+                                b * 8 + g + 4,
+                                _mm512_and_si512(_mm512_srli_epi32::<4>(v), nib),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    macro_rules! dot_q_kernel {
+        ($name:ident, $tile:ident, $features:literal, $vnni:expr) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+                by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
+                    acts.n_tok,
+                    8,
+                    |t0, NT| unsafe { $tile::<NT, G, MIN, WIDE>(packed, acts, t0, out) }
+                ))
+            }
+
+            /// Tokens `t0..t0 + NT` against the whole tile.
+            #[target_feature(enable = $features)]
+            unsafe fn $tile<const NT: usize, const G: usize, const MIN: bool, const WIDE: bool>(
+                packed: &PackedQ,
+                acts: &QuantActs,
+                t0: usize,
+                out: &mut OutTile,
+            ) {
+                let n_sub = acts.n_sub();
+                let n_in = acts.n_in;
+                let sign_trick = WIDE && !$vnni;
+                let ones = _mm512_set1_epi16(1);
+                let mut acc = [_mm512_setzero_ps(); NT];
+                // SAFETY: the packed tile holds `n_sub * G` groups of TR words and
+                // `n_sub * TR` scales; `acts` holds `n_in` codes and `n_sub` sums
+                // per token, and `t0 + NT <= n_tok` (`sweep_tokens`).
+                unsafe {
+                    let qs = packed.qs.words().as_ptr();
+                    let a0 = acts.qs.as_ptr().add(t0 * n_in);
+                    let (da, sa, corr) = (
+                        acts.da.as_ptr().add(t0 * n_sub),
+                        acts.sa.as_ptr().add(t0 * n_sub),
+                        acts.corr.as_ptr().add(t0 * n_sub),
+                    );
+                    for s in 0..n_sub {
+                        let mut w = [_mm512_setzero_si512(); G];
+                        let mut neg = [0 as __mmask64; G];
+                        for g in 0..G {
+                            w[g] = _mm512_loadu_si512(qs.add((s * G + g) * TR) as *const _);
+                            if sign_trick {
+                                let signed = _mm512_xor_si512(w[g], _mm512_set1_epi8(-128));
+                                neg[g] = _mm512_movepi8_mask(signed);
+                                w[g] = _mm512_abs_epi8(signed);
+                            }
+                        }
+                        let dwv = _mm512_loadu_ps(packed.dw.floats().as_ptr().add(s * TR));
+                        for j in 0..NT {
+                            let a = a0.add(j * n_in + s * 4 * G);
+                            let mut sum = if sign_trick {
+                                _mm512_setzero_si512()
+                            } else {
+                                _mm512_set1_epi32(*corr.add(j * n_sub + s))
+                            };
+                            for g in 0..G {
+                                let av = _mm512_set1_epi32(
+                                    (a.add(4 * g) as *const i32).read_unaligned(),
+                                );
+                                if $vnni {
+                                    sum = _mm512_dpbusd_epi32(sum, w[g], av);
+                                } else {
+                                    let av = if sign_trick {
+                                        _mm512_mask_sub_epi8(av, neg[g], _mm512_setzero_si512(), av)
+                                    } else {
+                                        av
+                                    };
+                                    let pairs = _mm512_maddubs_epi16(w[g], av);
+                                    sum = _mm512_add_epi32(sum, _mm512_madd_epi16(pairs, ones));
+                                }
+                            }
+                            let scale = _mm512_mul_ps(dwv, _mm512_set1_ps(*da.add(j * n_sub + s)));
+                            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[j]);
+                            if MIN {
+                                let mwv = _mm512_loadu_ps(packed.mw.floats().as_ptr().add(s * TR));
+                                acc[j] = _mm512_fmadd_ps(
+                                    mwv,
+                                    _mm512_set1_ps(*sa.add(j * n_sub + s)),
+                                    acc[j],
+                                );
+                            }
+                        }
+                    }
+                    let mask = row_mask(packed.n_rows);
+                    for (j, acc) in acc.iter().enumerate() {
+                        _mm512_mask_storeu_ps(out.row(t0 + j).as_mut_ptr(), mask, *acc);
+                    }
+                }
+            }
+        };
+    }
+
+    dot_q_kernel!(
+        dot_q_vnni,
+        dot_q_vnni_tile,
+        "avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c",
+        true
+    );
+    dot_q_kernel!(
+        dot_q_bw,
+        dot_q_bw_tile,
+        "avx512f,avx512bw,avx512vl,fma,f16c",
+        false
+    );
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub unsafe fn pack_f(rows: &WeightRows, scratch: &mut PackedQ, packed: &mut PackedF) {
+        packed.reset(TR, rows);
+        let n_in = rows.n_in;
+        let w = packed.w.floats_mut().as_mut_ptr();
+        if let Some(scheme) = Scheme::of(rows.dtype) {
+            // SAFETY: `pack_q` has the same preconditions as this function.
+            unsafe { pack_q(rows, scratch) };
+            let (sl, g_n) = (scheme.sub_len, scheme.groups());
+            let zero = _mm512_set1_epi32(scheme.zero as i32);
+            let byte = _mm512_set1_epi32(0xff);
+            // SAFETY: reads stay inside the packed tile of `n_in` elements and
+            // writes inside the `n_in * TR` floats `reset` sized.
+            unsafe {
+                let qs = scratch.qs.words().as_ptr();
+                for s in 0..n_in / sl {
+                    let dwv = _mm512_loadu_ps(scratch.dw.floats().as_ptr().add(s * TR));
+                    let mwv = if scheme.has_min {
+                        _mm512_loadu_ps(scratch.mw.floats().as_ptr().add(s * TR))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    for g in 0..g_n {
+                        let v = _mm512_loadu_si512(qs.add((s * g_n + g) * TR) as *const _);
+                        let bytes = [
+                            _mm512_and_si512(v, byte),
+                            _mm512_and_si512(_mm512_srli_epi32::<8>(v), byte),
+                            _mm512_and_si512(_mm512_srli_epi32::<16>(v), byte),
+                            _mm512_srli_epi32::<24>(v),
+                        ];
+                        for (k, b) in bytes.into_iter().enumerate() {
+                            let code = _mm512_cvtepi32_ps(_mm512_sub_epi32(b, zero));
+                            // Multiply then add, like the scalar reference.
+                            let x = _mm512_add_ps(_mm512_mul_ps(dwv, code), mwv);
+                            _mm512_storeu_ps(w.add((s * sl + 4 * g + k) * TR), x);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        if n_in < 2 {
+            return scalar::pack_f_with(rows, TR, scratch, packed);
+        }
+        let mask = row_mask(rows.n_rows);
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(rows.row_bytes as i32),
+        );
+        let p = rows.data.as_ptr();
+        // SAFETY: gathers read 4 bytes at byte offsets below `row_bytes` of rows
+        // below `n_rows` (the odd f16 / bf16 tail re-reads the previous pair);
+        // stores stay inside the `n_in * TR` floats.
+        unsafe {
+            match rows.dtype {
+                DType::F32 => {
+                    for i in 0..n_in {
+                        let v = gather(mask, idx, p.add(4 * i));
+                        _mm512_storeu_ps(w.add(i * TR), _mm512_castsi512_ps(v));
+                    }
+                }
+                DType::F16 | DType::BF16 => {
+                    let f16 = rows.dtype == DType::F16;
+                    let lo = |v: __m512i| {
+                        if f16 {
+                            f16_lo(v)
+                        } else {
+                            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+                        }
+                    };
+                    let hi = |v: __m512i| lo(_mm512_srli_epi32::<16>(v));
+                    for i in (0..n_in - 1).step_by(2) {
+                        let v = gather(mask, idx, p.add(2 * i));
+                        _mm512_storeu_ps(w.add(i * TR), lo(v));
+                        _mm512_storeu_ps(w.add((i + 1) * TR), hi(v));
+                    }
+                    if n_in % 2 == 1 {
+                        let v = gather(mask, idx, p.add(2 * (n_in - 2)));
+                        _mm512_storeu_ps(w.add((n_in - 1) * TR), hi(v));
+                    }
+                }
+                other => unreachable!("{other:?} has an integer scheme"),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub unsafe fn dot_f(packed: &PackedF, x: &[f32], out: &mut OutTile) {
+        let n_tok = out.stripe.n_rows();
+        sweep_tokens!(n_tok, 8, |t0, NT| unsafe {
+            dot_f_tile::<NT>(packed, x, t0, out)
+        })
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    unsafe fn dot_f_tile<const NT: usize>(
+        packed: &PackedF,
+        x: &[f32],
+        t0: usize,
+        out: &mut OutTile,
+    ) {
+        let n_in = packed.n_in;
+        let mut acc = [_mm512_setzero_ps(); NT];
+        // SAFETY: the tile holds `n_in * TR` floats and `x` holds `n_in` per
+        // token with `t0 + NT <= n_tok`.
+        unsafe {
+            let w = packed.w.floats().as_ptr();
+            let x = x.as_ptr().add(t0 * n_in);
+            for i in 0..n_in {
+                let wv = _mm512_loadu_ps(w.add(i * TR));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(j * n_in + i)), *acc);
+                }
+            }
+            let mask = row_mask(packed.n_rows);
+            for (j, acc) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(out.row(t0 + j).as_mut_ptr(), mask, *acc);
+            }
+        }
+    }
+}
+
+mod avx2 {
+    use super::*;
+
+    /// Tile rows: one lane of a 256-bit vector per weight row.
+    const TR: usize = 8;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn lane_mask(n_rows: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(n_rows as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn gather(mask: __m256i, idx: __m256i, p: *const u8) -> __m256i {
+        // SAFETY: the caller guarantees 4 readable bytes at `p + idx[r]` for
+        // every lane `r` set in `mask`; other lanes are not accessed.
+        unsafe { _mm256_mask_i32gather_epi32::<1>(_mm256_setzero_si256(), p as _, idx, mask) }
+    }
+
+    /// Low halves of each 32-bit lane as f16 -> f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16_lo(v: __m256i) -> __m256 {
+        let low = _mm256_and_si256(v, _mm256_set1_epi32(0xffff));
+        // Lanes are below 2^16, so the unsigned saturation never bites.
+        let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(low, low));
+        _mm256_cvtph_ps(_mm256_castsi256_si128(packed))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum_epi32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hmax_ps(v: __m256) -> f32 {
+        let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn quantize(scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
+        let (ab, sl) = (scheme.act_block, scheme.sub_len);
+        let zero = scheme.zero as i32;
+        assert_eq!(x.len(), row.qs.len());
+        assert_eq!(x.len() % ab, 0);
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let mut s = 0;
+        for (xb, qb) in x.chunks_exact(ab).zip(row.qs.chunks_exact_mut(ab)) {
+            let xp = xb.as_ptr();
+            let mut m = _mm256_setzero_ps();
+            for i in (0..ab).step_by(8) {
+                // SAFETY: `i + 8 <= ab == xb.len()`.
+                m = _mm256_max_ps(
+                    m,
+                    _mm256_and_ps(abs_mask, unsafe { _mm256_loadu_ps(xp.add(i)) }),
+                );
+            }
+            let d = hmax_ps(m) / 127.0;
+            let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let mut sums = [0i32; 2];
+            for (xs, qs) in xb.chunks_exact(32).zip(qb.chunks_exact_mut(32)) {
+                // SAFETY: 32 elements of `xs` and 32 bytes of `qs`.
+                let q: [__m256i; 4] = std::array::from_fn(|k| unsafe {
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs.as_ptr().add(8 * k)), id))
+                });
+                sums[0] = hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+                sums[1] = hsum_epi32(_mm256_add_epi32(q[2], q[3]));
+                // packs interleaves 128-bit lanes; the permute restores element order.
+                let w = _mm256_packs_epi16(
+                    _mm256_packs_epi32(q[0], q[1]),
+                    _mm256_packs_epi32(q[2], q[3]),
+                );
+                let w = _mm256_permutevar8x32_epi32(w, order);
+                // SAFETY: 32 bytes of `qs`.
+                unsafe { _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, w) };
+                let sub_sums: &[i32] = if sl == 16 {
+                    &sums
+                } else {
+                    &[sums[0] + sums[1]]
+                };
+                for &sum in sub_sums {
+                    row.da[s] = d;
+                    row.sa[s] = d * sum as f32;
+                    row.corr[s] = -zero * sum;
+                    s += 1;
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn pack_q(rows: &WeightRows, packed: &mut PackedQ) {
+        if !matches!(rows.dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+            return scalar::pack_q_with(rows, TR, packed);
+        }
+        packed.reset(TR, rows);
+        let mask = lane_mask(rows.n_rows);
+        let idx = _mm256_mullo_epi32(
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            _mm256_set1_epi32(rows.row_bytes as i32),
+        );
+        let bb = rows.dtype.block_bytes();
+        let nib = _mm256_set1_epi8(0x0f);
+        let qs = packed.qs.words_mut().as_mut_ptr();
+        let dw = packed.dw.floats_mut().as_mut_ptr();
+        let mw = packed.mw.floats_mut().as_mut_ptr();
+        // SAFETY: as in the AVX-512 `pack_q`: gathers read inside blocks of
+        // valid rows, stores inside the buffers sized by `reset`.
+        unsafe {
+            let store = |i: usize, v: __m256i| _mm256_storeu_si256(qs.add(i * TR) as *mut _, v);
+            for b in 0..rows.n_in / 32 {
+                let p = rows.data.as_ptr().add(b * bb);
+                let hdr = gather(mask, idx, p);
+                _mm256_storeu_ps(dw.add(b * TR), f16_lo(hdr));
+                match rows.dtype {
+                    DType::Q8_0 => {
+                        for g in 0..8 {
+                            let v = gather(mask, idx, p.add(2 + 4 * g));
+                            store(b * 8 + g, _mm256_xor_si256(v, _mm256_set1_epi8(-128)));
+                        }
+                    }
+                    _ => {
+                        let q4_1 = rows.dtype == DType::Q4_1;
+                        if q4_1 {
+                            _mm256_storeu_ps(mw.add(b * TR), f16_lo(_mm256_srli_epi32::<16>(hdr)));
+                        }
+                        let off = if q4_1 { 4 } else { 2 };
+                        for g in 0..4 {
+                            let v = gather(mask, idx, p.add(off + 4 * g));
+                            store(b * 8 + g, _mm256_and_si256(v, nib));
+                            store(
+                                b * 8 + g + 4,
+                                _mm256_and_si256(_mm256_srli_epi32::<4>(v), nib),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+        by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
+            acts.n_tok,
+            4,
+            |t0, NT| unsafe { dot_q_tile::<NT, G, MIN, WIDE>(packed, acts, t0, out) }
+        ))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool, const WIDE: bool>(
+        packed: &PackedQ,
+        acts: &QuantActs,
+        t0: usize,
+        out: &mut OutTile,
+    ) {
+        let (n_sub, n_in) = (acts.n_sub(), acts.n_in);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); NT];
+        // SAFETY: as in the AVX-512 tile kernel.
+        unsafe {
+            let qs = packed.qs.words().as_ptr();
+            let a0 = acts.qs.as_ptr().add(t0 * n_in);
+            for s in 0..n_sub {
+                let mut w = [_mm256_setzero_si256(); G];
+                let mut signs = [_mm256_setzero_si256(); G];
+                for g in 0..G {
+                    w[g] = _mm256_loadu_si256(qs.add((s * G + g) * TR) as *const _);
+                    if WIDE {
+                        signs[g] = _mm256_xor_si256(w[g], _mm256_set1_epi8(-128));
+                        w[g] = _mm256_abs_epi8(signs[g]);
+                    }
+                }
+                let dwv = _mm256_loadu_ps(packed.dw.floats().as_ptr().add(s * TR));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let t = t0 + j;
+                    let a = a0.add(j * n_in + s * 4 * G);
+                    let mut sum = if WIDE {
+                        _mm256_setzero_si256()
+                    } else {
+                        _mm256_set1_epi32(acts.corr[t * n_sub + s])
+                    };
+                    for g in 0..G {
+                        let mut av =
+                            _mm256_set1_epi32((a.add(4 * g) as *const i32).read_unaligned());
+                        if WIDE {
+                            av = _mm256_sign_epi8(av, signs[g]);
+                        }
+                        let pairs = _mm256_maddubs_epi16(w[g], av);
+                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones));
+                    }
+                    let scale = _mm256_mul_ps(dwv, _mm256_set1_ps(acts.da[t * n_sub + s]));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, *acc);
+                    if MIN {
+                        let mwv = _mm256_loadu_ps(packed.mw.floats().as_ptr().add(s * TR));
+                        *acc = _mm256_fmadd_ps(mwv, _mm256_set1_ps(acts.sa[t * n_sub + s]), *acc);
+                    }
+                }
+            }
+            let mask = lane_mask(packed.n_rows);
+            for (j, acc) in acc.iter().enumerate() {
+                _mm256_maskstore_ps(out.row(t0 + j).as_mut_ptr(), mask, *acc);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn pack_f(rows: &WeightRows, scratch: &mut PackedQ, packed: &mut PackedF) {
+        if Scheme::of(rows.dtype).is_none() && rows.dtype != DType::F16 {
+            return scalar::pack_f_with(rows, TR, scratch, packed);
+        }
+        packed.reset(TR, rows);
+        let n_in = rows.n_in;
+        let w = packed.w.floats_mut().as_mut_ptr();
+        if let Some(scheme) = Scheme::of(rows.dtype) {
+            // SAFETY: `pack_q` has the same preconditions as this function.
+            unsafe { pack_q(rows, scratch) };
+            let (sl, g_n) = (scheme.sub_len, scheme.groups());
+            let zero = _mm256_set1_epi32(scheme.zero as i32);
+            let byte = _mm256_set1_epi32(0xff);
+            // SAFETY: reads inside the packed tile, writes inside `n_in * TR` floats.
+            unsafe {
+                let qs = scratch.qs.words().as_ptr();
+                for s in 0..n_in / sl {
+                    let dwv = _mm256_loadu_ps(scratch.dw.floats().as_ptr().add(s * TR));
+                    let mwv = if scheme.has_min {
+                        _mm256_loadu_ps(scratch.mw.floats().as_ptr().add(s * TR))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
+                    for g in 0..g_n {
+                        let v = _mm256_loadu_si256(qs.add((s * g_n + g) * TR) as *const _);
+                        let bytes = [
+                            _mm256_and_si256(v, byte),
+                            _mm256_and_si256(_mm256_srli_epi32::<8>(v), byte),
+                            _mm256_and_si256(_mm256_srli_epi32::<16>(v), byte),
+                            _mm256_srli_epi32::<24>(v),
+                        ];
+                        for (k, b) in bytes.into_iter().enumerate() {
+                            let code = _mm256_cvtepi32_ps(_mm256_sub_epi32(b, zero));
+                            let x = _mm256_add_ps(_mm256_mul_ps(dwv, code), mwv);
+                            _mm256_storeu_ps(w.add((s * sl + 4 * g + k) * TR), x);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        if n_in < 2 {
+            return scalar::pack_f_with(rows, TR, scratch, packed);
+        }
+        let mask = lane_mask(rows.n_rows);
+        let idx = _mm256_mullo_epi32(
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            _mm256_set1_epi32(rows.row_bytes as i32),
+        );
+        let p = rows.data.as_ptr();
+        // SAFETY: as in the AVX-512 `pack_f` for f16.
+        unsafe {
+            for i in (0..n_in - 1).step_by(2) {
+                let v = gather(mask, idx, p.add(2 * i));
+                _mm256_storeu_ps(w.add(i * TR), f16_lo(v));
+                _mm256_storeu_ps(w.add((i + 1) * TR), f16_lo(_mm256_srli_epi32::<16>(v)));
+            }
+            if n_in % 2 == 1 {
+                let v = gather(mask, idx, p.add(2 * (n_in - 2)));
+                _mm256_storeu_ps(w.add((n_in - 1) * TR), f16_lo(_mm256_srli_epi32::<16>(v)));
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f(packed: &PackedF, x: &[f32], out: &mut OutTile) {
+        let n_tok = out.stripe.n_rows();
+        sweep_tokens!(n_tok, 8, |t0, NT| unsafe {
+            dot_f_tile::<NT>(packed, x, t0, out)
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_f_tile<const NT: usize>(
+        packed: &PackedF,
+        x: &[f32],
+        t0: usize,
+        out: &mut OutTile,
+    ) {
+        let n_in = packed.n_in;
+        let mut acc = [_mm256_setzero_ps(); NT];
+        // SAFETY: as in the AVX-512 `dot_f_tile`.
+        unsafe {
+            let w = packed.w.floats().as_ptr();
+            let x = x.as_ptr().add(t0 * n_in);
+            for i in 0..n_in {
+                let wv = _mm256_loadu_ps(w.add(i * TR));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(wv, _mm256_set1_ps(*x.add(j * n_in + i)), *acc);
+                }
+            }
+            let mask = lane_mask(packed.n_rows);
+            for (j, acc) in acc.iter().enumerate() {
+                _mm256_maskstore_ps(out.row(t0 + j).as_mut_ptr(), mask, *acc);
+            }
+        }
+    }
+}
