@@ -79,50 +79,15 @@ pub struct Model {
 }
 
 fn meta_usize(g: &Gguf, key: &str) -> Result<Option<usize>> {
-    Ok(match g.get(key) {
-        None => None,
-        Some(Value::U8(v)) => Some(*v as usize),
-        Some(Value::U16(v)) => Some(*v as usize),
-        Some(Value::U32(v)) => Some(*v as usize),
-        Some(Value::U64(v)) => {
-            Some(usize::try_from(*v).map_err(|_| Error::metadata(key, "too large"))?)
-        }
-        Some(Value::I32(v)) if *v >= 0 => Some(*v as usize),
-        Some(Value::I64(v)) if *v >= 0 => Some(*v as usize),
-        Some(v) => {
-            return Err(Error::metadata(
-                key,
-                format!("expected an unsigned integer, found {v:?}"),
-            ))
-        }
-    })
+    g.get_opt::<usize>(key)
 }
 
 fn meta_f32(g: &Gguf, key: &str) -> Result<Option<f32>> {
-    Ok(match g.get(key) {
-        None => None,
-        Some(Value::F32(v)) => Some(*v),
-        Some(Value::F64(v)) => Some(*v as f32),
-        Some(v) => {
-            return Err(Error::metadata(
-                key,
-                format!("expected a float, found {v:?}"),
-            ))
-        }
-    })
+    g.get_opt::<f32>(key)
 }
 
 fn meta_str<'a>(g: &'a Gguf, key: &str) -> Result<Option<&'a str>> {
-    Ok(match g.get(key) {
-        None => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(v) => {
-            return Err(Error::metadata(
-                key,
-                format!("expected a string, found {v:?}"),
-            ))
-        }
-    })
+    g.get_opt::<&str>(key)
 }
 
 fn required<T>(v: Option<T>, key: &str) -> Result<T> {
