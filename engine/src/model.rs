@@ -12,6 +12,7 @@
 use crate::config::{Config, RopeStyle};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value};
+use crate::kernels::attention::{attend_head, HeadAttention};
 use crate::matmul::{matmul, Precision, Weight};
 use crate::quant::dequantize_row;
 use crate::tensor::{Storage, TensorRef, TensorStore};
@@ -494,8 +495,9 @@ impl Model {
     }
 }
 
-/// Keys and values of one sequence, for every layer.
-/// Layout: `(layer, Hkv, capacity, hd)`, so one head's keys are contiguous.
+/// Keys and values of one sequence, for every layer. Keys are
+/// `(layer, Hkv, hd, capacity)` (transposed, for the attention kernel),
+/// values `(layer, Hkv, capacity, hd)`.
 #[derive(Clone)]
 pub struct KvCache {
     n_layers: usize,
@@ -559,7 +561,10 @@ impl KvCache {
         for layer in 0..prefix.n_layers {
             for head in 0..prefix.n_kv_heads {
                 let (src, dst) = (prefix.head_offset(layer, head), c.head_offset(layer, head));
-                c.k[dst..dst + len * hd].copy_from_slice(&prefix.k[src..src + len * hd]);
+                for d in 0..hd {
+                    let (s0, d0) = (src + d * prefix.capacity, dst + d * capacity);
+                    c.k[d0..d0 + len].copy_from_slice(&prefix.k[s0..s0 + len]);
+                }
                 c.v[dst..dst + len * hd].copy_from_slice(&prefix.v[src..src + len * hd]);
             }
         }
@@ -578,24 +583,30 @@ impl KvCache {
 
     /// Writes `n` new rows of `(Hkv*hd)` keys and values at positions `len..len+n`.
     fn store(&mut self, layer: usize, k: &[f32], v: &[f32], n: usize) {
-        let (hd, kv_dim) = (self.head_dim, self.n_kv_heads * self.head_dim);
+        let (hd, cap, kv_dim) = (
+            self.head_dim,
+            self.capacity,
+            self.n_kv_heads * self.head_dim,
+        );
         for h in 0..self.n_kv_heads {
-            let base = self.head_offset(layer, h) + self.len * hd;
+            let base = self.head_offset(layer, h);
             for i in 0..n {
                 let src = i * kv_dim + h * hd;
-                self.k[base + i * hd..base + (i + 1) * hd].copy_from_slice(&k[src..src + hd]);
-                self.v[base + i * hd..base + (i + 1) * hd].copy_from_slice(&v[src..src + hd]);
+                let pos = self.len + i;
+                // Keys transposed: dimension d of every position is one row.
+                for d in 0..hd {
+                    self.k[base + d * cap + pos] = k[src + d];
+                }
+                self.v[base + pos * hd..base + (pos + 1) * hd].copy_from_slice(&v[src..src + hd]);
             }
         }
     }
 
-    /// Keys and values of one head, positions `0..n`: `(n, hd)` each.
-    fn head(&self, layer: usize, head: usize, n: usize) -> (&[f32], &[f32]) {
+    /// One head's keys `(hd, capacity)` (transposed) and values `(capacity, hd)`.
+    fn head(&self, layer: usize, head: usize) -> (&[f32], &[f32]) {
         let o = self.head_offset(layer, head);
-        (
-            &self.k[o..o + n * self.head_dim],
-            &self.v[o..o + n * self.head_dim],
-        )
+        let n = self.capacity * self.head_dim;
+        (&self.k[o..o + n], &self.v[o..o + n])
     }
 }
 
@@ -691,37 +702,21 @@ fn attention(
     }
     threads.for_each_mut(&mut tasks, |_, task| {
         let cache = &caches[task.seq];
-        let n_new = tokens[task.seq].len();
-        // `cache.len` is not yet advanced: the new tokens sit at `len..len+n_new`.
-        let first_pos = cache.len;
-        let n_keys = first_pos + n_new;
-        let (keys, values) = cache.head(layer, task.head / group, n_keys);
-        let mut scores = vec![0f32; n_keys];
-        for i in 0..n_new {
-            let pos = first_pos + i;
-            let lo = match c.sliding_window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
-            let qi = &q[(task.t0 + i) * q_dim + task.head * hd..][..hd];
-            let mut max = f32::NEG_INFINITY;
-            for j in lo..=pos {
-                let s = dot(qi, &keys[j * hd..(j + 1) * hd]) * scale;
-                scores[j] = s;
-                max = max.max(s);
-            }
-            let mut sum = 0f32;
-            for s in &mut scores[lo..=pos] {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let o = &mut task.out[i * hd..(i + 1) * hd];
-            o.fill(0.0);
-            let inv = 1.0 / sum;
-            for j in lo..=pos {
-                axpy(scores[j] * inv, &values[j * hd..(j + 1) * hd], o);
-            }
-        }
+        let (keys_t, values) = cache.head(layer, task.head / group);
+        let problem = HeadAttention {
+            q: &q[task.t0 * q_dim + task.head * hd..],
+            q_stride: q_dim,
+            n_queries: tokens[task.seq].len(),
+            // `cache.len` is not yet advanced: the new tokens sit at `len..`.
+            first_pos: cache.len,
+            head_dim: hd,
+            keys_t,
+            capacity: cache.capacity,
+            values,
+            window: c.sliding_window,
+            scale,
+        };
+        SCORES.with(|s| attend_head(&problem, task.out, &mut s.borrow_mut()));
     });
     // Back from (seq, head, token, hd) to (token, head*hd).
     for task in &tasks {
@@ -733,29 +728,9 @@ fn attention(
     }
 }
 
-/// Dot product with 16 independent accumulators so the compiler vectorises it
-/// without reassociating a single running sum.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `y += a * x`
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
+thread_local! {
+    /// Each worker's attention scores, kept between calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {

@@ -123,6 +123,7 @@ macro_rules! by_scheme {
 
 #[cfg(target_arch = "aarch64")]
 pub mod arm;
+pub mod attention;
 pub mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod wasm;
