@@ -21,10 +21,18 @@ use crate::threads::Threads;
 pub enum Precision {
     /// f32 activations against dequantized weights (f32 accumulation).
     Exact,
-    /// Activations quantized to 8 bits per block, integer dot products against
-    /// quantized weights, as llama.cpp does. Float weights fall back to `Exact`.
+    /// Integer dot products against quantized weights with activations in
+    /// two 8-bit passes: the activations quantized as llama.cpp does, then the
+    /// rounding error of that quantized again and multiplied in a second
+    /// pass. The sum carries about 16 bits of each activation, so results
+    /// stay within ~1e-5 relative of `Exact` at twice the integer work of
+    /// `Int8`, still well under the cost of f32. Float weights use `Exact`.
     #[default]
     Fast,
+    /// One 8-bit pass, exactly llama.cpp's scheme: fastest, and as far from
+    /// the f32 result as llama.cpp is (about 0.06 nats mean on log-probs of a
+    /// 135M model).
+    Int8,
 }
 
 /// A weight matrix `[n_out, n_in]` stored row-major in `dtype` blocks.
@@ -100,10 +108,53 @@ pub fn matmul_with(
         return;
     }
     let scheme = match precision {
-        Precision::Fast => Scheme::of(w.dtype),
+        Precision::Fast | Precision::Int8 => Scheme::of(w.dtype),
         Precision::Exact => None,
     };
     let acts = scheme.map(|s| quantize_acts(k, threads, s, x, n_tok));
+    sweep(k, threads, w, acts.as_ref(), x, n_tok, y);
+    if let (Precision::Fast, Some(acts)) = (precision, &acts) {
+        // Second pass: what the 8-bit codes missed.
+        let residual = residual(acts, x);
+        let r_acts = quantize_acts(k, threads, acts.scheme, &residual, n_tok);
+        let mut y2 = vec![0f32; y.len()];
+        sweep(k, threads, w, Some(&r_acts), &residual, n_tok, &mut y2);
+        for (a, b) in y.iter_mut().zip(&y2) {
+            *a += b;
+        }
+    }
+}
+
+/// `x - dequantized(acts)`, row-major like `x`.
+fn residual(acts: &QuantActs, x: &[f32]) -> Vec<f32> {
+    let sub = acts.scheme.sub_len;
+    let n_sub = acts.n_sub();
+    let mut r = vec![0f32; x.len()];
+    for (t, (rt, xt)) in r
+        .chunks_exact_mut(acts.n_in)
+        .zip(x.chunks_exact(acts.n_in))
+        .enumerate()
+    {
+        let qs = &acts.qs[t * acts.n_in..(t + 1) * acts.n_in];
+        let da = &acts.da[t * n_sub..(t + 1) * n_sub];
+        for (i, (ri, &xi)) in rt.iter_mut().zip(xt).enumerate() {
+            *ri = xi - da[i / sub] * qs[i] as f32;
+        }
+    }
+    r
+}
+
+/// Every tile of `w` against every token: `y = x · wᵀ` with `acts` (the
+/// quantized `x`) for integer kernels, or `x` itself for float ones.
+fn sweep(
+    k: &Kernels,
+    threads: &Threads,
+    w: &Weight,
+    acts: Option<&QuantActs>,
+    x: &[f32],
+    n_tok: usize,
+    y: &mut [f32],
+) {
     let tr = k.tile_rows;
     let n_tiles = w.n_out.div_ceil(tr);
     // A few tasks per thread balance the load; fewer, larger ones keep the
@@ -129,7 +180,7 @@ pub fn matmul_with(
                     stripe: &mut stripe,
                     col,
                 };
-                k.tile(&rows, acts.as_ref(), x, scratch, &mut out);
+                k.tile(&rows, acts, x, scratch, &mut out);
             }
         });
     });
