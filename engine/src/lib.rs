@@ -20,6 +20,7 @@ pub mod quant;
 pub mod safetensors;
 pub mod sample;
 pub mod score;
+pub mod scorer;
 pub mod template;
 pub mod tensor;
 pub mod threads;
