@@ -1,19 +1,27 @@
 //! `main-score`: the command-line face of the engine.
 //!
-//! Subcommands: `inspect` (model metadata), `logprobs` (per-token log-probs
-//! and perplexity of a text), `quantize` (re-encode weights to GGUF),
-//! `export` (an F32 Hugging Face safetensors copy).
+//! Subcommands: `score` (alignment scores of JSONL pairs, DESIGN.md §5),
+//! `inspect` (model metadata), `logprobs` (per-token log-probs and perplexity
+//! of a text), `quantize` (re-encode weights to GGUF), `export` (an F32 Hugging
+//! Face safetensors copy).
 
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use main_engine::logprob::{perplexity, sequence_logprobs};
 use main_engine::matmul::Precision;
 use main_engine::model::{Model, Runtime};
+use main_engine::pairs::{self, Format};
 use main_engine::quant::DType;
+use main_engine::score::{Combine, Pair, PairScore};
+use main_engine::scorer::{Scorer, ScorerParams};
 use main_engine::{convert, Error, Result};
+use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +36,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Score instruction/response pairs: JSONL in, each record out unchanged
+    /// plus an "alignment" object. Resumable: re-run with the same --output.
+    Score(Box<ScoreArgs>),
     /// Print a model's architecture, sizes, tensor types, tokenizer and chat template.
     Inspect {
         /// A GGUF file or a Hugging Face folder (config.json + safetensors).
@@ -71,6 +82,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Score(args) => score(*args),
         Command::Inspect { model, tensors } => inspect(&model, tensors),
         Command::Logprobs {
             model,
@@ -233,7 +245,10 @@ fn logprobs(
     let lps = sequence_logprobs(&model, &rt, &ids)?;
     if report_speed {
         let secs = start.elapsed().as_secs_f64();
-        eprintln!("{}", serde_json::json!({ "tokens": ids.len(), "seconds": secs }));
+        eprintln!(
+            "{}",
+            serde_json::json!({ "tokens": ids.len(), "seconds": secs })
+        );
     }
     let ppl = perplexity(&lps);
     let pieces: Vec<String> = ids.iter().map(|&id| model.tokenizer.piece(id)).collect();
@@ -276,4 +291,820 @@ fn export(input: &Path, output_dir: &Path) -> Result<()> {
     convert::write_hf_f32(&model, output_dir)?;
     eprintln!("main-score: wrote {}", output_dir.display());
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// score: JSONL pairs in, JSONL records with "alignment" out
+//
+// Resume: the output itself is the checkpoint. On start, a trailing partial
+// line (a run killed mid-write) is cut off, the complete lines are counted,
+// and that many eligible input records (in this shard, and valid) are skipped.
+// Nothing else is stored, so the same input, shard and format flags must be
+// given again. Each batch is written with one write call, so a kill leaves at
+// most one partial line.
+//
+// Shards: the record on 0-based input line L belongs to shard L % N. Outputs
+// of all N shards hold every record exactly once, and each keeps input order.
+//
+// Filters (--keep-top, --min-alignment) need every score first: records are
+// streamed to OUTPUT.scored.jsonl (resumable as above), then the kept ones are
+// written to OUTPUT through a temporary file and a rename.
+// ---------------------------------------------------------------------------
+
+/// The model `--model` defaults to, as scripts/fetch-fixtures names it.
+const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// Forward model (GGUF or HF folder) [default: fixtures/SmolLM2-135M-Instruct.Q4_1.gguf
+    /// of this checkout, or of $MAIN_FIXTURES when set].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A trained reverse model; without it the forward model serves both directions.
+    #[arg(long)]
+    reverse_model: Option<PathBuf>,
+    /// JSONL pairs: Alpaca, prompt/response or chat messages, detected per record ("-" for stdin).
+    #[arg(long, default_value = "-")]
+    input: PathBuf,
+    /// Where the scored records go ("-" for stdout, which cannot resume).
+    #[arg(long, default_value = "-")]
+    output: PathBuf,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Longest view in tokens; longer content is cut and the pair flagged "truncated".
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: usize,
+    /// f32 activations against dequantized weights instead of the fast int8 path.
+    #[arg(long)]
+    exact: bool,
+    /// How "alignment" joins the two directions.
+    #[arg(long, default_value = "min", value_parser = ["min", "mean", "softmin"])]
+    combine: String,
+    /// Other responses of the same batch per pair for the contrastive (InfoNCE) score.
+    #[arg(long, default_value_t = 0)]
+    negatives: usize,
+    /// Per-token detail of both directions in each record.
+    #[arg(long)]
+    tokens: bool,
+    /// Pairs per fused scoring call, and per output write.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    /// Keep the best FRACTION of records by alignment (round(FRACTION x count) of them).
+    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
+    keep_top: Option<f64>,
+    /// Keep records whose alignment is at least X (with --keep-top: both must hold).
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    min_alignment: Option<f64>,
+    /// Score only the records on 0-based lines L with L % N == I.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<Shard>,
+    /// Report invalid records on stderr and go on, instead of stopping at the first.
+    #[arg(long)]
+    skip_invalid: bool,
+    /// Show the progress bar even when stderr is not a terminal.
+    #[arg(long)]
+    progress: bool,
+    /// Field holding the instruction, instead of detecting the format.
+    #[arg(long, requires = "response_field")]
+    instruction_field: Option<String>,
+    /// Field holding the response (with --instruction-field).
+    #[arg(long, requires = "instruction_field")]
+    response_field: Option<String>,
+    /// Field appended to the instruction after a blank line, as Alpaca's "input".
+    #[arg(long, requires = "instruction_field")]
+    input_field: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Shard {
+    index: usize,
+    count: usize,
+}
+
+impl Shard {
+    fn holds(self, line_index: usize) -> bool {
+        line_index % self.count == self.index
+    }
+}
+
+fn parse_shard(s: &str) -> std::result::Result<Shard, String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("'{s}' is not I/N, e.g. 0/4"))?;
+    let index: usize = i
+        .parse()
+        .map_err(|_| format!("shard index '{i}' is not a number"))?;
+    let count: usize = n
+        .parse()
+        .map_err(|_| format!("shard count '{n}' is not a number"))?;
+    if index >= count {
+        return Err(format!(
+            "shard index {index} must be below the shard count {count}"
+        ));
+    }
+    Ok(Shard { index, count })
+}
+
+fn parse_fraction(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("'{s}' is not a fraction in (0, 1]")),
+    }
+}
+
+/// `--model`'s default: the fixture model of the checkout this executable
+/// was built in (target/<profile>/main-score), or of $MAIN_FIXTURES.
+fn default_model() -> Result<PathBuf> {
+    let fixtures = match std::env::var_os("MAIN_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe =
+                std::env::current_exe().map_err(|e| Error::io("the main-score executable", e))?;
+            let root = exe
+                .ancestors()
+                .find(|d| d.join("scripts/fetch-fixtures").is_file());
+            match root {
+                Some(root) => root.join("fixtures"),
+                None => {
+                    return Err(Error::invalid_argument(
+                        "--model",
+                        format!(
+                            "not given, and {} is not inside a MAIN checkout and MAIN_FIXTURES is unset",
+                            exe.display()
+                        ),
+                    ))
+                }
+            }
+        }
+    };
+    let path = fixtures.join(DEFAULT_MODEL);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::invalid_argument(
+            "--model",
+            format!(
+                "not given, and the default model {} is missing: run scripts/fetch-fixtures",
+                path.display()
+            ),
+        ))
+    }
+}
+
+/// `OUTPUT.scored.jsonl`: every scored record, before the filters.
+fn scored_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".scored.jsonl");
+    PathBuf::from(name)
+}
+
+fn is_stdio(path: &Path) -> bool {
+    path == Path::new("-")
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let filtering = a.keep_top.is_some() || a.min_alignment.is_some();
+    if filtering && is_stdio(&a.output) {
+        return Err(Error::invalid_argument(
+            "--output",
+            "--keep-top and --min-alignment need an output file: they stage all scores in OUTPUT.scored.jsonl first",
+        ));
+    }
+    if a.negatives as u64 >= a.batch {
+        return Err(Error::invalid_argument(
+            "--negatives",
+            format!(
+                "{} negatives are drawn from the same batch: --batch must be above it (it is {})",
+                a.negatives, a.batch
+            ),
+        ));
+    }
+    let format = match (&a.instruction_field, &a.response_field) {
+        (Some(instruction), Some(response)) => Format::Fields {
+            instruction: instruction.clone(),
+            response: response.clone(),
+            input: a.input_field.clone(),
+        },
+        _ => Format::Auto,
+    };
+    let shard = a.shard.unwrap_or(Shard { index: 0, count: 1 });
+    let input_name = if is_stdio(&a.input) {
+        "stdin".to_string()
+    } else {
+        a.input.display().to_string()
+    };
+    let staged = if filtering {
+        scored_path(&a.output)
+    } else {
+        a.output.clone()
+    };
+
+    // The output is checked before the model loads, so a wrong --output fails at once.
+    let mut summary = Summary::default();
+    let (sink, resumed) = Sink::open(&staged, &mut summary)?;
+
+    let model_path = match a.model {
+        Some(p) => p,
+        None => default_model()?,
+    };
+    let forward = Arc::new(Model::load(&model_path)?);
+    let reverse = a
+        .reverse_model
+        .as_deref()
+        .map(Model::load)
+        .transpose()?
+        .map(Arc::new);
+    let params = ScorerParams {
+        n_threads: a.threads,
+        max_tokens: a.max_tokens,
+        combine: Combine::parse(&a.combine)?,
+        negatives: a.negatives,
+        tokens: a.tokens,
+        precision: if a.exact {
+            Precision::Exact
+        } else {
+            Precision::Fast
+        },
+        ..ScorerParams::default()
+    };
+    let scorer = Scorer::new(forward, reverse, params)?;
+
+    let show_progress = a.progress || std::io::stderr().is_terminal();
+    // Stdin cannot be read twice, so its bar has no total.
+    let total = if show_progress && !is_stdio(&a.input) {
+        Some(count_in_shard(&a.input, shard)?.saturating_sub(resumed))
+    } else {
+        None
+    };
+    let mut job = ScoreJob {
+        scorer,
+        batch_size: a.batch as usize,
+        negatives: a.negatives,
+        batch: Vec::new(),
+        previous: Vec::new(),
+        sink,
+        summary,
+        progress: Progress::new(show_progress, total),
+    };
+
+    let mut reader: Box<dyn BufRead> = if is_stdio(&a.input) {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(BufReader::new(
+            File::open(&a.input).map_err(|e| Error::io(&a.input, e))?,
+        ))
+    };
+    let (mut to_skip, mut invalid) = (resumed, 0usize);
+    let mut buf = Vec::new();
+    for line_index in 0.. {
+        buf.clear();
+        if reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| Error::io(&a.input, e))?
+            == 0
+        {
+            break;
+        }
+        if !shard.holds(line_index) {
+            continue;
+        }
+        let parsed = match record_text(&buf, line_index) {
+            Ok(None) => continue,
+            Ok(Some(text)) => parse_record(text, line_index, &format).map(|pair| (text, pair)),
+            Err(e) => Err(e),
+        };
+        match parsed {
+            Ok((text, pair)) => {
+                // Records already in the output still join their batch, so
+                // batches (and the negatives drawn from them) match an
+                // uninterrupted run.
+                let line = if to_skip > 0 {
+                    to_skip -= 1;
+                    None
+                } else {
+                    Some(text.to_string())
+                };
+                job.push(Entry { line, pair })?;
+            }
+            Err(e) if a.skip_invalid => {
+                eprintln!("main-score: skipping {input_name} {e}");
+                invalid += 1;
+            }
+            Err(e) => {
+                job.finish()?;
+                return Err(Error::Input(format!("{input_name}, {e}")));
+            }
+        }
+    }
+    job.finish()?;
+    if to_skip > 0 {
+        return Err(Error::invalid_argument(
+            "--output",
+            format!(
+                "{} holds {resumed} records but {input_name} has only {} eligible ones: not an output of this input, shard and format",
+                staged.display(),
+                resumed - to_skip
+            ),
+        ));
+    }
+
+    let ScoreJob {
+        summary, progress, ..
+    } = job;
+    let scored_now = progress.done;
+    let kept = if filtering {
+        filter(&staged, &a.output, a.keep_top, a.min_alignment)?
+    } else {
+        summary.count()
+    };
+    summary.print(
+        &staged,
+        scored_now,
+        resumed,
+        invalid,
+        kept,
+        filtering.then_some(a.output.as_path()),
+    );
+    Ok(())
+}
+
+/// The JSON text of one input line, `None` for a blank one.
+fn record_text(
+    buf: &[u8],
+    line_index: usize,
+) -> std::result::Result<Option<&str>, pairs::RecordError> {
+    let text = std::str::from_utf8(buf).map_err(|e| pairs::RecordError {
+        line: line_index + 1,
+        reason: format!(
+            "not valid UTF-8 (bad byte at column {})",
+            e.valid_up_to() + 1
+        ),
+    })?;
+    // Editors on Windows start files with a byte-order mark, which JSON forbids.
+    let text = if line_index == 0 {
+        text.trim_start_matches('\u{feff}')
+    } else {
+        text
+    };
+    let text = text.trim_end();
+    Ok((!text.trim_start().is_empty()).then_some(text))
+}
+
+fn parse_record(
+    text: &str,
+    line_index: usize,
+    format: &Format,
+) -> std::result::Result<Pair, pairs::RecordError> {
+    let (record, pair) = pairs::parse_line(text, line_index + 1, format)?;
+    // A second "alignment" key would make the output ambiguous JSON.
+    if record.contains_key("alignment") {
+        return Err(pairs::RecordError {
+            line: line_index + 1,
+            reason: "the record already has an \"alignment\" key (scored before?)".into(),
+        });
+    }
+    Ok(pair)
+}
+
+/// Lines of the input in this shard: the progress bar's total.
+fn count_in_shard(path: &Path, shard: Shard) -> Result<usize> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut chunk = vec![0u8; 1 << 16];
+    let (mut lines, mut last) = (0usize, b'\n');
+    loop {
+        let n = file.read(&mut chunk).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        lines += chunk[..n].iter().filter(|&&b| b == b'\n').count();
+        last = chunk[n - 1];
+    }
+    if last != b'\n' {
+        lines += 1;
+    }
+    Ok((lines + shard.count - 1 - shard.index) / shard.count)
+}
+
+/// One eligible input record: its line (`None` when already in the output
+/// from an earlier run) and its pair.
+struct Entry {
+    line: Option<String>,
+    pair: Pair,
+}
+
+struct ScoreJob {
+    scorer: Scorer,
+    batch_size: usize,
+    negatives: usize,
+    batch: Vec<Entry>,
+    /// Pairs of the batch before, to fill a short last batch up to the
+    /// `negatives + 1` pairs the contrastive score draws from.
+    previous: Vec<Pair>,
+    sink: Sink,
+    summary: Summary,
+    progress: Progress,
+}
+
+impl ScoreJob {
+    fn push(&mut self, entry: Entry) -> Result<()> {
+        self.batch.push(entry);
+        if self.batch.len() == self.batch_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.flush()?;
+        self.progress.finish();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        let n_new = batch.iter().filter(|e| e.line.is_some()).count();
+        if n_new > 0 {
+            let k = self.negatives;
+            // Without negatives a pair's score does not depend on its batch,
+            // so records already written need no scoring.
+            let scored: Vec<&Entry> = batch.iter().filter(|e| k > 0 || e.line.is_some()).collect();
+            let mut pairs: Vec<Pair> = scored.iter().map(|e| e.pair.clone()).collect();
+            if k > 0 && pairs.len() < k + 1 {
+                let need = k + 1 - pairs.len();
+                pairs.extend(self.previous.iter().take(need).cloned());
+                if pairs.len() < k + 1 {
+                    return Err(Error::invalid_argument(
+                        "--negatives",
+                        format!(
+                            "{k} negatives need at least {} pairs, the input has {}",
+                            k + 1,
+                            pairs.len()
+                        ),
+                    ));
+                }
+            }
+            let scores = self.scorer.score_batch(&pairs)?;
+            let mut out = Vec::new();
+            for (entry, s) in scored.iter().zip(&scores) {
+                if let Some(line) = &entry.line {
+                    splice_alignment(&mut out, line, s)?;
+                    self.summary.add(s.alignment, s.fwd_pmi, s.rev_pmi, s.ifd);
+                }
+            }
+            self.sink.write_batch(&out)?;
+            self.progress.advance(n_new);
+        }
+        if !batch.is_empty() {
+            self.previous = batch.into_iter().map(|e| e.pair).collect();
+        }
+        Ok(())
+    }
+}
+
+/// Writes `line` with `"alignment": score` added as its last key. The
+/// record's own bytes are kept as they are (key order, number spelling,
+/// escapes), which re-serializing would not guarantee.
+fn splice_alignment(out: &mut Vec<u8>, line: &str, score: &PairScore) -> Result<()> {
+    let body = line
+        .strip_suffix('}')
+        .expect("a parsed JSON object ends with '}'")
+        .trim_end();
+    out.extend_from_slice(body.as_bytes());
+    if !body.ends_with('{') {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"alignment\":");
+    serde_json::to_writer(&mut *out, score)
+        .map_err(|e| Error::Input(format!("serializing scores: {e}")))?;
+    out.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// Where scored records go: stdout, or a file resumed after its last complete line.
+enum Sink {
+    Stdout(std::io::Stdout),
+    File { file: File, path: PathBuf },
+}
+
+/// The fields of a written record that the summary and the filters read.
+#[derive(Deserialize)]
+struct ScoredRecord {
+    alignment: ScoredFields,
+}
+
+/// `null` where the scorer produced a NaN.
+#[derive(Deserialize)]
+struct ScoredFields {
+    alignment: Option<f64>,
+    fwd_pmi: Option<f64>,
+    rev_pmi: Option<f64>,
+    ifd: Option<f64>,
+}
+
+fn read_scored(line: &[u8], path: &Path, line_no: usize) -> Result<ScoredFields> {
+    serde_json::from_slice::<ScoredRecord>(line).map(|r| r.alignment).map_err(|e| {
+        Error::Input(format!(
+            "{}, line {line_no}: not a record written by main-score score ({e}); remove the file or choose another --output",
+            path.display()
+        ))
+    })
+}
+
+impl Sink {
+    /// Opens `path`, cutting a trailing partial line, and returns the number
+    /// of complete records already there (their scores go into `summary`).
+    fn open(path: &Path, summary: &mut Summary) -> Result<(Sink, usize)> {
+        if is_stdio(path) {
+            return Ok((Sink::Stdout(std::io::stdout()), 0));
+        }
+        let io = |e| Error::io(path, e);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let (mut complete, mut records) = (0u64, 0usize);
+        let mut reader = BufReader::new(&file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(io)?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                break;
+            }
+            records += 1;
+            let s = read_scored(&line, path, records)?;
+            summary.add_fields(&s);
+            complete += n as u64;
+        }
+        drop(reader);
+        let len = file.metadata().map_err(io)?.len();
+        if len > complete {
+            eprintln!(
+                "main-score: {}: dropping a partial last line ({} bytes) left by an interrupted run",
+                path.display(),
+                len - complete
+            );
+            file.set_len(complete).map_err(io)?;
+        }
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        if records > 0 {
+            eprintln!(
+                "main-score: {}: resuming after {records} records",
+                path.display()
+            );
+        }
+        Ok((
+            Sink::File {
+                file,
+                path: path.to_path_buf(),
+            },
+            records,
+        ))
+    }
+
+    fn write_batch(&mut self, bytes: &[u8]) -> Result<()> {
+        match self {
+            Sink::Stdout(out) => {
+                let mut out = out.lock();
+                out.write_all(bytes)
+                    .and_then(|_| out.flush())
+                    .map_err(|e| Error::io("stdout", e))
+            }
+            Sink::File { file, path } => file.write_all(bytes).map_err(|e| Error::io(&*path, e)),
+        }
+    }
+}
+
+/// Writes the records of `scored` that pass the filters to `output`
+/// (atomically), in input order. Returns how many were kept.
+fn filter(
+    scored: &Path,
+    output: &Path,
+    keep_top: Option<f64>,
+    min_alignment: Option<f64>,
+) -> Result<usize> {
+    let io = |p: &Path, e| Error::io(p, e);
+    let each_line = |f: &mut dyn FnMut(&[u8], f64) -> Result<()>| -> Result<()> {
+        let mut reader = BufReader::new(File::open(scored).map_err(|e| io(scored, e))?);
+        let mut line = Vec::new();
+        for line_no in 1.. {
+            line.clear();
+            if reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| io(scored, e))?
+                == 0
+            {
+                return Ok(());
+            }
+            let a = read_scored(&line, scored, line_no)?
+                .alignment
+                .unwrap_or(f64::NAN);
+            // A NaN alignment ranks below every number and passes no threshold.
+            f(&line, if a.is_nan() { f64::NEG_INFINITY } else { a })?;
+        }
+        Ok(())
+    };
+    // --keep-top: the k-th best alignment, and how many records equal to it
+    // still fit, so exactly k are kept however many ties there are.
+    let mut top: Option<(f64, usize)> = None;
+    if let Some(fraction) = keep_top {
+        let mut all = Vec::new();
+        each_line(&mut |_, a| {
+            all.push(a);
+            Ok(())
+        })?;
+        let k = (fraction * all.len() as f64).round() as usize;
+        if k > 0 {
+            all.sort_by(|x, y| y.total_cmp(x));
+            let threshold = all[k - 1];
+            let above = all.iter().take_while(|&&a| a > threshold).count();
+            top = Some((threshold, k - above));
+        } else {
+            top = Some((f64::INFINITY, 0));
+        }
+    }
+    let tmp = {
+        let mut name = output.as_os_str().to_owned();
+        name.push(".tmp");
+        PathBuf::from(name)
+    };
+    let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(|e| io(&tmp, e))?);
+    let mut kept = 0usize;
+    each_line(&mut |line, a| {
+        let keep = min_alignment.is_none_or(|m| a >= m)
+            && match &mut top {
+                None => true,
+                Some((threshold, ties)) => {
+                    a > *threshold
+                        || (a == *threshold && *ties > 0 && {
+                            *ties -= 1;
+                            true
+                        })
+                }
+            };
+        if keep {
+            kept += 1;
+            out.write_all(line).map_err(|e| io(&tmp, e))?;
+        }
+        Ok(())
+    })?;
+    let file = out.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, output).map_err(|e| io(output, e))?;
+    Ok(kept)
+}
+
+/// The scores of every record in the output (resumed and new), for the
+/// closing quantiles. Four numbers per record, never the records.
+#[derive(Default)]
+struct Summary {
+    alignment: Vec<f64>,
+    fwd_pmi: Vec<f64>,
+    rev_pmi: Vec<f64>,
+    ifd: Vec<f64>,
+}
+
+impl Summary {
+    fn add(&mut self, alignment: f64, fwd_pmi: f64, rev_pmi: f64, ifd: f64) {
+        self.alignment.push(alignment);
+        self.fwd_pmi.push(fwd_pmi);
+        self.rev_pmi.push(rev_pmi);
+        self.ifd.push(ifd);
+    }
+
+    fn add_fields(&mut self, s: &ScoredFields) {
+        let v = |x: Option<f64>| x.unwrap_or(f64::NAN);
+        self.add(v(s.alignment), v(s.fwd_pmi), v(s.rev_pmi), v(s.ifd));
+    }
+
+    fn count(&self) -> usize {
+        self.alignment.len()
+    }
+
+    fn print(
+        &self,
+        staged: &Path,
+        scored_now: usize,
+        resumed: usize,
+        invalid: usize,
+        kept: usize,
+        filtered: Option<&Path>,
+    ) {
+        let name = if is_stdio(staged) {
+            "stdout".to_string()
+        } else {
+            staged.display().to_string()
+        };
+        eprintln!(
+            "main-score: {} records in {name} ({scored_now} scored now, {resumed} from before), {invalid} invalid skipped",
+            self.count()
+        );
+        if let Some(output) = filtered {
+            eprintln!(
+                "main-score: kept {kept} of {} in {}",
+                self.count(),
+                output.display()
+            );
+        }
+        eprintln!("{:<10} {:>10} {:>10} {:>10}", "", "p10", "p50", "p90");
+        for (name, values) in [
+            ("alignment", &self.alignment),
+            ("fwd_pmi", &self.fwd_pmi),
+            ("rev_pmi", &self.rev_pmi),
+            ("ifd", &self.ifd),
+        ] {
+            let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| quantile(&v, p).map_or("-".to_string(), |x| format!("{x:.4}"));
+            eprintln!("{name:<10} {:>10} {:>10} {:>10}", q(0.1), q(0.5), q(0.9));
+        }
+    }
+}
+
+/// Linear interpolation between closest ranks (numpy's default) of sorted values.
+fn quantile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let pos = p * last as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+}
+
+/// Pairs done / total, pairs per second and time left, on stderr: redrawn in
+/// place on a terminal, one line per batch otherwise (logs stay readable).
+struct Progress {
+    enabled: bool,
+    terminal: bool,
+    total: Option<usize>,
+    done: usize,
+    start: Instant,
+}
+
+impl Progress {
+    fn new(enabled: bool, total: Option<usize>) -> Progress {
+        let p = Progress {
+            enabled,
+            terminal: std::io::stderr().is_terminal(),
+            total,
+            done: 0,
+            start: Instant::now(),
+        };
+        p.draw();
+        p
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.done += n;
+        self.draw();
+    }
+
+    fn finish(&self) {
+        if self.enabled && self.terminal {
+            eprintln!();
+        }
+    }
+
+    fn draw(&self) {
+        if !self.enabled {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.done as f64 / secs
+        } else {
+            0.0
+        };
+        let line = match self.total {
+            Some(total) => {
+                let total = total.max(self.done);
+                let width = 30;
+                let filled = (self.done * width).checked_div(total).unwrap_or(width);
+                let eta = if rate > 0.0 {
+                    clock((total - self.done) as f64 / rate)
+                } else {
+                    "?".to_string()
+                };
+                format!(
+                    "[{}{}] {}/{total} pairs  {rate:.2} pairs/s  ETA {eta}",
+                    "#".repeat(filled),
+                    "-".repeat(width - filled),
+                    self.done
+                )
+            }
+            None => format!("{} pairs  {rate:.2} pairs/s", self.done),
+        };
+        if self.terminal {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn clock(secs: f64) -> String {
+    let s = secs.round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }

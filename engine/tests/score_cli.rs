@@ -1,0 +1,633 @@
+//! `main-score score` end to end on the real fixture model: output records,
+//! invalid lines, shards, resume after a kill, filters, and flat memory.
+//!
+//! The model scores a few pairs per second on two cores, so inputs are small
+//! and short, and the uninterrupted run every other test compares with is
+//! computed once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Every field of DESIGN §3 (and the counts) that a record's "alignment" holds.
+const FIELDS: [&str; 15] = [
+    "alignment",
+    "fwd_pmi",
+    "rev_pmi",
+    "fwd_cond",
+    "fwd_uncond",
+    "rev_cond",
+    "rev_uncond",
+    "ifd",
+    "rifd",
+    "semantic",
+    "structural",
+    "intentional",
+    "response_tokens",
+    "instruction_tokens",
+    "truncated",
+];
+
+/// A fresh folder under the target dir for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("score_cli")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `main-score score` on the fixture model, one thread (tests run side by side).
+fn main_score(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_main-score"));
+    c.arg("score")
+        .arg("--model")
+        .arg(common::default_model())
+        .args(["--threads", "1", "--max-tokens", "256"])
+        .args(args);
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.stdin(Stdio::null()).output().expect("main-score runs")
+}
+
+fn run_ok(c: Command) -> Output {
+    let out = run(c);
+    assert!(
+        out.status.success(),
+        "main-score failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Short pairs in all three formats, with extra keys whose spelling
+/// (`1.50`, spaces, `\u00e9`, nested key order) a re-serialization would change.
+fn pair_line(i: usize) -> String {
+    let (a, b) = (i * 7 % 31 + 2, i * 5 % 17 + 3);
+    let x = format!("What is {a} plus {b}?");
+    // Every fifth response answers another question: a poorly aligned pair.
+    let y = if i % 5 == 4 {
+        "Bananas are yellow.".to_string()
+    } else {
+        format!("{a} plus {b} is {}.", a + b)
+    };
+    match i % 3 {
+        0 => format!(
+            r#"{{"id": {i}, "z": 1.50, "instruction": "{x}", "input": "", "output": "{y}", "meta": {{"b": 1, "a": "caf\u00e9"}}}}"#
+        ),
+        1 => format!(r#"{{"prompt":"{x}","response":"{y}","id":{i}}}"#),
+        _ => format!(
+            r#"{{"messages": [{{"role": "system", "content": "Be brief."}}, {{"role": "user", "content": "{x}"}}, {{"role": "assistant", "content": "{y}"}}], "id": {i}}}"#
+        ),
+    }
+}
+
+const N_PAIRS: usize = 24;
+
+fn write_input(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join("input.jsonl");
+    let text: String = (0..n).map(|i| pair_line(i) + "\n").collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The uninterrupted, unsharded run over `N_PAIRS` pairs: (input lines, output lines).
+fn baseline() -> &'static (Vec<String>, Vec<String>) {
+    static BASELINE: OnceLock<(Vec<String>, Vec<String>)> = OnceLock::new();
+    BASELINE.get_or_init(|| {
+        let dir = scratch("baseline");
+        let input = write_input(&dir, N_PAIRS);
+        let output = dir.join("out.jsonl");
+        run_ok(main_score(&["--input", p(&input), "--output", p(&output)]));
+        (lines(&input), lines(&output))
+    })
+}
+
+fn alignment(line: &str) -> f64 {
+    let v: Value = serde_json::from_str(line).unwrap();
+    v["alignment"]["alignment"]
+        .as_f64()
+        .expect("alignment is a number")
+}
+
+#[test]
+fn output_is_the_input_record_plus_alignment() {
+    let (input, output) = baseline();
+    assert_eq!(output.len(), input.len());
+    for (i, (inp, out)) in input.iter().zip(output).enumerate() {
+        // The record's own bytes come first, unchanged; "alignment" is appended last.
+        let body = inp.strip_suffix('}').unwrap();
+        assert!(
+            out.starts_with(&format!("{body},\"alignment\":{{")),
+            "line {i}: {out}"
+        );
+        let v: Value = serde_json::from_str(out).unwrap();
+        let a = v["alignment"].as_object().unwrap();
+        for f in FIELDS {
+            assert!(a.contains_key(f), "line {i}: no '{f}' in {out}");
+        }
+        assert!(
+            !a.contains_key("contrastive"),
+            "contrastive only with --negatives"
+        );
+        for f in ["alignment", "fwd_pmi", "rev_pmi", "ifd"] {
+            assert!(a[f].as_f64().unwrap().is_finite(), "line {i}: {f}");
+        }
+        assert_eq!(
+            a["alignment"].as_f64(),
+            Some(
+                a["fwd_pmi"]
+                    .as_f64()
+                    .unwrap()
+                    .min(a["rev_pmi"].as_f64().unwrap())
+            )
+        );
+        assert_eq!(v["id"], i, "records stay in input order");
+    }
+    // The mismatched responses (every fifth) should score below the matched ones on the whole.
+    let mean = |pick: fn(usize) -> bool| {
+        let v: Vec<f64> = (0..N_PAIRS)
+            .filter(|&i| pick(i))
+            .map(|i| alignment(&output[i]))
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert!(
+        mean(|i| i % 5 == 4) < mean(|i| i % 5 != 4),
+        "mismatched pairs should align worse"
+    );
+}
+
+#[test]
+fn stdin_to_stdout_with_the_default_model() {
+    let dir = scratch("stdio");
+    let input = write_input(&dir, 2);
+    // No --model: the fixture model of this checkout (or of $MAIN_FIXTURES, as for the tests).
+    let mut c = Command::new(env!("CARGO_BIN_EXE_main-score"));
+    c.args([
+        "score",
+        "--threads",
+        "1",
+        "--max-tokens",
+        "256",
+        "--batch",
+        "1",
+    ]);
+    c.stdin(std::fs::File::open(&input).unwrap());
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    let got: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        got,
+        baseline().1[..2]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    let err = stderr(&out);
+    assert!(err.contains("2 records in stdout"), "summary: {err}");
+    assert!(
+        err.contains("p10") && err.contains("alignment") && err.contains("ifd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_default_model_says_how_to_fetch_it() {
+    let dir = scratch("no-model");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_main-score"));
+    c.args(["score", "--input", "-"]).env("MAIN_FIXTURES", &dir);
+    let out = run(c);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("scripts/fetch-fixtures"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_malformed_line_stops_after_writing_what_came_before_and_skip_invalid_goes_on() {
+    let dir = scratch("malformed");
+    let input = dir.join("input.jsonl");
+    let mut text: Vec<String> = (0..3).map(pair_line).collect();
+    text.push(r#"{"instruction": "No output here."}"#.into());
+    text.push(String::new()); // blank lines are no records
+    text.push("not json".into());
+    text.push(pair_line(3));
+    std::fs::write(&input, text.join("\n") + "\n").unwrap();
+    let output = dir.join("out.jsonl");
+
+    let out = run(main_score(&[
+        "--input",
+        p(&input),
+        "--output",
+        p(&output),
+        "--batch",
+        "2",
+    ]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("line 4: missing field 'output'"), "{err}");
+    // The three records before it were scored and written: nothing is lost.
+    assert_eq!(lines(&output), baseline().1[..3]);
+
+    // The same output resumes after them; the bad lines are reported and skipped.
+    let out = run_ok(main_score(&[
+        "--input",
+        p(&input),
+        "--output",
+        p(&output),
+        "--batch",
+        "2",
+        "--skip-invalid",
+    ]));
+    let err = stderr(&out);
+    assert!(err.contains("line 4: missing field 'output'"), "{err}");
+    assert!(err.contains("line 6: invalid JSON"), "{err}");
+    assert!(err.contains("1 scored now, 3 from before"), "{err}");
+    assert!(err.contains("2 invalid skipped"), "{err}");
+    let got = lines(&output);
+    assert_eq!(got[..3], baseline().1[..3]);
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[3], baseline().1[3]);
+}
+
+#[test]
+fn shards_cover_the_data_set_exactly_once() {
+    let (input, full) = baseline();
+    let dir = scratch("shard");
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, input.join("\n") + "\n").unwrap();
+    let n = 4;
+    let mut merged: BTreeMap<usize, String> = BTreeMap::new();
+    for i in 0..n {
+        let output = dir.join(format!("out-{i}.jsonl"));
+        let shard = format!("{i}/{n}");
+        run_ok(main_score(&[
+            "--input",
+            p(&path),
+            "--output",
+            p(&output),
+            "--shard",
+            &shard,
+        ]));
+        for line in lines(&output) {
+            let id = serde_json::from_str::<Value>(&line).unwrap()["id"]
+                .as_u64()
+                .unwrap() as usize;
+            assert_eq!(id % n, i, "record {id} belongs to shard {}", id % n);
+            assert!(
+                merged.insert(id, line).is_none(),
+                "record {id} in two shards"
+            );
+        }
+    }
+    let mut as_multiset: Vec<&String> = merged.values().collect();
+    let mut expected: Vec<&String> = full.iter().collect();
+    as_multiset.sort();
+    expected.sort();
+    assert_eq!(as_multiset, expected, "the shards hold the same lines");
+    // Merged by line index, they are the unsharded output.
+    assert_eq!(merged.into_values().collect::<Vec<_>>(), *full);
+}
+
+#[test]
+fn resume_after_a_kill_loses_and_duplicates_nothing() {
+    let (input, full) = baseline();
+    let dir = scratch("resume-kill");
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, input.join("\n") + "\n").unwrap();
+    let output = dir.join("out.jsonl");
+    let args = ["--input", p(&path), "--output", p(&output), "--batch", "4"];
+
+    let mut child = main_score(&args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let written = std::fs::read(&output)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0);
+        if written >= 4 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "main-score ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "no output after 300 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let before = lines(&output).len();
+    assert!(
+        before < full.len(),
+        "killed before the end ({before} records)"
+    );
+
+    let out = run_ok(main_score(&args));
+    assert!(
+        stderr(&out).contains(&format!("resuming after {before} records")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(lines(&output), *full);
+}
+
+#[test]
+fn resume_drops_a_partial_last_line() {
+    let (input, full) = baseline();
+    let dir = scratch("resume-partial");
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, input.join("\n") + "\n").unwrap();
+    let output = dir.join("out.jsonl");
+    // As a kill in the middle of a write leaves it: 18 complete records and half of the 19th.
+    let done = 18;
+    let mut text = full[..done].join("\n") + "\n";
+    text.push_str(&full[done][..full[done].len() / 2]);
+    std::fs::write(&output, text).unwrap();
+
+    let out = run_ok(main_score(&["--input", p(&path), "--output", p(&output)]));
+    let err = stderr(&out);
+    assert!(err.contains("dropping a partial last line"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{} scored now, {done} from before",
+            N_PAIRS - done
+        )),
+        "{err}"
+    );
+    assert_eq!(lines(&output), *full);
+
+    // A finished output resumes to itself: nothing scored, nothing added.
+    let out = run_ok(main_score(&["--input", p(&path), "--output", p(&output)]));
+    assert!(stderr(&out).contains(&format!("0 scored now, {N_PAIRS} from before")));
+    assert_eq!(lines(&output), *full);
+}
+
+#[test]
+fn an_output_longer_than_the_input_is_refused() {
+    let (_, full) = baseline();
+    let dir = scratch("resume-mismatch");
+    let input = write_input(&dir, 3);
+    let output = dir.join("out.jsonl");
+    std::fs::write(&output, full[..5].join("\n") + "\n").unwrap();
+    let out = run(main_score(&["--input", p(&input), "--output", p(&output)]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds 5 records but"),
+        "{}",
+        stderr(&out)
+    );
+
+    // And a file that main-score did not write is never appended to.
+    std::fs::write(&output, "{\"a\": 1}\n").unwrap();
+    let out = run(main_score(&["--input", p(&input), "--output", p(&output)]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("line 1: not a record written by main-score"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The filters read the staged scores; seeding the stage with the finished
+/// baseline (a complete run to resume) makes them cost no scoring.
+fn filtered(name: &str, filters: &[&str]) -> (Vec<String>, Vec<String>) {
+    let (input, full) = baseline();
+    let dir = scratch(name);
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, input.join("\n") + "\n").unwrap();
+    let output = dir.join("kept.jsonl");
+    std::fs::write(dir.join("kept.jsonl.scored.jsonl"), full.join("\n") + "\n").unwrap();
+    let mut args = vec!["--input", p(&path), "--output", p(&output)];
+    args.extend_from_slice(filters);
+    let out = run_ok(main_score(&args));
+    assert_eq!(
+        lines(&dir.join("kept.jsonl.scored.jsonl")),
+        *full,
+        "the stage keeps every record"
+    );
+    assert!(
+        !dir.join("kept.jsonl.tmp").exists(),
+        "the temporary file is renamed"
+    );
+    (
+        lines(&output),
+        stderr(&out).lines().map(str::to_string).collect(),
+    )
+}
+
+#[test]
+fn keep_top_keeps_the_best_fraction_in_input_order() {
+    let (_, full) = baseline();
+    let (kept, err) = filtered("keep-top", &["--keep-top", "0.25"]);
+    assert_eq!(kept.len(), 6, "round(0.25 x 24)");
+    let mut scores: Vec<f64> = full.iter().map(|l| alignment(l)).collect();
+    scores.sort_by(|a, b| b.total_cmp(a));
+    let expected: Vec<&String> = full.iter().filter(|l| alignment(l) >= scores[5]).collect();
+    assert_eq!(kept.iter().collect::<Vec<_>>(), expected);
+    assert!(err.iter().any(|l| l.contains("kept 6 of 24")), "{err:?}");
+}
+
+#[test]
+fn min_alignment_keeps_records_at_or_above_it() {
+    let (_, full) = baseline();
+    let mut scores: Vec<f64> = full.iter().map(|l| alignment(l)).collect();
+    scores.sort_by(f64::total_cmp);
+    let x = scores[N_PAIRS / 2];
+    let (kept, _) = filtered("min-alignment", &["--min-alignment", &x.to_string()]);
+    let expected: Vec<&String> = full.iter().filter(|l| alignment(l) >= x).collect();
+    assert_eq!(kept.iter().collect::<Vec<_>>(), expected);
+    assert_eq!(kept.len(), N_PAIRS - N_PAIRS / 2);
+
+    // Both filters must hold: the best three quarters, of which those at or above x.
+    let (kept, _) = filtered(
+        "both-filters",
+        &["--keep-top", "0.75", "--min-alignment", &x.to_string()],
+    );
+    assert_eq!(kept.iter().collect::<Vec<_>>(), expected);
+    let low = scores[0] - 1.0;
+    let (kept, _) = filtered(
+        "both-filters-low",
+        &["--keep-top", "0.75", "--min-alignment", &low.to_string()],
+    );
+    assert_eq!(
+        kept.len(),
+        18,
+        "round(0.75 x 24), the minimum holding for all"
+    );
+}
+
+/// Peak resident memory of `main-score`, polled from /proc while it runs.
+fn peak_rss_kib(mut c: Command) -> u64 {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        // VmHWM only grows, so the last reading before exit is the peak so far.
+        if let Ok(s) = std::fs::read_to_string(&status) {
+            if let Some(kib) = s.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+                peak = peak.max(
+                    kib.trim()
+                        .trim_end_matches(" kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap(),
+                );
+            }
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "main-score failed");
+            return peak;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn memory_stays_flat_as_the_input_grows() {
+    let dir = scratch("flat-memory");
+    // Every record carries 2 KB of extra text: 20,000 of them are 40 MB,
+    // which would show in the peak if the input were held.
+    let padding = "x".repeat(2048);
+    let write = |name: &str, n: usize| {
+        let path = dir.join(name);
+        let text: String = (0..n)
+            .map(|i| {
+                let line = pair_line(i % 97);
+                format!(
+                    "{},\"notes\":\"{padding}\"}}\n",
+                    line.strip_suffix('}').unwrap()
+                )
+            })
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // Both runs score 20 pairs: the shard picks them out.
+    let small = write("small.jsonl", 200);
+    let large = write("large.jsonl", 20_000);
+    let small_out = dir.join("small.out.jsonl");
+    let large_out = dir.join("large.out.jsonl");
+    let small_peak = peak_rss_kib(main_score(&[
+        "--input",
+        p(&small),
+        "--output",
+        p(&small_out),
+        "--shard",
+        "0/10",
+    ]));
+    let large_peak = peak_rss_kib(main_score(&[
+        "--input",
+        p(&large),
+        "--output",
+        p(&large_out),
+        "--shard",
+        "0/1000",
+        "--progress",
+    ]));
+    assert_eq!(lines(&small_out).len(), 20);
+    assert_eq!(lines(&large_out).len(), 20);
+    assert!(
+        (large_peak as f64) < 1.10 * small_peak as f64,
+        "peak RSS {large_peak} KiB on 20,000 records vs {small_peak} KiB on 200"
+    );
+}
+
+#[test]
+fn negatives_come_from_the_batch_and_resume_mid_batch_keeps_them() {
+    let dir = scratch("negatives");
+    let input = write_input(&dir, 10);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--input",
+            p(&input),
+            "--output",
+            p(out),
+            "--negatives",
+            "2",
+            "--batch",
+            "4",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // Batches of 4, 4 and 2: the last one borrows pairs of the one before.
+    let full_path = dir.join("full.jsonl");
+    let a = args(&full_path);
+    run_ok(main_score(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let full = lines(&full_path);
+    assert_eq!(full.len(), 10);
+    for (i, line) in full.iter().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let c = v["alignment"]["contrastive"]
+            .as_f64()
+            .expect("contrastive with --negatives");
+        assert!(
+            c.is_finite() && c <= 3f64.ln() + 1e-9,
+            "line {i}: InfoNCE is at most ln(K+1): {c}"
+        );
+    }
+    // Killed in the middle of the second batch: the records already written
+    // join their batch again, so the rest see the same negatives.
+    let resumed_path = dir.join("resumed.jsonl");
+    std::fs::write(&resumed_path, full[..5].join("\n") + "\n").unwrap();
+    let a = args(&resumed_path);
+    run_ok(main_score(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert_eq!(lines(&resumed_path), full);
+
+    let out = run(main_score(&[
+        "--input",
+        p(&input),
+        "--negatives",
+        "4",
+        "--batch",
+        "4",
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--batch must be above it"),
+        "{}",
+        stderr(&out)
+    );
+}
