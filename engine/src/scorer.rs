@@ -8,16 +8,19 @@
 //! longest part of it that it shares (the system prompt for conditional
 //! views, all of it for unconditional ones).
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
 //! use main_engine::model::Model;
 //! use main_engine::score::Pair;
 //! use main_engine::scorer::{Scorer, ScorerParams};
 //!
-//! let model = Arc::new(Model::load("fixtures/SmolLM2-135M-Instruct.Q4_1.gguf".as_ref())?);
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/SmolLM2-135M-Instruct.Q4_1.gguf");
+//! let model = Arc::new(Model::load(path.as_ref())?);
 //! let mut scorer = Scorer::new(model, None, ScorerParams::default())?;
-//! let s = scorer.score_pair(&Pair::new("Name a primary colour.", "Red."))?;
-//! println!("alignment {:.3} (fwd {:.3}, rev {:.3})", s.alignment, s.fwd_pmi, s.rev_pmi);
+//! let good = scorer.score_pair(&Pair::new("What is the capital of France?", "Paris."))?;
+//! let bad = scorer.score_pair(&Pair::new("What is the capital of France?", "17 + 25 = 42."))?;
+//! println!("alignment {:.3} (fwd {:.3}, rev {:.3})", good.alignment, good.fwd_pmi, good.rev_pmi);
+//! assert!(good.alignment > bad.alignment);
 //! # Ok::<(), main_engine::Error>(())
 //! ```
 
