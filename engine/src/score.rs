@@ -231,7 +231,10 @@ mod tests {
         assert!((s.fwd_uncond - (-1.64)).abs() < 1e-12);
         assert!((s.fwd_pmi - 0.86).abs() < 1e-12);
         assert!((s.rev_pmi - 1.0).abs() < 1e-12);
-        assert!((s.alignment - 0.86).abs() < 1e-12, "min of the two directions");
+        assert!(
+            (s.alignment - 0.86).abs() < 1e-12,
+            "min of the two directions"
+        );
         assert!((s.ifd - (-0.86f64).exp()).abs() < 1e-12);
         assert!(
             (s.semantic - 2.0).abs() < 1e-12,
