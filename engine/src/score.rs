@@ -22,10 +22,11 @@ impl Pair {
         }
     }
 
-    /// Alpaca's convention: the input, when present, follows the instruction
-    /// after a blank line.
+    /// Alpaca's convention (DESIGN.md §2): a non-empty input follows the
+    /// instruction after a blank line. Whitespace-only input counts as
+    /// non-empty, exactly as the design and the Python reference say.
     pub fn from_alpaca(instruction: &str, input: &str, output: &str) -> Pair {
-        let x = if input.trim().is_empty() {
+        let x = if input.is_empty() {
             instruction.to_string()
         } else {
             format!("{instruction}\n\n{input}")
