@@ -115,32 +115,35 @@ pub fn matmul_with(
     sweep(k, threads, w, acts.as_ref(), x, n_tok, y);
     if let (Precision::Fast, Some(acts)) = (precision, &acts) {
         // Second pass: what the 8-bit codes missed.
-        let residual = residual(acts, x);
+        let residual = residual(threads, acts, x);
         let r_acts = quantize_acts(k, threads, acts.scheme, &residual, n_tok);
         let mut y2 = vec![0f32; y.len()];
         sweep(k, threads, w, Some(&r_acts), &residual, n_tok, &mut y2);
-        for (a, b) in y.iter_mut().zip(&y2) {
-            *a += b;
-        }
+        let mut rows: Vec<(&mut [f32], &[f32])> =
+            y.chunks_mut(w.n_out).zip(y2.chunks(w.n_out)).collect();
+        threads.for_each_mut(&mut rows, |_, (a, b)| {
+            for (a, b) in a.iter_mut().zip(b.iter()) {
+                *a += b;
+            }
+        });
     }
 }
 
-/// `x - dequantized(acts)`, row-major like `x`.
-fn residual(acts: &QuantActs, x: &[f32]) -> Vec<f32> {
-    let sub = acts.scheme.sub_len;
-    let n_sub = acts.n_sub();
+/// `x - dequantized(acts)`, row-major like `x`, one task per token row.
+fn residual(threads: &Threads, acts: &QuantActs, x: &[f32]) -> Vec<f32> {
+    let (sub, n_sub, n_in) = (acts.scheme.sub_len, acts.n_sub(), acts.n_in);
     let mut r = vec![0f32; x.len()];
-    for (t, (rt, xt)) in r
-        .chunks_exact_mut(acts.n_in)
-        .zip(x.chunks_exact(acts.n_in))
-        .enumerate()
-    {
-        let qs = &acts.qs[t * acts.n_in..(t + 1) * acts.n_in];
+    let mut rows: Vec<&mut [f32]> = r.chunks_mut(n_in).collect();
+    threads.for_each_mut(&mut rows, |t, rt| {
+        let (xt, qs) = (
+            &x[t * n_in..(t + 1) * n_in],
+            &acts.qs[t * n_in..(t + 1) * n_in],
+        );
         let da = &acts.da[t * n_sub..(t + 1) * n_sub];
         for (i, (ri, &xi)) in rt.iter_mut().zip(xt).enumerate() {
             *ri = xi - da[i / sub] * qs[i] as f32;
         }
-    }
+    });
     r
 }
 
