@@ -4,6 +4,7 @@
 //! update a running max and sum (online log-sum-exp) and the target's logit is
 //! picked out, so no `(positions, vocab)` array of logits is ever stored.
 
+use crate::kernels::softmax::max_and_sum_exp;
 use crate::matmul::{matmul, Weight};
 use crate::model::{Model, Runtime};
 
@@ -27,9 +28,8 @@ pub fn head_logprobs(head: &Weight, rt: &Runtime, hidden: &[f32], targets: &[u32
         n * d,
         "head_logprobs: hidden has the wrong length"
     );
-    let mut max = vec![f64::NEG_INFINITY; n];
-    let mut sum = vec![0f64; n];
-    let mut target_logit = vec![f64::NAN; n];
+    // Per target row: running max and sum of the log-sum-exp, and its logit.
+    let mut rows = vec![(f64::NEG_INFINITY, 0f64, f64::NAN); n];
     let mut logits = vec![0f32; n * VOCAB_CHUNK.min(vocab)];
     let mut start = 0;
     while start < vocab {
@@ -44,22 +44,23 @@ pub fn head_logprobs(head: &Weight, rt: &Runtime, hidden: &[f32], targets: &[u32
             n,
             chunk,
         );
-        for i in 0..n {
+        let chunk = &*chunk;
+        rt.threads.for_each_mut(&mut rows, |i, (max, sum, target)| {
             let row = &chunk[i * width..(i + 1) * width];
-            let chunk_max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-            let new_max = max[i].max(chunk_max);
-            let chunk_sum: f64 = row.iter().map(|&v| (v as f64 - new_max).exp()).sum();
-            sum[i] = sum[i] * (max[i] - new_max).exp() + chunk_sum;
-            max[i] = new_max;
+            let (chunk_max, chunk_sum) = max_and_sum_exp(row);
+            let new_max = max.max(chunk_max as f64);
+            *sum = *sum * (*max - new_max).exp()
+                + chunk_sum as f64 * (chunk_max as f64 - new_max).exp();
+            *max = new_max;
             let t = targets[i] as usize;
             if (start..end).contains(&t) {
-                target_logit[i] = row[t - start] as f64;
+                *target = row[t - start] as f64;
             }
-        }
+        });
         start = end;
     }
-    (0..n)
-        .map(|i| target_logit[i] - max[i] - sum[i].ln())
+    rows.into_iter()
+        .map(|(max, sum, target)| target - max - sum.ln())
         .collect()
 }
 

@@ -125,6 +125,7 @@ macro_rules! by_scheme {
 pub mod arm;
 pub mod attention;
 pub mod scalar;
+pub mod softmax;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod wasm;
 #[cfg(target_arch = "x86_64")]
