@@ -14,7 +14,8 @@ For each type NAME this writes, under engine/tests/data/quant/:
   reference quantizers (quantize_row_*_ref through ggml_quantize_chunk, no
   importance matrix) via the `ggml-python` bindings, when they are installed,
   since the gguf package has no k-quant quantizer;
-* model_q4_1.* and model_q8_0.*: the same pair for a few rows of real tensors
+* (no rows of the real model: weights are never committed; the Rust test
+  reads them from the fixture file instead)
   of the SmolLM2 fixture (blk.0.attn_q.weight, Q4_1; token_embd.weight, Q8_0),
   read with gguf.GGUFReader, when the fixture is present.
 
@@ -102,10 +103,7 @@ def main() -> None:
     else:
         write_kquant_vectors(rng, args.out)
 
-    if args.model.exists():
-        write_model_rows(args.model, args.out)
-    else:
-        print(f"{args.model} not found: model_* vectors left as they are")
+    # Rows of the real model are not written: weights stay out of the repo.
 
 
 def write_kquant_vectors(rng: np.random.Generator, out: Path) -> None:
