@@ -31,6 +31,7 @@ CLI:
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,12 @@ def random_k_blocks(rng: np.random.Generator, qtype: T) -> np.ndarray:
 
 
 def write(out: Path, name: str, data: np.ndarray) -> None:
-    (out / name).write_bytes(np.ascontiguousarray(data).tobytes())
+    """Stores little-endian bytes as hex under `name` in OUT/vectors.json (the
+    project keeps golden values as small JSON), keeping the other entries."""
+    path = out / "vectors.json"
+    vectors = json.loads(path.read_text()) if path.exists() else {}
+    vectors[name] = np.ascontiguousarray(data).tobytes().hex()
+    path.write_text(json.dumps(vectors, indent=0, sort_keys=True) + "\n")
 
 
 def main() -> None:
@@ -136,22 +142,6 @@ def write_kquant_vectors(rng: np.random.Generator, out: Path) -> None:
             None,
         )
         write(out, f"{qtype.name.lower()}.ggml.quant.bin", q)
-
-
-def write_model_rows(model: Path, out: Path) -> None:
-    """A few rows of real weights: 4 rows of a Q4_1 matrix, 4 token embeddings in Q8_0."""
-    from gguf import GGUFReader
-
-    tensors = {t.name: t for t in GGUFReader(model).tensors}
-    for name, tensor, rows in (
-        ("model_q4_1", "blk.0.attn_q.weight", [0, 1, 287, 575]),
-        ("model_q8_0", "token_embd.weight", [0, 1, 1000, 49151]),
-    ):
-        t = tensors[tensor]
-        q = np.ascontiguousarray(t.data[rows]).reshape(-1)
-        y = quants.dequantize(q, t.tensor_type).astype(np.float32).reshape(-1)
-        write(out, f"{name}.quant.bin", q)
-        write(out, f"{name}.dequant.f32", y.astype("<f4"))
 
 
 if __name__ == "__main__":

@@ -55,9 +55,23 @@ fn dequantize_vec(dtype: DType, q: &[u8], n: usize) -> Vec<f32> {
 // Golden vectors: tests/reference/quant_vectors.py (the `gguf` package)
 // ---------------------------------------------------------------------------
 
+/// The bytes stored as hex under `name` in tests/data/quant/vectors.json
+/// (written by tests/reference/quant_vectors.py).
 fn golden(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/data/quant/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    let path = format!(
+        "{}/tests/data/quant/vectors.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let vectors: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let hex = vectors[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no vector '{name}'"));
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex byte"))
+        .collect()
 }
 
 fn floats(bytes: &[u8]) -> Vec<f32> {
