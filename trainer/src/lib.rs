@@ -1,1 +1,19 @@
-//! The MAIN trainer. Not written yet: the engine comes first (issue 6 tracks this crate).
+//! # main-trainer
+//!
+//! Full fine-tuning of LLaMA/Mistral models on candle and the MAIN pipeline
+//! (DESIGN.md §6). The engine supplies the tokenizer, chat templates, the
+//! training views (DESIGN.md §2), the scorer, generation and GGUF writing;
+//! candle supplies only what needs gradients.
+
+pub mod error;
+pub mod model;
+
+pub use error::{Error, Result};
+pub mod align;
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod export;
+pub mod optim;
+pub mod pipeline;
+pub mod sft;

@@ -1,0 +1,234 @@
+//! `main-train`: fine-tune LLaMA/Mistral models (sft), run the MAIN
+//! pipeline, export to GGUF. Errors go to stderr with exit code 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use main_trainer::data::{read_pairs, Direction};
+use main_trainer::sft::{train, TrainConfig};
+use main_trainer::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "main-train",
+    version,
+    about = "MAIN trainer: fine-tuning on candle",
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fine-tune every weight in one direction (loss on target tokens only).
+    #[command(args_override_self = true)]
+    Sft(SftArgs),
+    /// Write a trained model folder as GGUF for the engine and llama.cpp.
+    Export {
+        /// Hugging Face model folder (a run's `model/`).
+        #[arg(long)]
+        model: PathBuf,
+        /// A GGUF of the same base model: its tokenizer metadata is copied.
+        #[arg(long)]
+        vocab: PathBuf,
+        /// Weight type: f32, f16, q8_0, q4_k, ...
+        #[arg(long, default_value = "q8_0")]
+        r#type: String,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Write a randomly initialised model folder (tests, training from scratch).
+    Init {
+        /// A config.json (llama or mistral).
+        #[arg(long)]
+        config: PathBuf,
+        /// Folder with tokenizer.json (and tokenizer_config.json).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long, default_value_t = 0.02)]
+        std: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Run the MAIN loop described by a TOML config.
+    Pipeline {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct SftArgs {
+    /// Hugging Face model folder (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Pairs: Alpaca, prompt/response or messages JSONL; optional "weight".
+    #[arg(long)]
+    data: PathBuf,
+    /// forward (instruction -> response) or reverse (response -> instruction).
+    #[arg(long, default_value = "forward")]
+    direction: String,
+    /// Run folder: metrics.jsonl, checkpoints/, model/, report.json.
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Continue from the run folder's latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Settings as TOML (the `[train]` table of main.toml); flags override.
+    #[arg(long)]
+    train_config: Option<PathBuf>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    #[arg(long)]
+    eval_fraction: Option<f64>,
+    #[arg(long)]
+    eval_every: Option<usize>,
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Only the first N pairs of the data file.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Add the differentiable alignment loss (λ1 InfoNCE + λ2 consistency).
+    #[arg(long)]
+    align_loss: bool,
+    #[arg(long)]
+    lambda1: Option<f64>,
+    #[arg(long)]
+    lambda2: Option<f64>,
+    /// CPU threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn sft(a: SftArgs) -> Result<()> {
+    let mut cfg = match &a.train_config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            toml::from_str::<TrainConfig>(&text)
+                .map_err(|e| Error::invalid(p.display().to_string(), e.to_string()))?
+        }
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
+    }
+    set!(
+        steps,
+        batch_size,
+        grad_accum,
+        lr,
+        warmup,
+        max_tokens,
+        eval_fraction,
+        eval_every,
+        checkpoint_every,
+        seed
+    );
+    if a.align_loss {
+        cfg.align_loss = true;
+    }
+    if let Some(l) = a.lambda1 {
+        cfg.lambda_contrastive = l;
+    }
+    if let Some(l) = a.lambda2 {
+        cfg.lambda_consistency = l;
+    }
+    let direction = Direction::parse(&a.direction)?;
+    let mut pairs = read_pairs(&a.data)?;
+    if let Some(n) = a.limit {
+        pairs.truncate(n);
+    }
+    let (device, dtype) = main_trainer::device::select()?;
+    let model = main_trainer::model::TrainModel::load(&a.model, &device, dtype)?;
+    eprintln!(
+        "main-train sft: {} ({} parameters, {:?} on {:?}), {} pairs, {} direction",
+        a.model.display(),
+        model.n_params(),
+        dtype,
+        device,
+        pairs.len(),
+        direction.name()
+    );
+    let report = train(&model, &pairs, direction, &cfg, &a.out, a.resume, !a.quiet)?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(|e| Error::invalid("report", e.to_string()))?
+    );
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Sft(a) => {
+            main_trainer::device::set_threads(a.threads);
+            sft(a)
+        }
+        Cmd::Export {
+            model,
+            vocab,
+            r#type,
+            out,
+        } => {
+            let ty = main_engine::quant::DType::from_name(&r#type.to_uppercase())
+                .or_else(|| main_engine::quant::DType::from_name(&r#type))
+                .ok_or_else(|| {
+                    Error::invalid("type", format!("'{}' is not a GGUF type", r#type))
+                })?;
+            let n = main_trainer::export::export_gguf(&model, &vocab, ty, &out)?;
+            eprintln!(
+                "wrote {} ({n} bytes of weights, {})",
+                out.display(),
+                ty.name()
+            );
+            Ok(())
+        }
+        Cmd::Init {
+            config,
+            tokenizer,
+            std,
+            seed,
+            out,
+        } => {
+            let bytes = std::fs::read(&config).map_err(|e| Error::io(&config, e))?;
+            let json: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::invalid(config.display().to_string(), e.to_string()))?;
+            let tied = json
+                .get("tie_word_embeddings")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            let c = main_engine::config::Config::from_hf_json(&bytes)?;
+            main_trainer::model::write_random(&out, &c, tied, &tokenizer, std, seed)
+        }
+        Cmd::Pipeline { config } => main_trainer::pipeline::run_file(&config),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("main-train: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Where training runs: f32 on the CPU; with `--features cuda` and a GPU,
+//! bf16 compute with f32 master weights.
+
+use candle_core::{DType, Device};
+
+use crate::error::Result;
+
+/// The best device this build can use, and its compute dtype.
+pub fn select() -> Result<(Device, DType)> {
+    #[cfg(feature = "cuda")]
+    {
+        if candle_core::utils::cuda_is_available() {
+            let dev = Device::new_cuda(0).map_err(|source| crate::Error::Candle {
+                op: "open CUDA device 0".into(),
+                source,
+            })?;
+            return Ok((dev, DType::BF16));
+        }
+    }
+    Ok((Device::Cpu, DType::F32))
+}
+
+/// CPU threads for candle's kernels (0: one per core). candle reads
+/// `RAYON_NUM_THREADS` once, so this must run before any tensor work.
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}

@@ -1,0 +1,518 @@
+//! Supervised fine-tuning in one direction: the loss is the (per-example
+//! weighted) mean negative log-probability of the target tokens only.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use crate::align::align_loss;
+use crate::checkpoint::{self, TrainState};
+use crate::data::{example, split, Direction, Example, Rng, WeightedPair};
+use crate::error::{CandleExt, Error, Result};
+use crate::model::{Batch, TrainModel};
+use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWParams};
+
+/// Training settings (`[train]` in `main.toml`, or `main-train sft` flags).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub warmup: usize,
+    /// The cosine decays to `lr * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    /// Global gradient-norm bound (0: none).
+    pub clip: f64,
+    /// Longest training sequence; longer content is cut by the engine's rule.
+    pub max_tokens: usize,
+    /// Share of the pairs held out for the eval loss.
+    pub eval_fraction: f64,
+    /// Eval every N steps (0: only before and after training).
+    pub eval_every: usize,
+    /// Checkpoint every N steps (0: never).
+    pub checkpoint_every: usize,
+    pub keep_checkpoints: usize,
+    pub seed: u64,
+    /// Add the differentiable alignment loss (both directions, one model).
+    pub align_loss: bool,
+    /// λ1: weight of the in-batch InfoNCE term.
+    pub lambda_contrastive: f64,
+    /// λ2: weight of the forward/reverse PMI consistency term.
+    pub lambda_consistency: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 50,
+            batch_size: 4,
+            grad_accum: 1,
+            lr: 5e-5,
+            warmup: 5,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            clip: 1.0,
+            max_tokens: 512,
+            eval_fraction: 0.1,
+            eval_every: 0,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            seed: 0,
+            align_loss: false,
+            lambda_contrastive: 0.1,
+            lambda_consistency: 0.01,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |k: &str, r: &str| Err(Error::invalid(k, r));
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1");
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch_size / grad_accum", "must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return bad("eval_fraction", "must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad("min_lr_ratio", "must be in [0, 1]");
+        }
+        if self.max_tokens < 8 {
+            return bad("max_tokens", "must be at least 8");
+        }
+        if self.align_loss && self.batch_size < 2 {
+            return bad(
+                "batch_size",
+                "the alignment loss needs at least 2 pairs per batch",
+            );
+        }
+        Ok(())
+    }
+
+    /// What a resumed run must share with the run it continues.
+    fn fingerprint(&self, direction: Direction, n_pairs: usize) -> String {
+        format!(
+            "{}|pairs={n_pairs}|steps={}|bs={}|acc={}|lr={}|wu={}|min={}|wd={}|clip={}|max={}|eval={}|seed={}|align={}:{}:{}",
+            direction.name(),
+            self.steps,
+            self.batch_size,
+            self.grad_accum,
+            self.lr,
+            self.warmup,
+            self.min_lr_ratio,
+            self.weight_decay,
+            self.clip,
+            self.max_tokens,
+            self.eval_fraction,
+            self.seed,
+            self.align_loss,
+            self.lambda_contrastive,
+            self.lambda_consistency
+        )
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrainReport {
+    pub direction: Direction,
+    pub steps: usize,
+    pub n_train: usize,
+    pub n_eval: usize,
+    /// Held-out loss (mean target NLL, nats) before training; `None` without a split.
+    pub eval_loss_before: Option<f64>,
+    pub eval_loss_after: Option<f64>,
+    pub final_train_loss: f64,
+    /// Real (unpadded) tokens through the training forward passes.
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    /// Step the run resumed from (0 for a fresh run).
+    pub resumed_from: usize,
+}
+
+/// Where a run writes: `metrics.jsonl`, `checkpoints/`, and the final
+/// model (Hugging Face folder) in `model/`.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join("metrics.jsonl")
+    }
+    pub fn model(&self) -> PathBuf {
+        self.0.join("model")
+    }
+}
+
+/// Mean target NLL of `examples` (unweighted), in batches of `batch_size`.
+pub fn eval_loss(model: &TrainModel, examples: &[Example], batch_size: usize) -> Result<f64> {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let seqs: Vec<(&[u32], usize)> = chunk.iter().map(|e| (&e.ids[..], e.n_prompt)).collect();
+        let batch = Batch::new(&seqs, &model.device)?;
+        let lp = model.target_logprobs(&batch)?;
+        sum -= lp
+            .to_dtype(DType::F64)
+            .and_then(|x| x.sum_all())
+            .and_then(|x| x.to_scalar::<f64>())
+            .op("eval loss")?;
+        n += batch.n_targets();
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+/// The weighted mean target NLL of one micro-batch, and its real tokens.
+pub fn lm_loss(model: &TrainModel, batch_examples: &[&Example]) -> Result<Option<(Tensor, usize)>> {
+    let seqs: Vec<(&[u32], usize)> = batch_examples
+        .iter()
+        .map(|e| (&e.ids[..], e.n_prompt))
+        .collect();
+    let batch = Batch::new(&seqs, &model.device)?;
+    let denom: f64 = batch_examples
+        .iter()
+        .map(|e| e.weight * e.n_targets() as f64)
+        .sum();
+    if denom <= 0.0 {
+        return Ok(None);
+    }
+    let w: Vec<f32> = batch
+        .target_seq
+        .iter()
+        .map(|&s| (batch_examples[s].weight / denom) as f32)
+        .collect();
+    let lp = model.target_logprobs(&batch)?;
+    let w = Tensor::from_vec(w, batch.n_targets(), &model.device)
+        .and_then(|w| w.to_dtype(lp.dtype()))
+        .op("loss weights")?;
+    let loss = (lp * w)
+        .and_then(|x| x.sum_all())
+        .and_then(|x| x.neg())
+        .op("weighted NLL")?;
+    let tokens = batch_examples.iter().map(|e| e.ids.len()).sum();
+    Ok(Some((loss, tokens)))
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    t.to_dtype(DType::F64)
+        .and_then(|x| x.to_scalar::<f64>())
+        .op("read scalar")
+}
+
+/// A one-line progress bar on stderr (redrawn in place on a terminal).
+struct Progress {
+    tty: bool,
+    total: usize,
+    start: Instant,
+    start_step: usize,
+}
+
+impl Progress {
+    fn show(&self, step: usize, loss: f64, tok_s: f64) {
+        let done = step - self.start_step;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let eta = if done > 0 {
+            elapsed / done as f64 * (self.total - step) as f64
+        } else {
+            0.0
+        };
+        let width = 24;
+        let filled = width * step / self.total.max(1);
+        let bar: String = "#".repeat(filled) + &".".repeat(width - filled);
+        let line = format!(
+            "[{bar}] step {step}/{} loss {loss:.4} {tok_s:.0} tok/s ETA {}m{:02}s",
+            self.total,
+            (eta / 60.0) as u64,
+            (eta % 60.0) as u64
+        );
+        let mut err = std::io::stderr();
+        if self.tty {
+            let _ = write!(err, "\r{line}\x1b[K");
+            if step == self.total {
+                let _ = writeln!(err);
+            }
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+}
+
+/// Trains `model` on `pairs` in `direction`, writing into `run`. With
+/// `resume`, continues from the run's latest checkpoint if it has one.
+pub fn train(
+    model: &TrainModel,
+    pairs: &[WeightedPair],
+    direction: Direction,
+    cfg: &TrainConfig,
+    run: &Path,
+    resume: bool,
+    show_progress: bool,
+) -> Result<TrainReport> {
+    cfg.validate()?;
+    let run = RunDir(run.to_path_buf());
+    std::fs::create_dir_all(&run.0).map_err(|e| Error::io(&run.0, e))?;
+    let (train_idx, eval_idx) = split(pairs.len(), cfg.eval_fraction, cfg.seed);
+    if train_idx.is_empty() {
+        return Err(Error::invalid(
+            "pairs",
+            "no training pairs left after the held-out split",
+        ));
+    }
+    let build = |idx: &[usize]| -> Result<Vec<Example>> {
+        idx.iter()
+            .map(|&i| example(model, &pairs[i], direction, cfg.max_tokens))
+            .collect()
+    };
+    let train_ex = build(&train_idx)?;
+    let eval_ex = build(&eval_idx)?;
+    let mut opt = AdamW::new(
+        &model.params,
+        AdamWParams {
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let fingerprint = cfg.fingerprint(direction, pairs.len());
+    let mut state = TrainState {
+        step: 0,
+        cursor: 0,
+        epoch_rng: cfg.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0xda7a,
+        fingerprint: fingerprint.clone(),
+    };
+    if resume {
+        if let Some(dir) = checkpoint::latest(&run.0)? {
+            state = checkpoint::load(&dir, model, &mut opt)?;
+            if state.fingerprint != fingerprint {
+                return Err(Error::checkpoint(
+                    &dir,
+                    format!(
+                        "made with other settings ({}), this run has {fingerprint}",
+                        state.fingerprint
+                    ),
+                ));
+            }
+            truncate_metrics(&run.metrics(), state.step)?;
+        } else {
+            let _ = std::fs::remove_file(run.metrics());
+        }
+    } else {
+        let _ = std::fs::remove_file(run.metrics());
+    }
+    let resumed_from = state.step;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.metrics())
+        .map_err(|e| Error::io(run.metrics(), e))?;
+    let mut log = |v: serde_json::Value| -> Result<()> {
+        writeln!(metrics, "{v}").map_err(|e| Error::io(run.metrics(), e))
+    };
+
+    let n_train = train_ex.len();
+    // The data order: one seeded shuffle per epoch; (epoch_rng, cursor) pins it.
+    let mut rng = Rng(state.epoch_rng);
+    let mut order: Vec<usize> = (0..n_train).collect();
+    rng.shuffle(&mut order);
+
+    let eval_loss_before = if eval_ex.is_empty() {
+        None
+    } else if resumed_from == 0 {
+        let l = eval_loss(model, &eval_ex, cfg.batch_size)?;
+        log(serde_json::json!({"step": 0, "eval_loss": l}))?;
+        Some(l)
+    } else {
+        None
+    };
+
+    let progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        total: cfg.steps,
+        start: Instant::now(),
+        start_step: resumed_from,
+    };
+    let (mut tokens, mut last_loss, mut last_eval) = (0usize, f64::NAN, None);
+    let t0 = Instant::now();
+    for step in state.step..cfg.steps {
+        let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr_ratio);
+        let mut grads: Vec<Option<Tensor>> = vec![None; model.params.len()];
+        let (mut step_loss, mut step_tokens) = (0f64, 0usize);
+        for _ in 0..cfg.grad_accum {
+            let mut micro = Vec::with_capacity(cfg.batch_size);
+            for _ in 0..cfg.batch_size {
+                let pos = state.cursor % n_train;
+                if pos == 0 && state.cursor > 0 {
+                    // A new epoch: a new order from the RNG where the last one left it.
+                    state.epoch_rng = rng.0;
+                    order = (0..n_train).collect();
+                    rng.shuffle(&mut order);
+                }
+                micro.push(order[pos]);
+                state.cursor += 1;
+            }
+            let exs: Vec<&Example> = micro.iter().map(|&i| &train_ex[i]).collect();
+            let Some((lm, toks)) = lm_loss(model, &exs)? else {
+                continue;
+            };
+            let mut loss = lm;
+            if cfg.align_loss {
+                let ps: Vec<&main_engine::score::Pair> =
+                    micro.iter().map(|&i| &pairs[train_idx[i]].pair).collect();
+                let a = align_loss(
+                    model,
+                    &ps,
+                    cfg.max_tokens,
+                    cfg.lambda_contrastive,
+                    cfg.lambda_consistency,
+                )?;
+                loss = (loss + a).op("total loss")?;
+            }
+            let loss = (loss / cfg.grad_accum as f64).op("accumulation")?;
+            let value = scalar(&loss)?;
+            if !value.is_finite() {
+                return Err(Error::Training {
+                    step,
+                    reason: format!("loss is {value}"),
+                });
+            }
+            step_loss += value;
+            step_tokens += toks;
+            let g = loss.backward().op("backward")?;
+            for (acc, p) in grads.iter_mut().zip(&model.params) {
+                if let Some(gi) = g.get(p.var.as_tensor()) {
+                    let gi = gi.to_dtype(DType::F32).op("grad")?;
+                    *acc = Some(match acc.take() {
+                        None => gi,
+                        Some(a) => (a + gi).op("accumulate grad")?,
+                    });
+                }
+            }
+        }
+        let mut grads: Vec<Tensor> = grads
+            .into_iter()
+            .zip(&model.params)
+            .map(|(g, p)| match g {
+                Some(g) => Ok(g),
+                None => p.var.as_tensor().zeros_like().op("zero grad"),
+            })
+            .collect::<Result<_>>()?;
+        let grad_norm = clip_grad_norm(&mut grads, cfg.clip)?;
+        opt.update(&model.params, &grads, lr)?;
+        state.step = step + 1;
+        tokens += step_tokens;
+        last_loss = step_loss;
+        let secs = t0.elapsed().as_secs_f64();
+        let tok_s = tokens as f64 / secs.max(1e-9);
+        let mut rec = serde_json::json!({
+            "step": state.step, "loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens": step_tokens, "tok_per_s": tok_s, "elapsed_s": secs,
+        });
+        let last = state.step == cfg.steps;
+        if !eval_ex.is_empty() && ((cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last)
+        {
+            rec["eval_loss"] = eval_loss(model, &eval_ex, cfg.batch_size)?.into();
+        }
+        log(rec.clone())?;
+        if show_progress {
+            progress.show(state.step, step_loss, tok_s);
+        }
+        if cfg.checkpoint_every > 0 && (state.step % cfg.checkpoint_every == 0 || last) {
+            checkpoint::save(&run.0, model, &opt, &state, cfg.keep_checkpoints)?;
+        }
+        if last {
+            last_eval = rec.get("eval_loss").and_then(|v| v.as_f64());
+        }
+    }
+    let eval_loss_after = match last_eval {
+        Some(e) => Some(e),
+        None if eval_ex.is_empty() => None,
+        None => Some(eval_loss(model, &eval_ex, cfg.batch_size)?),
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    finish(
+        model,
+        &run,
+        FinishArgs {
+            direction,
+            cfg,
+            n_train,
+            n_eval: eval_ex.len(),
+            eval_loss_before,
+            eval_loss_after,
+            last_loss,
+            tokens,
+            secs,
+            resumed_from,
+        },
+    )
+}
+
+struct FinishArgs<'a> {
+    direction: Direction,
+    cfg: &'a TrainConfig,
+    n_train: usize,
+    n_eval: usize,
+    eval_loss_before: Option<f64>,
+    eval_loss_after: Option<f64>,
+    last_loss: f64,
+    tokens: usize,
+    secs: f64,
+    resumed_from: usize,
+}
+
+fn finish(model: &TrainModel, run: &RunDir, a: FinishArgs) -> Result<TrainReport> {
+    model.save_hf(&run.model())?;
+    let report = TrainReport {
+        direction: a.direction,
+        steps: a.cfg.steps,
+        n_train: a.n_train,
+        n_eval: a.n_eval,
+        eval_loss_before: a.eval_loss_before,
+        eval_loss_after: a.eval_loss_after,
+        final_train_loss: a.last_loss,
+        tokens: a.tokens,
+        seconds: a.secs,
+        tokens_per_s: a.tokens as f64 / a.secs.max(1e-9),
+        resumed_from: a.resumed_from,
+    };
+    let json =
+        serde_json::to_vec_pretty(&report).map_err(|e| Error::invalid("report", e.to_string()))?;
+    checkpoint::write_atomic(&run.0.join("report.json"), &json)?;
+    Ok(report)
+}
+
+/// Keeps the metrics of steps up to `step` (a resumed run rewrites the rest).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = String::new();
+    for line in text.lines() {
+        let s = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+        // A line cut by the kill has no parsable step and goes too.
+        if let Some(s) = s {
+            if s as usize <= step {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    checkpoint::write_atomic(path, kept.as_bytes())
+}
