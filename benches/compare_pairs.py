@@ -7,7 +7,7 @@ the model's chat template rendered with Jinja2, the REVERSE prompt, the
 end-of-turn `<|im_end|>`), each view's full sequence evaluated and the mean
 log-prob of its target tokens computed.
 
-  main-score      `main-score score --threads N` (fast default, and --exact);
+  main-score      `main-score score --threads N` (exact default, and --precision fast);
                   wall time of the process minus its start-up (model load and
                   the scorer's shared prompt), measured on an empty input
   llama.cpp       llama-cpp-python on the same GGUF. Mode `batch` (default):
@@ -35,7 +35,7 @@ default: /proc/cpuinfo) and the int8 peak is 4x that (VNNI).
 
 Usage:
   benches/compare_pairs.py [--pairs 100] [--stride 10] [--threads 2] [--repeat 1]
-                           [--engines main,main-exact,llama,torch1,torchN]
+                           [--engines main,main-fast,llama,torch1,torchN]
                            [--json FILE]
 Needs: scripts/fetch-fixtures, scripts/setup-peers. If `torch` cannot be
 imported, the script re-runs itself with the peers' python
@@ -51,7 +51,7 @@ HF_F32 = os.path.join(FX, "smollm2-f32")
 PAIRS_FILE = os.path.join(FX, "alpaca_en_demo.jsonl")
 SCORE = os.path.join(ROOT, "target", "release", "main-score")
 MFLOP_PER_TOKEN = 269.0
-ALL_ENGINES = "main,main-exact,llama,torch1,torchN"
+ALL_ENGINES = "main,main-fast,llama,torch1,torchN"
 
 
 def ensure_peers_python(engines):
@@ -120,7 +120,7 @@ def log_softmax_np(logits):
 
 # ---------------------------------------------------------------- main-score
 
-def run_main(pairs, threads, exact, repeat, tmp, max_tokens):
+def run_main(pairs, threads, precision, repeat, tmp, max_tokens):
     inp = os.path.join(tmp, "pairs.jsonl")
     with open(inp, "w", encoding="utf-8") as f:
         f.writelines(line if line.endswith("\n") else line + "\n" for line, _, _ in pairs)
@@ -133,8 +133,7 @@ def run_main(pairs, threads, exact, repeat, tmp, max_tokens):
             os.remove(out)  # the command resumes from an existing output
         cmd = [SCORE, "score", "--input", path, "--output", out, "--threads", str(threads),
                "--max-tokens", str(max_tokens)]
-        if exact:
-            cmd.append("--exact")
+        cmd += ["--precision", precision]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - t0
@@ -388,9 +387,9 @@ def main():
         for e in engines:
             print(f"running {e} ...", file=sys.stderr, flush=True)
             if e == "main":
-                secs, info, m = run_main(pairs, args.threads, False, args.repeat, tmp, args.max_tokens)
-            elif e == "main-exact":
-                secs, info, m = run_main(pairs, args.threads, True, args.repeat, tmp, args.max_tokens)
+                secs, info, m = run_main(pairs, args.threads, "exact", args.repeat, tmp, args.max_tokens)
+            elif e == "main-fast":
+                secs, info, m = run_main(pairs, args.threads, "fast", args.repeat, tmp, args.max_tokens)
             elif e == "llama":
                 if args.llama_mode == "batch":
                     secs, info, m = run_llama_batch(views, args.threads, args.repeat, args.llama_batch,
@@ -412,10 +411,10 @@ def main():
         diffs = [abs(means[e][k] - means[ref][k]) for k in common]
         results[e]["max_abs_diff_vs_" + ref] = max(diffs) if diffs else None
 
-    names = {"main": "main-score fast (int8)", "main-exact": "main-score --exact (f32)",
+    names = {"main": "main-score (exact, f32)", "main-fast": "main-score --precision fast",
              "llama": f"llama.cpp ({results.get('llama', {}).get('mode', '')})",
              "torch1": "PyTorch f32 batch 1", "torchN": f"PyTorch f32 batch {args.torch_batch} padded"}
-    int8 = {"main", "llama"}  # int8 dot products (main fast: VNNI; llama.cpp Q4_1 x Q8_1)
+    int8 = {"main-fast", "llama"}  # int8 dot products (main fast: VNNI; llama.cpp Q4_1 x Q8_1)
     peers = [p for p in ("llama", "torch1", "torchN") if p in results]
     for e, r in results.items():
         r["pairs_per_s"] = n_pairs / r["seconds"]

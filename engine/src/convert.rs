@@ -52,21 +52,23 @@ pub fn write_gguf_to(
             format!("{} is not a weight type", ty.name()),
         ));
     }
-    if model.metadata.is_empty() || model.config.rope_style != RopeStyle::Interleaved {
-        return Err(Error::unsupported(
-            "conversion",
-            "safetensors -> GGUF needs the GGUF tokenizer metadata; convert from a GGUF model",
-        ));
-    }
+    let metadata =
+        match model.gguf_metadata()? {
+            Some(m) if model.config.rope_style == RopeStyle::Interleaved => m,
+            _ => return Err(Error::unsupported(
+                "conversion",
+                "safetensors -> GGUF needs the GGUF tokenizer metadata; convert from a GGUF model",
+            )),
+        };
     let mut w = GgufWriter::new();
-    for (k, v) in &model.metadata {
+    for (k, v) in &metadata {
         let v = match k.as_str() {
             "general.file_type" => Value::U32(llama_file_type(ty)),
             _ => v.clone(),
         };
         w.add(k.clone(), v)?;
     }
-    if !model.metadata.iter().any(|(k, _)| k == "general.file_type") {
+    if !metadata.iter().any(|(k, _)| k == "general.file_type") {
         w.add("general.file_type", Value::U32(llama_file_type(ty)))?;
     }
     let mut tensors: Vec<&TensorRef> = model.tensors().collect();

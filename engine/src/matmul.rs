@@ -19,20 +19,36 @@ use crate::threads::Threads;
 /// How activations meet the weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// f32 activations against dequantized weights (f32 accumulation).
+    /// f32 activations against dequantized weights (f32 accumulation). The
+    /// default: the most accurate mode, and on AVX-512 machines also the
+    /// fastest for Q4_1/Q8_0 weights end to end (BENCHMARKS.md), because it
+    /// skips quantizing the activations twice per matmul.
+    #[default]
     Exact,
     /// Integer dot products against quantized weights with activations in
     /// two 8-bit passes: the activations quantized as llama.cpp does, then the
     /// rounding error of that quantized again and multiplied in a second
     /// pass. The sum carries about 16 bits of each activation, so results
     /// stay within ~1e-5 relative of `Exact` at twice the integer work of
-    /// `Int8`, still well under the cost of f32. Float weights use `Exact`.
-    #[default]
+    /// `Int8`. Float weights use `Exact`. Worth it where integer dot
+    /// products are much faster than f32 ones (e.g. wasm simd128).
     Fast,
     /// One 8-bit pass, exactly llama.cpp's scheme: fastest, and as far from
     /// the f32 result as llama.cpp is (about 0.06 nats mean on log-probs of a
     /// 135M model).
     Int8,
+}
+
+impl Precision {
+    /// `"exact"`, `"fast"` or `"int8"` (command lines, bindings).
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "exact" => Some(Precision::Exact),
+            "fast" => Some(Precision::Fast),
+            "int8" => Some(Precision::Int8),
+            _ => None,
+        }
+    }
 }
 
 /// A weight matrix `[n_out, n_in]` stored row-major in `dtype` blocks.

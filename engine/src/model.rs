@@ -64,9 +64,11 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     /// Jinja chat template from the model file, if it has one.
     pub chat_template: Option<String>,
-    /// The GGUF metadata as read (empty for safetensors), kept so a
-    /// conversion can carry it over.
-    pub metadata: Vec<(String, Value)>,
+    /// Whether the weights are one GGUF file, whose metadata
+    /// [`Model::gguf_metadata`] reads again on demand. Not kept parsed: the
+    /// vocabulary arrays alone are ~100k small strings, several MB that only a
+    /// conversion needs.
+    from_gguf: bool,
     store: TensorStore,
     /// (vocab, d) token embeddings.
     token_embd: TensorRef,
@@ -248,8 +250,9 @@ impl Model {
                 config.head_dim / 2,
             )?);
         }
+        drop(g);
         let mut model = Model::assemble(config, tokenizer, chat_template, store)?;
-        model.metadata = g.metadata;
+        model.from_gguf = true;
         Ok(model)
     }
 
@@ -325,7 +328,7 @@ impl Model {
             config,
             tokenizer,
             chat_template,
-            metadata: Vec::new(),
+            from_gguf: false,
             store,
             token_embd,
             output,
@@ -345,6 +348,15 @@ impl Model {
     }
 
     /// The output head as a matrix `(vocab, d)`, for the fused log-prob kernel.
+    /// The GGUF metadata as stored in the file (None for safetensors), so a
+    /// conversion can carry it over.
+    pub fn gguf_metadata(&self) -> Result<Option<Vec<(String, Value)>>> {
+        if !self.from_gguf {
+            return Ok(None);
+        }
+        Ok(Some(Gguf::parse(self.store.shards[0].bytes())?.metadata))
+    }
+
     pub fn output_weight(&self) -> Weight<'_> {
         self.weight(&self.output)
     }

@@ -60,7 +60,7 @@ impl Default for ScorerParams {
             combine: Combine::Min,
             negatives: 0,
             tokens: false,
-            precision: Precision::Fast,
+            precision: Precision::default(),
             batch_tokens: 2048,
         }
     }

@@ -150,7 +150,10 @@ fn k_quantize_matches_ggml_byte_for_byte() {
 // Reads the whole 100 MB fixture into linear memory: under Node's WASI on the
 // CI machine that crashed Node itself (SIGSEGV). The quantizers are scalar
 // code shared by every target, so the native run covers them.
-#[cfg_attr(target_family = "wasm", ignore = "reads a 100 MB file; covered natively")]
+#[cfg_attr(
+    target_family = "wasm",
+    ignore = "reads a 100 MB file; covered natively"
+)]
 fn real_model_rows_requantize_to_the_same_bytes() {
     let dir = std::env::var_os("MAIN_FIXTURES")
         .map(std::path::PathBuf::from)
