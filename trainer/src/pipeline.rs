@@ -1,11 +1,576 @@
-//! The MAIN loop (placeholder until written).
-use std::path::Path;
+//! `main-train pipeline`: the MAIN loop (DESIGN.md §6). Each round
+//! a. trains a forward model and a reverse model on the seed pairs (plus the
+//!    synthetic pairs kept by the previous round, weighted);
+//! b. lets the reverse model write instructions for unlabeled responses
+//!    (sampled, several candidates each) and the forward model answer them;
+//! c. scores every candidate with the engine's scorer on the trained models
+//!    (both directions) and keeps, per response, the best candidate whose
+//!    `alignment` passes the threshold / top fraction and whose forward
+//!    answer agrees with the original response;
+//! d. weights the kept pairs by normalised alignment times a synthetic
+//!    share that grows over rounds;
+//! e. writes the candidates, the curated data, the models and a report.
+//! After the last round both models are retrained on seed + kept pairs.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use main_engine::matmul::Precision;
+use main_engine::model::{Model as EngineModel, Runtime};
+use main_engine::sample::{generate, Sampler, SamplerParams};
+use main_engine::score::Pair;
+use main_engine::scorer::{Scorer, ScorerParams};
+use main_engine::template::ChatTemplate;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::write_atomic;
+use crate::data::{read_pairs, read_responses, Direction, WeightedPair};
 use crate::error::{Error, Result};
+use crate::model::TrainModel;
+use crate::sft::{train, TrainConfig, TrainReport};
 
-pub fn run_file(config: &Path) -> Result<()> {
-    Err(Error::invalid(
-        "pipeline",
-        format!("{}: not implemented yet", config.display()),
-    ))
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Hugging Face folder of the base model both directions start from.
+    pub base_model: PathBuf,
+    /// Seed pairs (Alpaca, prompt/response or messages JSONL).
+    pub seed_pairs: PathBuf,
+    /// Unlabeled responses (JSONL with `response`, `output` or `text`).
+    pub unlabeled: PathBuf,
+    pub out_dir: PathBuf,
+    #[serde(default = "one")]
+    pub rounds: usize,
+    /// Use only the first N seed pairs / unlabeled responses.
+    #[serde(default)]
+    pub limit_seed: Option<usize>,
+    #[serde(default)]
+    pub limit_unlabeled: Option<usize>,
+    /// CPU threads of the engine (0: all cores).
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub synthesis: SynthesisConfig,
+    #[serde(default)]
+    pub filter: FilterConfig,
+    #[serde(default)]
+    pub weighting: WeightingConfig,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SynthesisConfig {
+    /// Instructions sampled per unlabeled response.
+    pub candidates: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub max_instruction_tokens: usize,
+    /// The forward model's answer (greedy) is at most this long.
+    pub max_answer_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for SynthesisConfig {
+    fn default() -> Self {
+        SynthesisConfig {
+            candidates: 2,
+            temperature: 0.8,
+            top_p: 0.95,
+            max_instruction_tokens: 48,
+            max_answer_tokens: 96,
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Keep candidates with `alignment >= min_alignment` (nats).
+    pub min_alignment: Option<f64>,
+    /// Keep the best fraction (by alignment) of the per-response winners.
+    pub keep_top: Option<f64>,
+    /// Agreement of the forward answer with the original response:
+    /// `fwd_cond(y | x') - fwd_cond(y' | x')` (nats; 0 = the original is as
+    /// likely as the model's own answer). Keep candidates at or above this.
+    pub min_agreement: Option<f64>,
+    /// Longest view the scorer builds.
+    pub max_tokens: usize,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            min_alignment: None,
+            keep_top: Some(0.5),
+            min_agreement: None,
+            max_tokens: 512,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WeightingConfig {
+    pub seed_weight: f64,
+    /// Scale of the synthetic weights in the first retraining round...
+    pub synthetic_start: f64,
+    /// ...growing by this much per round, capped at `synthetic_max`.
+    pub synthetic_growth: f64,
+    pub synthetic_max: f64,
+    /// Multiply by the kept pair's alignment, min-max normalised to [0.1, 1].
+    pub by_alignment: bool,
+}
+
+impl Default for WeightingConfig {
+    fn default() -> Self {
+        WeightingConfig {
+            seed_weight: 1.0,
+            synthetic_start: 0.3,
+            synthetic_growth: 0.3,
+            synthetic_max: 1.0,
+            by_alignment: true,
+        }
+    }
+}
+
+impl WeightingConfig {
+    /// The synthetic share when training round `round` (1-based; round 1
+    /// has no synthetic data yet, so round 2 uses `synthetic_start`).
+    fn scale(&self, round: usize) -> f64 {
+        let grown = self.synthetic_start + self.synthetic_growth * round.saturating_sub(2) as f64;
+        grown.min(self.synthetic_max)
+    }
+}
+
+/// One synthetic candidate and its scores.
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    pub round: usize,
+    /// Index of the unlabeled response.
+    pub source: usize,
+    pub instruction: String,
+    pub response: String,
+    /// The forward model's own answer to `instruction`.
+    pub answer: String,
+    pub alignment: f64,
+    pub fwd_pmi: f64,
+    pub rev_pmi: f64,
+    pub fwd_cond: f64,
+    pub rev_cond: f64,
+    /// `fwd_cond(response | instruction) - fwd_cond(answer | instruction)`.
+    pub agreement: f64,
+    pub kept: bool,
+    /// Loss weight when kept (set at retraining).
+    pub weight: f64,
+}
+
+/// Quantiles of a score.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub n: usize,
+    pub mean: f64,
+    pub min: f64,
+    pub q25: f64,
+    pub median: f64,
+    pub q75: f64,
+    pub max: f64,
+}
+
+pub fn summary(values: &[f64]) -> Option<Summary> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    Some(Summary {
+        n: v.len(),
+        mean: v.iter().sum::<f64>() / v.len() as f64,
+        min: v[0],
+        q25: q(0.25),
+        median: q(0.5),
+        q75: q(0.75),
+        max: v[v.len() - 1],
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundReport {
+    pub round: usize,
+    pub n_seed: usize,
+    /// Synthetic pairs (kept by the previous round) trained on this round.
+    pub n_synthetic_trained: usize,
+    pub synthetic_scale: f64,
+    pub forward: TrainReport,
+    pub reverse: TrainReport,
+    pub n_responses: usize,
+    pub n_candidates: usize,
+    pub n_kept: usize,
+    pub n_discarded: usize,
+    pub alignment_kept: Option<Summary>,
+    pub alignment_discarded: Option<Summary>,
+    pub agreement_kept: Option<Summary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PipelineReport {
+    pub rounds: Vec<RoundReport>,
+    pub final_forward: TrainReport,
+    pub final_reverse: TrainReport,
+    pub n_curated: usize,
+}
+
+/// Reads a TOML config and runs the pipeline; relative paths in it are
+/// relative to the config file's folder.
+pub fn run_file(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut cfg: PipelineConfig = toml::from_str(&text)
+        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for p in [
+        &mut cfg.base_model,
+        &mut cfg.seed_pairs,
+        &mut cfg.unlabeled,
+        &mut cfg.out_dir,
+    ] {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    let report = run(&cfg, true)?;
+    eprintln!(
+        "main-train pipeline: {} rounds, {} curated pairs in {}",
+        report.rounds.len(),
+        report.n_curated,
+        cfg.out_dir.display()
+    );
+    Ok(())
+}
+
+fn write_jsonl<T: Serialize>(path: &Path, items: &[T]) -> Result<()> {
+    let mut s = String::new();
+    for it in items {
+        s.push_str(&serde_json::to_string(it).map_err(|e| Error::invalid("jsonl", e.to_string()))?);
+        s.push('\n');
+    }
+    write_atomic(path, s.as_bytes())
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let s = serde_json::to_vec_pretty(v).map_err(|e| Error::invalid("json", e.to_string()))?;
+    write_atomic(path, &s)
+}
+
+/// Trains one direction from the base model into `run`.
+fn train_direction(
+    cfg: &PipelineConfig,
+    data: &[WeightedPair],
+    direction: Direction,
+    run: &Path,
+    progress: bool,
+) -> Result<TrainReport> {
+    let (device, dtype) = crate::device::select()?;
+    let model = TrainModel::load(&cfg.base_model, &device, dtype)?;
+    if progress {
+        eprintln!(
+            "training {} model ({} pairs) -> {}",
+            direction.name(),
+            data.len(),
+            run.display()
+        );
+    }
+    train(&model, data, direction, &cfg.train, run, false, progress)
+}
+
+/// The training set of a round: seed pairs, then kept synthetic pairs with
+/// their weights set for `round`.
+fn training_set(
+    cfg: &PipelineConfig,
+    seed: &[WeightedPair],
+    kept: &mut [Candidate],
+    round: usize,
+) -> Vec<WeightedPair> {
+    let w = &cfg.weighting;
+    let scale = w.scale(round);
+    let (lo, hi) = kept
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), c| {
+            (a.min(c.alignment), b.max(c.alignment))
+        });
+    let mut out: Vec<WeightedPair> = seed
+        .iter()
+        .map(|p| WeightedPair {
+            pair: p.pair.clone(),
+            weight: p.weight * w.seed_weight,
+        })
+        .collect();
+    for c in kept.iter_mut() {
+        let norm = if w.by_alignment && hi > lo {
+            0.1 + 0.9 * (c.alignment - lo) / (hi - lo)
+        } else {
+            1.0
+        };
+        c.weight = scale * norm;
+        out.push(WeightedPair {
+            pair: Pair::new(c.instruction.clone(), c.response.clone()),
+            weight: c.weight,
+        });
+    }
+    out
+}
+
+/// Synthesis (b) and scoring (c) of one round with the trained models.
+fn synthesize(
+    cfg: &PipelineConfig,
+    round: usize,
+    fwd_dir: &Path,
+    rev_dir: &Path,
+    responses: &[String],
+) -> Result<Vec<Candidate>> {
+    let fwd = Arc::new(EngineModel::load(fwd_dir)?);
+    let rev = Arc::new(EngineModel::load(rev_dir)?);
+    let params = ScorerParams {
+        n_threads: cfg.threads,
+        max_tokens: cfg.filter.max_tokens,
+        precision: Precision::Exact,
+        ..Default::default()
+    };
+    let mut scorer = Scorer::new(fwd.clone(), Some(rev), params)?;
+    let rt = Runtime::new(cfg.threads, Precision::Exact);
+    let fwd_tpl = ChatTemplate::for_model(&fwd)?;
+    let tok = &fwd.tokenizer;
+    let mut stop: Vec<u32> = tok
+        .encode(fwd_tpl.end_of_turn(), false, true)?
+        .into_iter()
+        .take(1)
+        .collect();
+    stop.extend(tok.eos_id());
+    let s = &cfg.synthesis;
+    let mut out = Vec::new();
+    for (i, y) in responses.iter().enumerate() {
+        for c in 0..s.candidates {
+            let seed = s
+                .seed
+                .wrapping_add((round as u64) << 40)
+                .wrapping_add((i as u64) << 8)
+                .wrapping_add(c as u64);
+            let mut sampler = Sampler::new(SamplerParams {
+                temperature: s.temperature,
+                top_p: s.top_p,
+                seed,
+            })?;
+            let x = scorer.guess_instruction(y, s.max_instruction_tokens, &mut sampler)?;
+            if x.is_empty() {
+                continue;
+            }
+            let prompt = fwd_tpl.render_prompt(&x)?;
+            let ids = tok.encode(&prompt, tok.add_bos_default(), true)?;
+            let mut greedy = Sampler::new(SamplerParams::default())?;
+            let gen = generate(&fwd, &rt, &ids, s.max_answer_tokens, &stop, &mut greedy)?;
+            let end = gen
+                .iter()
+                .position(|t| stop.contains(t))
+                .unwrap_or(gen.len());
+            let mut answer = tok.decode(&gen[..end]).trim().to_string();
+            if answer.is_empty() {
+                // An empty answer has nothing to score; the end of turn stands for it.
+                answer = " ".into();
+            }
+            let scores = scorer.score_batch(&[
+                Pair::new(x.clone(), y.clone()),
+                Pair::new(x.clone(), answer.clone()),
+            ])?;
+            let (sy, sa) = (&scores[0], &scores[1]);
+            out.push(Candidate {
+                round,
+                source: i,
+                instruction: x,
+                response: y.clone(),
+                answer,
+                alignment: sy.alignment,
+                fwd_pmi: sy.fwd_pmi,
+                rev_pmi: sy.rev_pmi,
+                fwd_cond: sy.fwd_cond,
+                rev_cond: sy.rev_cond,
+                agreement: sy.fwd_cond - sa.fwd_cond,
+                kept: false,
+                weight: 0.0,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The mutual filter (c): per response the best candidate passing the
+/// agreement bound, then the alignment threshold and top fraction.
+fn select(f: &FilterConfig, candidates: &mut [Candidate]) {
+    let mut best: std::collections::BTreeMap<usize, usize> = Default::default();
+    for (i, c) in candidates.iter().enumerate() {
+        if !c.alignment.is_finite() {
+            continue;
+        }
+        if f.min_agreement.is_some_and(|m| c.agreement < m) {
+            continue;
+        }
+        if f.min_alignment.is_some_and(|m| c.alignment < m) {
+            continue;
+        }
+        match best.get(&c.source) {
+            Some(&j) if candidates[j].alignment >= c.alignment => {}
+            _ => {
+                best.insert(c.source, i);
+            }
+        }
+    }
+    let mut winners: Vec<usize> = best.into_values().collect();
+    winners.sort_by(|&a, &b| candidates[b].alignment.total_cmp(&candidates[a].alignment));
+    if let Some(frac) = f.keep_top {
+        let n = (winners.len() as f64 * frac.clamp(0.0, 1.0)).ceil() as usize;
+        winners.truncate(n);
+    }
+    for i in winners {
+        candidates[i].kept = true;
+    }
+}
+
+/// A curated record: the pair, where it came from, its scores and weight.
+fn curated_records(seed: &[WeightedPair], kept: &[Candidate]) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = seed
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "instruction": p.pair.instruction, "output": p.pair.response,
+                "origin": "seed", "round": 0, "weight": p.weight,
+            })
+        })
+        .collect();
+    out.extend(kept.iter().map(|c| {
+        serde_json::json!({
+            "instruction": c.instruction, "output": c.response, "origin": "synthetic",
+            "round": c.round, "weight": c.weight,
+            "alignment": {"alignment": c.alignment, "fwd_pmi": c.fwd_pmi, "rev_pmi": c.rev_pmi,
+                          "fwd_cond": c.fwd_cond, "rev_cond": c.rev_cond, "agreement": c.agreement},
+        })
+    }));
+    out
+}
+
+pub fn run(cfg: &PipelineConfig, progress: bool) -> Result<PipelineReport> {
+    if cfg.rounds == 0 {
+        return Err(Error::invalid("rounds", "must be at least 1"));
+    }
+    if cfg.synthesis.candidates == 0 {
+        return Err(Error::invalid("synthesis.candidates", "must be at least 1"));
+    }
+    cfg.train.validate()?;
+    let mut seed = read_pairs(&cfg.seed_pairs)?;
+    if let Some(n) = cfg.limit_seed {
+        seed.truncate(n);
+    }
+    let mut responses = read_responses(&cfg.unlabeled)?;
+    if let Some(n) = cfg.limit_unlabeled {
+        responses.truncate(n);
+    }
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
+    let mut kept: Vec<Candidate> = Vec::new();
+    let mut reports = Vec::new();
+    for round in 1..=cfg.rounds {
+        let dir = cfg.out_dir.join(format!("round-{round}"));
+        let n_synth = kept.len();
+        let data = training_set(cfg, &seed, &mut kept, round);
+        let fwd = train_direction(
+            cfg,
+            &data,
+            Direction::Forward,
+            &dir.join("forward"),
+            progress,
+        )?;
+        let rev = train_direction(
+            cfg,
+            &data,
+            Direction::Reverse,
+            &dir.join("reverse"),
+            progress,
+        )?;
+        if progress {
+            eprintln!("round {round}: synthesis for {} responses", responses.len());
+        }
+        let mut cands = synthesize(
+            cfg,
+            round,
+            &dir.join("forward/model"),
+            &dir.join("reverse/model"),
+            &responses,
+        )?;
+        select(&cfg.filter, &mut cands);
+        let align = |k: bool| -> Vec<f64> {
+            cands
+                .iter()
+                .filter(|c| c.kept == k)
+                .map(|c| c.alignment)
+                .collect()
+        };
+        let new_kept: Vec<Candidate> = cands.iter().filter(|c| c.kept).cloned().collect();
+        let report = RoundReport {
+            round,
+            n_seed: seed.len(),
+            n_synthetic_trained: n_synth,
+            synthetic_scale: if n_synth > 0 {
+                cfg.weighting.scale(round)
+            } else {
+                0.0
+            },
+            forward: fwd,
+            reverse: rev,
+            n_responses: responses.len(),
+            n_candidates: cands.len(),
+            n_kept: new_kept.len(),
+            n_discarded: cands.len() - new_kept.len(),
+            alignment_kept: summary(&align(true)),
+            alignment_discarded: summary(&align(false)),
+            agreement_kept: summary(&new_kept.iter().map(|c| c.agreement).collect::<Vec<_>>()),
+        };
+        write_jsonl(&dir.join("synthetic.jsonl"), &cands)?;
+        // The pairs this round hands on, weighted as the next round trains them.
+        let mut next = new_kept;
+        let _ = training_set(cfg, &seed, &mut next, round + 1);
+        write_jsonl(&dir.join("curated.jsonl"), &curated_records(&seed, &next))?;
+        write_json(&dir.join("report.json"), &report)?;
+        reports.push(report);
+        kept = next;
+    }
+    // Final models on seed + the last round's kept pairs.
+    let dir = cfg.out_dir.join("final");
+    let data = training_set(cfg, &seed, &mut kept, cfg.rounds + 1);
+    let final_forward = train_direction(
+        cfg,
+        &data,
+        Direction::Forward,
+        &dir.join("forward"),
+        progress,
+    )?;
+    let final_reverse = train_direction(
+        cfg,
+        &data,
+        Direction::Reverse,
+        &dir.join("reverse"),
+        progress,
+    )?;
+    let curated = curated_records(&seed, &kept);
+    write_jsonl(&cfg.out_dir.join("curated.jsonl"), &curated)?;
+    let report = PipelineReport {
+        rounds: reports,
+        final_forward,
+        final_reverse,
+        n_curated: curated.len(),
+    };
+    write_json(&cfg.out_dir.join("report.json"), &report)?;
+    Ok(report)
 }
