@@ -56,8 +56,11 @@ export interface ScorerOptions {
   combine?: "min" | "mean" | "softmin";
   /** Other responses of the same batch per pair for `contrastive` in `scoreBatch` (default 0 = off). */
   negatives?: number;
-  /** "fast" (default: integer dot products, ~1e-5 relative of exact) or "exact" (f32). */
-  precision?: "fast" | "exact";
+  /**
+   * The engine's default (exact: f32 activations against dequantized weights, as `main-score`),
+   * "fast" (two 8-bit activation passes, ~1e-5 relative of exact) or "int8" (one pass, as llama.cpp).
+   */
+  precision?: "exact" | "fast" | "int8";
   /** New tokens per forward call (default 2048): bounds activation memory. */
   batchTokens?: number;
 }
@@ -257,7 +260,7 @@ impl ModelLoader {
 // ---------------------------------------------------------------------------
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct ScorerOptions {
     max_tokens: Option<f64>,
     combine: Option<String>,
@@ -267,20 +270,19 @@ struct ScorerOptions {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct ScoreOptions {
     tokens: Option<bool>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PairInput {
     instruction: String,
     response: String,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct GenerateOptions {
     max_new_tokens: Option<f64>,
     temperature: Option<f64>,
@@ -344,9 +346,23 @@ impl JsPairScore {
 fn read_options<T: for<'de> Deserialize<'de> + Default>(
     value: JsValue,
     what: &'static str,
+    known: &[&str],
 ) -> Result<T, JsError> {
     if value.is_undefined() || value.is_null() {
         return Ok(T::default());
+    }
+    // serde-wasm-bindgen reads only the fields it knows, so a misspelt
+    // option would pass silently: reject unknown keys here.
+    if value.is_object() {
+        for key in js_sys::Object::keys(value.unchecked_ref::<js_sys::Object>()).iter() {
+            let key = key.as_string().unwrap_or_default();
+            if !known.contains(&key.as_str()) {
+                return Err(option_error(
+                    what,
+                    format!("unknown field '{key}', expected one of {known:?}"),
+                ));
+            }
+        }
     }
     serde_wasm_bindgen::from_value(value).map_err(|e| option_error(what, e.to_string()))
 }
@@ -388,7 +404,17 @@ impl Scorer {
         reverse: Option<Model>,
         #[wasm_bindgen(unchecked_param_type = "ScorerOptions | undefined")] options: JsValue,
     ) -> Result<Scorer, JsError> {
-        let o: ScorerOptions = read_options(options, "options")?;
+        let o: ScorerOptions = read_options(
+            options,
+            "options",
+            &[
+                "maxTokens",
+                "combine",
+                "negatives",
+                "precision",
+                "batchTokens",
+            ],
+        )?;
         let defaults = ScorerParams::default();
         let params = ScorerParams {
             // wasm runs the engine on the calling thread whatever this says.
@@ -410,14 +436,13 @@ impl Scorer {
             // one precomputed prefix, serves both kinds of call.
             tokens: true,
             precision: match o.precision.as_deref() {
-                None | Some("fast") => Precision::Fast,
-                Some("exact") => Precision::Exact,
-                Some(other) => {
-                    return Err(option_error(
+                None => defaults.precision,
+                Some(p) => Precision::parse(p).ok_or_else(|| {
+                    option_error(
                         "precision",
-                        format!("'{other}' is not one of fast, exact"),
-                    ))
-                }
+                        format!("'{p}' is not one of exact, fast, int8"),
+                    )
+                })?,
             },
             batch_tokens: match o.batch_tokens {
                 Some(v) => whole(v, "batchTokens", 1.0, 1_000_000.0)?,
@@ -441,7 +466,7 @@ impl Scorer {
         response: &str,
         #[wasm_bindgen(unchecked_param_type = "ScoreOptions | undefined")] options: JsValue,
     ) -> Result<JsValue, JsError> {
-        let o: ScoreOptions = read_options(options, "options")?;
+        let o: ScoreOptions = read_options(options, "options", &["tokens"])?;
         let s = self.inner.score_pair(&Pair::new(instruction, response))?;
         to_js(&JsPairScore::new(s, o.tokens.unwrap_or(false)))
     }
@@ -454,7 +479,13 @@ impl Scorer {
         #[wasm_bindgen(unchecked_param_type = "PairInput[]")] pairs: JsValue,
         #[wasm_bindgen(unchecked_param_type = "ScoreOptions | undefined")] options: JsValue,
     ) -> Result<JsValue, JsError> {
-        let o: ScoreOptions = read_options(options, "options")?;
+        let o: ScoreOptions = read_options(options, "options", &["tokens"])?;
+        if !js_sys::Array::is_array(&pairs) {
+            return Err(option_error(
+                "pairs",
+                "expected an array of {instruction, response}",
+            ));
+        }
         let inputs: Vec<PairInput> = serde_wasm_bindgen::from_value(pairs).map_err(|e| {
             option_error(
                 "pairs",
@@ -481,7 +512,11 @@ impl Scorer {
         response: &str,
         #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] options: JsValue,
     ) -> Result<String, JsError> {
-        let o: GenerateOptions = read_options(options, "options")?;
+        let o: GenerateOptions = read_options(
+            options,
+            "options",
+            &["maxNewTokens", "temperature", "topP", "seed"],
+        )?;
         let defaults = SamplerParams::default();
         let max_new = match o.max_new_tokens {
             Some(v) => whole(v, "maxNewTokens", 1.0, 1024.0)?,

@@ -1,0 +1,189 @@
+// End-to-end test of the annotation tool in headless Chromium (Debian's
+// /usr/bin/chromium driven by playwright-core): serve wasm/ on localhost, load
+// the fixture model by URL and a sample JSONL file, wait for the scores,
+// compare the shown values with the native CLI's, label with the keyboard,
+// reload (work must survive), export and check the exported file. Saves a
+// screenshot and the renderer's peak memory under target/wasm-e2e/.
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { chromium } from 'playwright-core';
+
+import { FIELDS, fixtures, modelPath, nativeScores, requireFile, root, samplePairs } from './common.mjs';
+import { serve } from '../serve.mjs';
+
+const TOL = 1e-4;
+const e2eDir = join(root, 'target', 'wasm-e2e');
+const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+// Three real Alpaca pairs and one in prompt/response form.
+const lines = [...samplePairs(3, 300), JSON.stringify({ prompt: 'What is the capital of France?', response: 'The capital of France is Paris.' })];
+
+let server;
+let base;
+let browser;
+
+before(async () => {
+  requireFile(join(root, 'wasm', 'pkg', 'main_wasm.js'), 'run scripts/build-wasm');
+  requireFile(modelPath, 'run scripts/fetch-fixtures');
+  mkdirSync(e2eDir, { recursive: true });
+  ({ server, url: base } = await serve({ port: 0, fixtures }));
+  browser = await chromium.launch({
+    executablePath: requireFile(chromiumPath, 'install it: apt-get install -y chromium'),
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.close();
+});
+
+/** Resident memory now (VmRSS) and at its peak (VmHWM), bytes, of each live Chromium renderer process by pid. */
+function rendererMemory() {
+  const out = new Map();
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (!cmd.includes('chromium') || !cmd.includes('--type=renderer')) continue;
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      const kb = (key) => Number(new RegExp(`${key}:\\s+(\\d+) kB`).exec(status)[1]) * 1024;
+      out.set(pid, { rss: kb('VmRSS'), hwm: kb('VmHWM') });
+    } catch {
+      // The process ended between listing and reading.
+    }
+  }
+  return out;
+}
+
+test('annotate in the browser: load, score, compare with native, label, reload, export', async () => {
+  const native = nativeScores(lines, 'e2e-pairs').scores;
+  const samplePath = join(e2eDir, 'sample.jsonl');
+  writeFileSync(samplePath, lines.join('\n') + '\n');
+
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 1100 } });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  await page.goto(`${base}/www/`);
+  await page.waitForSelector('body[data-worker="ready"]');
+  // What Chromium itself holds for this page (and the wasm module, compiled), before any model.
+  const baseline = rendererMemory();
+
+  // Model by URL, then the pairs file.
+  await page.fill('#model-url', '/fixtures/SmolLM2-135M-Instruct.Q4_1.gguf');
+  await page.click('#model-load');
+  await page.waitForSelector('body[data-model="ready"]', { timeout: 120_000 });
+  assert.match(await page.textContent('#model-status'), /Model ready: 30 layers/);
+  await page.setInputFiles('#pairs-file', samplePath);
+  await page.waitForSelector('body[data-scoring="done"]', { timeout: 300_000 });
+  assert.equal(await page.textContent('#errors'), '', 'no errors shown');
+
+  // Shown values: the 3-decimal text and the full value behind it, against the CLI.
+  const rows = await page.$$eval('#pairs tbody tr', (trs) =>
+    trs.map((tr) => ({
+      alignment: tr.querySelector('.alignment').textContent,
+      fwd: tr.querySelector('.fwd').textContent,
+      rev: tr.querySelector('.rev').textContent,
+      data: { alignment: Number(tr.dataset.alignment), fwdPmi: Number(tr.dataset.fwd), revPmi: Number(tr.dataset.rev) },
+    })),
+  );
+  assert.equal(rows.length, lines.length);
+  rows.forEach((r, i) => {
+    const n = native[i];
+    assert.equal(r.alignment, n.alignment.toFixed(3), `row ${i + 1} alignment shown`);
+    assert.equal(r.fwd, n.fwd_pmi.toFixed(3), `row ${i + 1} forward shown`);
+    assert.equal(r.rev, n.rev_pmi.toFixed(3), `row ${i + 1} reverse shown`);
+    for (const [snake, camel] of FIELDS.slice(0, 3)) assert.ok(Math.abs(r.data[camel] - n[snake]) <= TOL, `row ${i + 1} ${camel}: ${r.data[camel]} vs ${n[snake]}`);
+  });
+
+  // The heat map of the selected (first) pair: one span per response token.
+  await page.waitForSelector('#response span');
+  const nTokens = await page.$$eval('#response span', (s) => s.length);
+  assert.equal(nTokens, native[0].response_tokens, 'one coloured span per response token');
+  // Each token is painted by its difference: a valid colour, white only near 0.
+  const painted = await page.$$eval('#response span', (spans) => spans.map((s) => [Number(s.dataset.pmi), s.style.backgroundColor]));
+  for (const [pmi, colour] of painted) {
+    assert.match(colour, /^rgb\(\d+, \d+, \d+\)$/, `token with difference ${pmi} has colour '${colour}'`);
+    if (Math.abs(pmi) > 0.5) assert.notEqual(colour, 'rgb(255, 255, 255)');
+  }
+  native[0].response_detail.forEach((t, j) => assert.ok(Math.abs(painted[j][0] - t.pmi) <= TOL, `token ${j} difference`));
+  const instrTokens = await page.$$eval('#instruction span', (s) => s.length);
+  assert.equal(instrTokens, native[0].instruction_tokens);
+
+  // Label with the keyboard: a (pair 1), r (pair 2), k back to 2, s (pair 2 -> skip), then note on pair 3 and accept.
+  await page.locator('#pairs tbody tr').first().focus();
+  await page.keyboard.press('a');
+  await page.keyboard.press('r');
+  await page.keyboard.press('k');
+  await page.keyboard.press('s');
+  await page.keyboard.press('n');
+  await page.keyboard.type('clear answer');
+  await page.keyboard.press('Escape');
+  await page.keyboard.press('a');
+  const labels = await page.$$eval('#pairs tbody tr .label', (tds) => tds.map((td) => td.textContent));
+  assert.deepEqual(labels, ['accept', 'skip', 'accept', '']);
+
+  // Sorting by alignment (descending) reorders the rows by the shown value.
+  await page.click('th button[data-sort="alignment"]');
+  const sorted = await page.$$eval('#pairs tbody tr', (trs) => trs.map((tr) => Number(tr.dataset.alignment)));
+  assert.deepEqual(sorted, [...sorted].sort((a, b) => b - a));
+  await page.click('th button[data-sort="index"]');
+
+  // The reverse model's guess, on request.
+  await page.keyboard.press('g');
+  await page.waitForFunction(() => !document.getElementById('guess').disabled, null, { timeout: 120_000 });
+  const guess = await page.textContent('#guess-out');
+  assert.ok(guess.length > 0 && guess !== 'Thinking…', `a guessed instruction: ${guess}`);
+
+  await page.screenshot({ path: join(e2eDir, 'screenshot.png'), fullPage: true });
+  const wasmBytes = Number(await page.getAttribute('body', 'data-wasm-bytes'));
+  // The renderer that grew most holds the page and its worker.
+  const [pid, peak, added] = [...rendererMemory()]
+    .map(([pid, m]) => [pid, m.hwm, m.hwm - (baseline.get(pid)?.rss ?? 0)])
+    .sort((a, b) => b[2] - a[2])[0];
+
+  // Work survives a reload (scores, labels, note), without the model.
+  await page.waitForTimeout(300); // the debounced save
+  await page.reload();
+  await page.waitForSelector('#pairs tbody tr');
+  const after = await page.$$eval('#pairs tbody tr', (trs) => trs.map((tr) => [tr.querySelector('.label').textContent, tr.querySelector('.alignment').textContent]));
+  assert.deepEqual(after.map((r) => r[0]), ['accept', 'skip', 'accept', '']);
+  assert.deepEqual(after.map((r) => r[1]), native.map((n) => n.alignment.toFixed(3)));
+
+  // Export and check the file.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
+  const exportedPath = join(e2eDir, 'annotated.jsonl');
+  await download.saveAs(exportedPath);
+  const exported = readFileSync(exportedPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(exported.length, lines.length);
+  exported.forEach((r, i) => {
+    const input = JSON.parse(lines[i]);
+    for (const [k, v] of Object.entries(input)) assert.deepEqual(r[k], v, `record ${i + 1} keeps its field ${k}`);
+    for (const [snake] of FIELDS) assert.ok(Math.abs(r.alignment[snake] - native[i][snake]) <= TOL, `record ${i + 1} ${snake}`);
+    assert.equal(r.alignment.response_tokens, native[i].response_tokens);
+  });
+  assert.deepEqual(exported.map((r) => r.annotation.label), ['accept', 'skip', 'accept', null]);
+  assert.deepEqual(exported.map((r) => r.annotation.note), ['', '', 'clear answer', '']);
+  assert.deepEqual(pageErrors, []);
+
+  const fileBytes = Number(readFileSync(modelPath).length);
+  const report = {
+    modelFileBytes: fileBytes,
+    wasmMemoryBytes: wasmBytes,
+    rendererPid: Number(pid),
+    rendererBaselineRssBytes: baseline.get(pid)?.rss ?? null,
+    rendererPeakRssBytes: peak,
+    addedByToolBytes: added,
+    addedRatio: added / fileBytes,
+  };
+  writeFileSync(join(e2eDir, 'memory.json'), JSON.stringify(report, null, 2) + '\n');
+  const mb = (b) => `${(b / 1e6).toFixed(1)} MB`;
+  console.log(`# memory: model file ${mb(fileBytes)}; wasm memory ${mb(wasmBytes)}; renderer RSS ${mb(report.rendererBaselineRssBytes)} before the model, peak ${mb(peak)}: the tool added ${mb(added)} = ${report.addedRatio.toFixed(2)}x the file`);
+  console.log(`# screenshot: ${join(e2eDir, 'screenshot.png')}`);
+  assert.ok(wasmBytes < 2 * fileBytes, `wasm memory ${mb(wasmBytes)} under 2x the model file`);
+  assert.ok(added < 2 * fileBytes, `peak memory the tool added (${mb(added)}) under 2x the model file`);
+  await context.close();
+});
