@@ -26,6 +26,9 @@ use main_engine::tokenizer::Tokenizer;
 
 use crate::error::{CandleExt, Error, Result};
 
+/// `(GGUF name, ggml dims, f32 values)`: a tensor as the engine's writers take it.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// One trainable tensor: its GGUF name and f32 master value, shaped as
 /// Hugging Face stores it (`[out, in]` for matrices).
 pub struct Param {
@@ -131,7 +134,7 @@ impl TrainModel {
             ));
         }
         let mut refs: Vec<_> = base.tensors().collect();
-        refs.sort_by(|a, b| param_order(&a.name).cmp(&param_order(&b.name)));
+        refs.sort_by_key(|t| param_order(&t.name));
         let mut params = Vec::with_capacity(refs.len());
         for t in refs {
             let values = main_engine::convert::dequantize_tensor(&base, t);
@@ -317,7 +320,7 @@ impl TrainModel {
 
     /// Every weight as `(GGUF name, ggml dims, f32 values)`, the form the
     /// engine's writers take.
-    pub fn engine_tensors(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn engine_tensors(&self) -> Result<Vec<NamedTensor>> {
         let mut out = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let t = p.var.as_tensor();
@@ -453,7 +456,7 @@ pub fn write_random(
     if !tied {
         shapes.push(("output.weight".into(), vec![d, c.vocab_size]));
     }
-    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = shapes
+    let tensors: Vec<NamedTensor> = shapes
         .into_iter()
         .map(|(name, dims)| {
             let n: usize = dims.iter().product();

@@ -421,7 +421,8 @@ pub fn train(
             "tokens": step_tokens, "tok_per_s": tok_s, "elapsed_s": secs,
         });
         let last = state.step == cfg.steps;
-        if !eval_ex.is_empty() && ((cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last)
+        if !eval_ex.is_empty()
+            && ((cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last)
         {
             rec["eval_loss"] = eval_loss(model, &eval_ex, cfg.batch_size)?.into();
         }
@@ -429,7 +430,7 @@ pub fn train(
         if show_progress {
             progress.show(state.step, step_loss, tok_s);
         }
-        if cfg.checkpoint_every > 0 && (state.step % cfg.checkpoint_every == 0 || last) {
+        if cfg.checkpoint_every > 0 && (state.step.is_multiple_of(cfg.checkpoint_every) || last) {
             checkpoint::save(&run.0, model, &opt, &state, cfg.keep_checkpoints)?;
         }
         if last {

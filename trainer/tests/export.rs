@@ -74,7 +74,6 @@ fn export_refuses_a_vocabulary_of_another_model() {
     let gguf = common::fixture("llama-vocab/ggml-vocab-llama-spm.gguf");
     let err =
         main_trainer::export::export_gguf(&dir, &gguf, DType::F16, &tmp.path().join("x.gguf"))
-            .err()
-            .expect("another vocabulary must be refused");
+            .expect_err("another vocabulary must be refused");
     assert!(err.to_string().contains("another tokenizer"), "{err}");
 }

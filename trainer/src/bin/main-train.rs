@@ -25,7 +25,7 @@ struct Cli {
 enum Cmd {
     /// Fine-tune every weight in one direction (loss on target tokens only).
     #[command(args_override_self = true)]
-    Sft(SftArgs),
+    Sft(Box<SftArgs>),
     /// Write a trained model folder as GGUF for the engine and llama.cpp.
     Export {
         /// Hugging Face model folder (a run's `model/`).
@@ -181,7 +181,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Sft(a) => {
             main_trainer::device::set_threads(a.threads);
-            sft(a)
+            sft(*a)
         }
         Cmd::Export {
             model,
