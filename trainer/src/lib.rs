@@ -5,15 +5,17 @@
 //! training views (DESIGN.md §2), the scorer, generation and GGUF writing;
 //! candle supplies only what needs gradients.
 
-pub mod error;
-pub mod model;
-
-pub use error::{Error, Result};
 pub mod align;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+#[cfg(feature = "nccl")]
+pub mod dist;
+pub mod error;
 pub mod export;
+pub mod model;
 pub mod optim;
 pub mod pipeline;
 pub mod sft;
+
+pub use error::{Error, Result};

@@ -251,6 +251,17 @@ impl Progress {
     }
 }
 
+/// Averages one gradient over all processes of a data-parallel job.
+pub type GradMean = Box<dyn Fn(&Tensor) -> Result<Tensor>>;
+
+/// Data parallelism (`dist`, `--features nccl`): this process's rank among
+/// `world_size`, and the mean of a gradient over all processes.
+pub struct DataParallel {
+    pub rank: usize,
+    pub world_size: usize,
+    pub mean: GradMean,
+}
+
 /// Trains `model` on `pairs` in `direction`, writing into `run`. With
 /// `resume`, continues from the run's latest checkpoint if it has one.
 pub fn train(
@@ -262,7 +273,36 @@ pub fn train(
     resume: bool,
     show_progress: bool,
 ) -> Result<TrainReport> {
+    train_parallel(
+        model,
+        pairs,
+        direction,
+        cfg,
+        run,
+        resume,
+        show_progress,
+        None,
+    )
+}
+
+/// [`train`] as one process of a data-parallel job: every global
+/// micro-batch holds `batch_size` examples per process, gradients are
+/// averaged over the processes, and only rank 0 writes.
+#[allow(clippy::too_many_arguments)]
+pub fn train_parallel(
+    model: &TrainModel,
+    pairs: &[WeightedPair],
+    direction: Direction,
+    cfg: &TrainConfig,
+    run: &Path,
+    resume: bool,
+    show_progress: bool,
+    dp: Option<&DataParallel>,
+) -> Result<TrainReport> {
     cfg.validate()?;
+    let (rank, world) = dp.map_or((0, 1), |d| (d.rank, d.world_size));
+    let main = rank == 0;
+    let show_progress = show_progress && main;
     let run = RunDir(run.to_path_buf());
     std::fs::create_dir_all(&run.0).map_err(|e| Error::io(&run.0, e))?;
     let (train_idx, eval_idx) = split(pairs.len(), cfg.eval_fraction, cfg.seed);
@@ -305,11 +345,13 @@ pub fn train(
                     ),
                 ));
             }
-            truncate_metrics(&run.metrics(), state.step)?;
-        } else {
+            if main {
+                truncate_metrics(&run.metrics(), state.step)?;
+            }
+        } else if main {
             let _ = std::fs::remove_file(run.metrics());
         }
-    } else {
+    } else if main {
         let _ = std::fs::remove_file(run.metrics());
     }
     let resumed_from = state.step;
@@ -319,6 +361,9 @@ pub fn train(
         .open(run.metrics())
         .map_err(|e| Error::io(run.metrics(), e))?;
     let mut log = |v: serde_json::Value| -> Result<()> {
+        if !main {
+            return Ok(());
+        }
         writeln!(metrics, "{v}").map_err(|e| Error::io(run.metrics(), e))
     };
 
@@ -352,7 +397,7 @@ pub fn train(
         let (mut step_loss, mut step_tokens) = (0f64, 0usize);
         for _ in 0..cfg.grad_accum {
             let mut micro = Vec::with_capacity(cfg.batch_size);
-            for _ in 0..cfg.batch_size {
+            for k in 0..cfg.batch_size * world {
                 let pos = state.cursor % n_train;
                 if pos == 0 && state.cursor > 0 {
                     // A new epoch: a new order from the RNG where the last one left it.
@@ -360,7 +405,10 @@ pub fn train(
                     order = (0..n_train).collect();
                     rng.shuffle(&mut order);
                 }
-                micro.push(order[pos]);
+                // Every rank walks the same global order and keeps its slice.
+                if k / cfg.batch_size == rank {
+                    micro.push(order[pos]);
+                }
                 state.cursor += 1;
             }
             let exs: Vec<&Example> = micro.iter().map(|&i| &train_ex[i]).collect();
@@ -409,6 +457,11 @@ pub fn train(
                 None => p.var.as_tensor().zeros_like().op("zero grad"),
             })
             .collect::<Result<_>>()?;
+        if let Some(dp) = dp {
+            for g in grads.iter_mut() {
+                *g = (dp.mean)(g)?;
+            }
+        }
         let grad_norm = clip_grad_norm(&mut grads, cfg.clip)?;
         opt.update(&model.params, &grads, lr)?;
         state.step = step + 1;
@@ -430,7 +483,10 @@ pub fn train(
         if show_progress {
             progress.show(state.step, step_loss, tok_s);
         }
-        if cfg.checkpoint_every > 0 && (state.step.is_multiple_of(cfg.checkpoint_every) || last) {
+        if main
+            && cfg.checkpoint_every > 0
+            && (state.step.is_multiple_of(cfg.checkpoint_every) || last)
+        {
             checkpoint::save(&run.0, model, &opt, &state, cfg.keep_checkpoints)?;
         }
         if last {
@@ -444,6 +500,7 @@ pub fn train(
     };
     let secs = t0.elapsed().as_secs_f64();
     finish(
+        main,
         model,
         &run,
         FinishArgs {
@@ -474,8 +531,10 @@ struct FinishArgs<'a> {
     resumed_from: usize,
 }
 
-fn finish(model: &TrainModel, run: &RunDir, a: FinishArgs) -> Result<TrainReport> {
-    model.save_hf(&run.model())?;
+fn finish(main: bool, model: &TrainModel, run: &RunDir, a: FinishArgs) -> Result<TrainReport> {
+    if main {
+        model.save_hf(&run.model())?;
+    }
     let report = TrainReport {
         direction: a.direction,
         steps: a.cfg.steps,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use main_trainer::data::{read_pairs, Direction};
-use main_trainer::sft::{train, TrainConfig};
+use main_trainer::sft::{train_parallel, TrainConfig};
 use main_trainer::{Error, Result};
 
 #[derive(Parser)]
@@ -158,8 +158,23 @@ fn sft(a: SftArgs) -> Result<()> {
     if let Some(n) = a.limit {
         pairs.truncate(n);
     }
+    #[cfg(feature = "nccl")]
+    let launch = main_trainer::dist::Launch::from_env()?;
+    #[cfg(feature = "nccl")]
+    let (device, dtype) = match &launch {
+        Some(l) => (l.device()?, candle_core::DType::BF16),
+        None => main_trainer::device::select()?,
+    };
+    #[cfg(not(feature = "nccl"))]
     let (device, dtype) = main_trainer::device::select()?;
     let model = main_trainer::model::TrainModel::load(&a.model, &device, dtype)?;
+    #[cfg(feature = "nccl")]
+    let dp = match &launch {
+        Some(l) => Some(main_trainer::dist::join(l, &device)?),
+        None => None,
+    };
+    #[cfg(not(feature = "nccl"))]
+    let dp = None;
     eprintln!(
         "main-train sft: {} ({} parameters, {:?} on {:?}), {} pairs, {} direction",
         a.model.display(),
@@ -169,7 +184,16 @@ fn sft(a: SftArgs) -> Result<()> {
         pairs.len(),
         direction.name()
     );
-    let report = train(&model, &pairs, direction, &cfg, &a.out, a.resume, !a.quiet)?;
+    let report = train_parallel(
+        &model,
+        &pairs,
+        direction,
+        &cfg,
+        &a.out,
+        a.resume,
+        !a.quiet,
+        dp.as_ref(),
+    )?;
     println!(
         "{}",
         serde_json::to_string(&report).map_err(|e| Error::invalid("report", e.to_string()))?
