@@ -4,7 +4,7 @@
 // on the same real Alpaca pairs. Prints both rates and the ratio; asserts
 // nothing (benchmarks never assert timings).
 //
-// Usage: node wasm/benches/wasm_speed.mjs [N_PAIRS=10] [precision=fast|exact]
+// Usage: node wasm/benches/wasm_speed.mjs [N_PAIRS=10] [precision=exact|fast|int8]
 // Needs: scripts/build-wasm, a release main-score, /usr/bin/chromium, npm ci in wasm/.
 import { join } from 'node:path';
 
@@ -14,10 +14,11 @@ import { modelPath, nativeScores, samplePairs } from '../tests/common.mjs';
 import { serve } from '../serve.mjs';
 
 const n = Number(process.argv[2] ?? 10);
-const precision = process.argv[3] ?? 'fast';
+// exact is the engine's default on both sides, and the fastest on wasm (simd128 has no byte dot product).
+const precision = process.argv[3] ?? 'exact';
 const lines = samplePairs(n, 400);
 
-const nativeArgs = ['--threads', '1', '--batch', String(n), ...(precision === 'exact' ? ['--exact'] : [])];
+const nativeArgs = ['--threads', '1', '--batch', String(n), '--precision', precision];
 const native = nativeScores(lines, 'bench-pairs', nativeArgs);
 
 const { server, url } = await serve({ port: 0, fixtures: join(modelPath, '..') });
