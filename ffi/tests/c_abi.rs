@@ -67,9 +67,12 @@ fn lib_dir() -> PathBuf {
 }
 
 fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {cmd:?}: {e} (the C tests need cc and c++; \
+                 scripts/test-ffi installs them)"
+        )
+    });
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
