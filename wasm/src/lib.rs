@@ -29,6 +29,8 @@ use wasm_bindgen::prelude::*;
 pub enum WasmError {
     #[error("invalid option '{name}': {reason}")]
     Option { name: &'static str, reason: String },
+    #[error("{name}: {reason}")]
+    Input { name: &'static str, reason: String },
     #[error("model loader: {0}")]
     Loader(String),
     #[error("{0}")]
@@ -394,6 +396,8 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsError> {
 #[wasm_bindgen]
 pub struct Scorer {
     inner: main_engine::scorer::Scorer,
+    /// The model that writes `generate`'s guesses (the reverse one, or the forward one).
+    guesser: Arc<main_engine::model::Model>,
 }
 
 #[wasm_bindgen]
@@ -416,11 +420,14 @@ impl Scorer {
             ],
         )?;
         let defaults = ScorerParams::default();
+        // Bounds that keep the KV cache and activations inside wasm's 4 GiB:
+        // an allocation failure would abort (a trap), not raise.
+        let context = forward.inner.config.context_length as f64;
         let params = ScorerParams {
             // wasm runs the engine on the calling thread whatever this says.
             n_threads: 1,
             max_tokens: match o.max_tokens {
-                Some(v) => whole(v, "maxTokens", 8.0, 1_000_000.0)?,
+                Some(v) => whole(v, "maxTokens", 8.0, context)?,
                 None => defaults.max_tokens,
             },
             combine: match o.combine.as_deref() {
@@ -445,16 +452,14 @@ impl Scorer {
                 })?,
             },
             batch_tokens: match o.batch_tokens {
-                Some(v) => whole(v, "batchTokens", 1.0, 1_000_000.0)?,
+                Some(v) => whole(v, "batchTokens", 1.0, 8192.0)?,
                 None => defaults.batch_tokens,
             },
         };
-        let inner = main_engine::scorer::Scorer::new(
-            forward.inner.clone(),
-            reverse.map(|m| m.inner),
-            params,
-        )?;
-        Ok(Scorer { inner })
+        let reverse = reverse.map(|m| m.inner);
+        let guesser = reverse.clone().unwrap_or_else(|| forward.inner.clone());
+        let inner = main_engine::scorer::Scorer::new(forward.inner.clone(), reverse, params)?;
+        Ok(Scorer { inner, guesser })
     }
 
     /// Scores one pair: DESIGN.md §3's fields in camelCase, plus per-token
@@ -527,6 +532,15 @@ impl Scorer {
             Some(v) => whole(v, "seed", 0.0, 9_007_199_254_740_991.0)? as u64,
             None => defaults.seed,
         };
+        // The guess prefills the whole response: bound it as scoring does.
+        let max_tokens = self.inner.params().max_tokens;
+        let n = self.guesser.tokenizer.encode(response, false, false)?.len();
+        if n > max_tokens {
+            return Err(JsError::from(WasmError::Input {
+                name: "response",
+                reason: format!("{n} tokens is longer than maxTokens {max_tokens}"),
+            }));
+        }
         let mut sampler = Sampler::new(SamplerParams {
             temperature: o.temperature.map_or(defaults.temperature, |t| t as f32),
             top_p: o.top_p.map_or(defaults.top_p, |p| p as f32),

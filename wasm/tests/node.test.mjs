@@ -126,6 +126,8 @@ describe('options and inputs', () => {
     assertJsError(() => new Scorer(model, null, { precision: 'int4' }), /precision.*'int4'/);
     assertJsError(() => new Scorer(model, null, { maxTokenz: 10 }), /unknown field 'maxTokenz'/);
     assertJsError(() => new Scorer(model, null, { batchTokens: 0 }), /batchTokens/);
+    assertJsError(() => new Scorer(model, null, { batchTokens: 1e6 }), /batchTokens.*8192/);
+    assertJsError(() => new Scorer(model, null, { maxTokens: 1e6 }), /maxTokens.*8192/);
     const s = new Scorer(model, null, {});
     assertJsError(() => s.scorePair('a', 'b', { tokenz: true }), /unknown field 'tokenz'/);
     assertJsError(() => s.scoreBatch([{ instruction: 'a' }]), /pairs.*response/);
@@ -133,6 +135,7 @@ describe('options and inputs', () => {
     assertJsError(() => s.generate('text', { maxNewTokens: 0 }), /maxNewTokens/);
     assertJsError(() => s.generate('text', { temperature: -1 }), /temperature/);
     assertJsError(() => s.generate('text', { topP: 2 }), /top_p/);
+    assertJsError(() => new Scorer(model, null, { maxTokens: 64 }).generate('word '.repeat(100)), /response: \d+ tokens is longer than maxTokens 64/);
   });
 
   test('edge-case texts score or raise, never trap', () => {
