@@ -49,8 +49,9 @@
  *   main_last_error() is per thread. All other functions are thread-safe.
  *
  * Scores (main_pair_score) are in nats; their definitions are in the
- *   project's DESIGN.md section 3. Results are deterministic: the same pairs
- *   with the same parameters give the same bits.
+ *   project's DESIGN.md section 3. Results are deterministic: the same call
+ *   with the same parameters gives the same bits, in any thread, and the
+ *   same bits as the Rust API (main_engine::scorer::Scorer).
  */
 
 #ifndef MAIN_H
@@ -401,7 +402,8 @@ void main_pair_detail_free(struct main_pair_detail *detail);
 // is not NULL). Thread-safe.
 //
 // Returns `MAIN_OK`; `MAIN_ERR_INVALID_ARGUMENT` (a NULL pointer, text not
-// UTF-8, unknown precision); `MAIN_ERR_INTERNAL`.
+// UTF-8, unknown precision); `MAIN_ERR_FORMAT` (the model's tokenizer
+// fails on the text); `MAIN_ERR_INTERNAL`.
 //
 // # Safety
 // Every pointer is NULL or points to a live object of its type.

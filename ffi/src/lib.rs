@@ -748,7 +748,8 @@ pub unsafe extern "C" fn main_pair_detail_free(detail: *mut main_pair_detail) {
 /// is not NULL). Thread-safe.
 ///
 /// Returns `MAIN_OK`; `MAIN_ERR_INVALID_ARGUMENT` (a NULL pointer, text not
-/// UTF-8, unknown precision); `MAIN_ERR_INTERNAL`.
+/// UTF-8, unknown precision); `MAIN_ERR_FORMAT` (the model's tokenizer
+/// fails on the text); `MAIN_ERR_INTERNAL`.
 ///
 /// # Safety
 /// Every pointer is NULL or points to a live object of its type.
