@@ -345,10 +345,16 @@ fn llama3_scaling_for(factors: &[f32], head_dim: usize, theta: f32) -> Option<Ll
 }
 
 fn config_to_hf_json(config: &Config, tied: bool) -> Result<String> {
-    let class = match config.architecture.as_str() {
+    // llama.cpp stores Mistral models as architecture "llama" with a sliding
+    // window; transformers needs "mistral" for the window to apply.
+    let architecture = match (config.architecture.as_str(), config.sliding_window) {
+        ("llama", Some(_)) | ("mistral", _) => "mistral",
+        ("llama", None) => "llama",
+        (other, _) => return Err(Error::unsupported("architecture for config.json", other)),
+    };
+    let class = match architecture {
         "llama" => "LlamaForCausalLM",
-        "mistral" => "MistralForCausalLM",
-        other => return Err(Error::unsupported("architecture for config.json", other)),
+        _ => "MistralForCausalLM",
     };
     let rope_scaling = match &config.rope_freq_factors {
         None => Value::Null,
@@ -370,7 +376,7 @@ fn config_to_hf_json(config: &Config, tied: bool) -> Result<String> {
     };
     let mut json = serde_json::json!({
         "architectures": [class],
-        "model_type": config.architecture,
+        "model_type": architecture,
         "hidden_size": config.d_model,
         "intermediate_size": config.d_ff,
         "num_hidden_layers": config.n_layers,
@@ -388,13 +394,8 @@ fn config_to_hf_json(config: &Config, tied: bool) -> Result<String> {
         "mlp_bias": false,
         "torch_dtype": "float32",
     });
-    if config.architecture == "mistral" {
+    if architecture == "mistral" {
         json["sliding_window"] = config.sliding_window.map_or(Value::Null, Value::from);
-    } else if config.sliding_window.is_some() {
-        return Err(Error::unsupported(
-            "sliding_window for a llama config.json",
-            "transformers' Llama has no sliding window; use architecture \"mistral\"",
-        ));
     }
     serde_json::to_string_pretty(&json)
         .map_err(|e| Error::invalid_argument("config", format!("cannot serialize: {e}")))
@@ -1347,6 +1348,15 @@ mod tests {
         round_trip(&small_config("mistral", Some(64)), false);
         round_trip(&small_config("mistral", Some(3)), true);
         round_trip(&small_config("mistral", None), false);
+    }
+
+    #[test]
+    fn a_llama_gguf_with_a_window_exports_as_mistral() {
+        let json: Value =
+            serde_json::from_slice(&config_json(&small_config("llama", Some(16)), false)).unwrap();
+        assert_eq!(json["model_type"], "mistral");
+        assert_eq!(json["architectures"][0], "MistralForCausalLM");
+        assert_eq!(json["sliding_window"], 16);
     }
 
     #[cfg(feature = "std-fs")]
