@@ -53,7 +53,11 @@ fn fsync_file(path: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name has the empty path as parent: that is the current folder.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -202,4 +206,28 @@ pub fn load(dir: &Path, model: &TrainModel, opt: &mut AdamW) -> Result<TrainStat
         .op("adam step")?;
     opt.step = step.first().copied().unwrap_or(0) as usize;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_accepts_a_bare_file_name() {
+        let tmp = std::env::temp_dir().join(format!("main-trainer-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let p = tmp.join("a.txt");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1);
+        let cwd = std::env::current_dir().unwrap();
+        std::env::set_current_dir(&tmp).unwrap();
+        let r = write_atomic(Path::new("b.txt"), b"three");
+        std::env::set_current_dir(cwd).unwrap();
+        r.unwrap();
+        assert_eq!(std::fs::read(tmp.join("b.txt")).unwrap(), b"three");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }
