@@ -110,12 +110,20 @@ fn dot_f(packed: &PackedF, x: &[f32], out: &mut OutTile) {
 fn dot_f_tile<const NT: usize>(packed: &PackedF, x: &[f32], t0: usize, out: &mut OutTile) {
     let n_in = packed.n_in;
     let w = packed.w.floats();
+    assert!(w.len() >= n_in * TR && x.len() >= (t0 + NT) * n_in);
     let mut acc = [f32x4_splat(0.0); NT];
-    for i in 0..n_in {
-        let wv = load4f(w, i * TR);
-        for (j, acc) in acc.iter_mut().enumerate() {
-            let xv = f32x4_splat(x[(t0 + j) * n_in + i]);
-            *acc = f32x4_add(*acc, f32x4_mul(wv, xv));
+    // SAFETY: the assert above bounds every read: weights `i * TR .. i * TR + 4`
+    // for i < n_in, activations `(t0 + j) * n_in + i` for j < NT, i < n_in.
+    // Raw pointers keep per-element bounds checks out of the inner loop, and
+    // `v128_load32_splat` is one load instead of a load plus a shuffle.
+    unsafe {
+        let (wp, xp) = (w.as_ptr(), x.as_ptr().add(t0 * n_in));
+        for i in 0..n_in {
+            let wv = v128_load(wp.add(i * TR) as *const v128);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let xv = v128_load32_splat(xp.add(j * n_in + i) as *const u32);
+                *acc = f32x4_add(*acc, f32x4_mul(wv, xv));
+            }
         }
     }
     for (j, acc) in acc.iter().enumerate() {
