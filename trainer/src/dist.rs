@@ -13,7 +13,6 @@
 //! `MAIN_WORLD_SIZE=4 MAIN_RANK=r MAIN_NCCL_ID=/tmp/run.ncclid main-train sft ...`
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::backend::BackendStorage;
@@ -150,7 +149,6 @@ pub fn join(launch: &Launch, device: &Device) -> Result<DataParallel> {
     let id = exchange_id(launch)?;
     let comm = Comm::from_rank(cuda.cuda_stream(), launch.rank, launch.world_size, id)
         .map_err(|e| nccl_err("join the communicator", e))?;
-    let comm = Arc::new(comm);
     let world = launch.world_size as f64;
     Ok(DataParallel {
         rank: launch.rank,
