@@ -269,6 +269,30 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
 }
 
 /// Trains one direction from the base model into `run`.
+/// The forward and the reverse model of one round, in `dir/forward` and `dir/reverse`.
+fn train_both(
+    cfg: &PipelineConfig,
+    data: &[WeightedPair],
+    dir: &Path,
+    progress: bool,
+) -> Result<(TrainReport, TrainReport)> {
+    let fwd = train_direction(
+        cfg,
+        data,
+        Direction::Forward,
+        &dir.join("forward"),
+        progress,
+    )?;
+    let rev = train_direction(
+        cfg,
+        data,
+        Direction::Reverse,
+        &dir.join("reverse"),
+        progress,
+    )?;
+    Ok((fwd, rev))
+}
+
 fn train_direction(
     cfg: &PipelineConfig,
     data: &[WeightedPair],
@@ -485,20 +509,7 @@ pub fn run(cfg: &PipelineConfig, progress: bool) -> Result<PipelineReport> {
         let dir = cfg.out_dir.join(format!("round-{round}"));
         let n_synth = kept.len();
         let data = training_set(cfg, &seed, &mut kept, round);
-        let fwd = train_direction(
-            cfg,
-            &data,
-            Direction::Forward,
-            &dir.join("forward"),
-            progress,
-        )?;
-        let rev = train_direction(
-            cfg,
-            &data,
-            Direction::Reverse,
-            &dir.join("reverse"),
-            progress,
-        )?;
+        let (fwd, rev) = train_both(cfg, &data, &dir, progress)?;
         if progress {
             eprintln!("round {round}: synthesis for {} responses", responses.len());
         }
@@ -549,20 +560,7 @@ pub fn run(cfg: &PipelineConfig, progress: bool) -> Result<PipelineReport> {
     // Final models on seed + the last round's kept pairs.
     let dir = cfg.out_dir.join("final");
     let data = training_set(cfg, &seed, &mut kept, cfg.rounds + 1);
-    let final_forward = train_direction(
-        cfg,
-        &data,
-        Direction::Forward,
-        &dir.join("forward"),
-        progress,
-    )?;
-    let final_reverse = train_direction(
-        cfg,
-        &data,
-        Direction::Reverse,
-        &dir.join("reverse"),
-        progress,
-    )?;
+    let (final_forward, final_reverse) = train_both(cfg, &data, &dir, progress)?;
     let curated = curated_records(&seed, &kept);
     write_jsonl(&cfg.out_dir.join("curated.jsonl"), &curated)?;
     let report = PipelineReport {
