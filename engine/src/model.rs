@@ -488,9 +488,7 @@ impl Model {
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
             mm(&layer.w_gate, &xn, &mut gate);
             mm(&layer.w_up, &xn, &mut up);
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = silu(*g) * u;
-            }
+            crate::kernels::activation::silu_mul(&mut gate, &up);
             mm(&layer.w_down, &gate, &mut proj);
             add_in_place(&mut x, &proj);
         }
@@ -749,10 +747,6 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
-}
-
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 /// RMSNorm of every row of `x` (`(T, d)`) into `out`; the mean square is

@@ -121,6 +121,7 @@ macro_rules! by_scheme {
     }};
 }
 
+pub mod activation;
 #[cfg(target_arch = "aarch64")]
 pub mod arm;
 pub mod attention;
