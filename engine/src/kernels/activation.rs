@@ -66,6 +66,21 @@ fn silu_mul_body(gate: &mut [f32], up: &[f32]) {
 mod tests {
     use super::*;
 
+    /// Every target must compute the same bits (the wasm package is checked
+    /// against the native CLI per token).
+    #[test]
+    fn dispatched_kernel_equals_the_portable_body_bit_for_bit() {
+        let n = 4_099;
+        let gate: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2000) as f32 * 0.011 - 11.0).collect();
+        let up: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 1000) as f32 * 0.003 - 1.5).collect();
+        let (mut a, mut b) = (gate.clone(), gate);
+        silu_mul(&mut a, &up);
+        silu_mul_body(&mut b, &up);
+        for i in 0..n {
+            assert_eq!(a[i].to_bits(), b[i].to_bits(), "element {i}: {} vs {}", a[i], b[i]);
+        }
+    }
+
     #[test]
     fn matches_f64_silu_times_up() {
         let n = 10_007;
