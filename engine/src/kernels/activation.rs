@@ -71,13 +71,23 @@ mod tests {
     #[test]
     fn dispatched_kernel_equals_the_portable_body_bit_for_bit() {
         let n = 4_099;
-        let gate: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2000) as f32 * 0.011 - 11.0).collect();
-        let up: Vec<f32> = (0..n).map(|i| ((i * 104_729) % 1000) as f32 * 0.003 - 1.5).collect();
+        let gate: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 2000) as f32 * 0.011 - 11.0)
+            .collect();
+        let up: Vec<f32> = (0..n)
+            .map(|i| ((i * 104_729) % 1000) as f32 * 0.003 - 1.5)
+            .collect();
         let (mut a, mut b) = (gate.clone(), gate);
         silu_mul(&mut a, &up);
         silu_mul_body(&mut b, &up);
         for i in 0..n {
-            assert_eq!(a[i].to_bits(), b[i].to_bits(), "element {i}: {} vs {}", a[i], b[i]);
+            assert_eq!(
+                a[i].to_bits(),
+                b[i].to_bits(),
+                "element {i}: {} vs {}",
+                a[i],
+                b[i]
+            );
         }
     }
 
