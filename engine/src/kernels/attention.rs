@@ -39,13 +39,10 @@ pub fn attend_head(a: &HeadAttention, out: &mut [f32], scores: &mut Vec<f32>) {
 
 fn select() -> AttendFn {
     #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-            return x86::attend_avx512;
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return x86::attend_avx2;
-        }
+    match super::float_simd() {
+        super::FloatSimd::Avx512 => return x86::attend_avx512,
+        super::FloatSimd::Avx2 => return x86::attend_avx2,
+        super::FloatSimd::Baseline => {}
     }
     attend_baseline
 }

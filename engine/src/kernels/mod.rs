@@ -632,6 +632,35 @@ impl Kernels {
     }
 }
 
+/// The float SIMD level the element-wise kernels (attention, softmax,
+/// activation) are compiled for on this CPU, detected once; each kernel maps
+/// it to its own per-ISA function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatSimd {
+    /// AVX-512F with FMA (x86_64).
+    Avx512,
+    /// AVX2 with FMA (x86_64).
+    Avx2,
+    /// What the build targets without run-time detection (SSE2, NEON, simd128).
+    Baseline,
+}
+
+pub fn float_simd() -> FloatSimd {
+    static LEVEL: OnceLock<FloatSimd> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return FloatSimd::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return FloatSimd::Avx2;
+            }
+        }
+        FloatSimd::Baseline
+    })
+}
+
 /// Every kernel set this CPU can run, best last (tests force each one).
 pub fn available() -> &'static [Kernels] {
     static ALL: OnceLock<Vec<Kernels>> = OnceLock::new();

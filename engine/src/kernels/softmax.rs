@@ -12,13 +12,10 @@ pub fn max_and_sum_exp(row: &[f32]) -> (f32, f32) {
     static BEST: OnceLock<F> = OnceLock::new();
     (BEST.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                return x86::avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return x86::avx2;
-            }
+        match super::float_simd() {
+            super::FloatSimd::Avx512 => return x86::avx512,
+            super::FloatSimd::Avx2 => return x86::avx2,
+            super::FloatSimd::Baseline => {}
         }
         reduce
     }))(row)
@@ -37,12 +34,12 @@ mod x86 {
     }
 
     pub fn avx512(row: &[f32]) -> (f32, f32) {
-        // SAFETY: selected only after `is_x86_feature_detected!` saw AVX-512F and FMA.
+        // SAFETY: selected only when `float_simd()` (run-time detection) saw AVX-512F and FMA.
         unsafe { avx512_impl(row) }
     }
 
     pub fn avx2(row: &[f32]) -> (f32, f32) {
-        // SAFETY: selected only after `is_x86_feature_detected!` saw AVX2 and FMA.
+        // SAFETY: selected only when `float_simd()` (run-time detection) saw AVX2 and FMA.
         unsafe { avx2_impl(row) }
     }
 }
