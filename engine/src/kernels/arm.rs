@@ -36,15 +36,35 @@ unsafe fn store_rows(v: float32x4_t, n_rows: usize, out: &mut [f32]) {
 
 #[target_feature(enable = "neon")]
 unsafe fn dot_q(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+    let fine = acts.has_fine();
     by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
         acts.n_tok,
         8,
-        |t0, NT| unsafe { dot_q_tile::<NT, G, MIN>(packed, acts, t0, out) }
+        |t0, NT| unsafe {
+            match fine {
+                true => dot_q_tile::<NT, G, MIN, true>(packed, acts, t0, out),
+                false => dot_q_tile::<NT, G, MIN, false>(packed, acts, t0, out),
+            }
+        }
     ))
 }
 
+/// Adds each row's products of its four signed weight bytes with the four
+/// bytes at `a` (broadcast) to `sum`.
+#[inline]
 #[target_feature(enable = "neon")]
-unsafe fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool>(
+unsafe fn dot4(sum: int32x4_t, w: int8x16_t, a: *const i8) -> int32x4_t {
+    // SAFETY: the caller passes 4 readable bytes.
+    let av = vreinterpretq_s8_s32(vdupq_n_s32(unsafe { (a as *const i32).read_unaligned() }));
+    // Rows 0-1 in the low half, 2-3 in the high half; two pairwise adds leave
+    // one sum of four products per row.
+    let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(av)));
+    let hi = vpaddlq_s16(vmull_high_s8(w, av));
+    vaddq_s32(sum, vpaddq_s32(lo, hi))
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool, const FINE: bool>(
     packed: &PackedQ,
     acts: &QuantActs,
     t0: usize,
@@ -54,11 +74,12 @@ unsafe fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool>(
     let zero = vdupq_n_u8(packed.scheme().zero);
     let mut acc = [vdupq_n_f32(0.0); NT];
     // SAFETY: the packed tile holds `n_sub * G` groups of TR words and
-    // `n_sub * TR` scales; `acts` holds `n_in` codes and `n_sub` scales per
-    // token, and `t0 + NT <= n_tok`.
+    // `n_sub * TR` scales; `acts` holds `n_in` codes (and as many fine codes
+    // when FINE) and `n_sub` scales per token, and `t0 + NT <= n_tok`.
     unsafe {
         let qs = packed.qs.words().as_ptr();
         let a0 = acts.qs.as_ptr().add(t0 * n_in);
+        let f0 = if FINE { acts.fine.as_ptr().add(t0 * n_in) } else { a0 };
         for s in 0..n_sub {
             let mut w = [vdupq_n_s8(0); G];
             for (g, w) in w.iter_mut().enumerate() {
@@ -69,16 +90,16 @@ unsafe fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool>(
             for (j, acc) in acc.iter_mut().enumerate() {
                 let t = t0 + j;
                 let a = a0.add(j * n_in + s * 4 * G);
-                let mut sum = vdupq_n_s32(0);
+                let f = f0.add(j * n_in + s * 4 * G);
+                let (mut sum, mut fine) = (vdupq_n_s32(0), vdupq_n_s32(0));
                 for (g, w) in w.iter().enumerate() {
-                    let av = vreinterpretq_s8_s32(vdupq_n_s32(
-                        (a.add(4 * g) as *const i32).read_unaligned(),
-                    ));
-                    // Rows 0-1 in the low half, 2-3 in the high half; two pairwise
-                    // adds leave one sum of four products per row.
-                    let lo = vpaddlq_s16(vmull_s8(vget_low_s8(*w), vget_low_s8(av)));
-                    let hi = vpaddlq_s16(vmull_high_s8(*w, av));
-                    sum = vaddq_s32(sum, vpaddq_s32(lo, hi));
+                    sum = dot4(sum, *w, a.add(4 * g));
+                    if FINE {
+                        fine = dot4(fine, *w, f.add(4 * g));
+                    }
+                }
+                if FINE {
+                    sum = vaddq_s32(vshlq_n_s32::<8>(sum), fine);
                 }
                 let scale = vmulq_n_f32(dwv, acts.da[t * n_sub + s]);
                 *acc = vfmaq_f32(*acc, vcvtq_f32_s32(sum), scale);

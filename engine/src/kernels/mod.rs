@@ -328,15 +328,28 @@ pub struct Scratch {
 ///
 /// Codes and scales are those of ggml's activation format for the weight type
 /// (`quant::activation_type`), except that scales stay f32 instead of being
-/// rounded to f16. Per token `t` and weight sub-block `s`:
-/// `da` the activation scale, `sa = da * sum(q)` (for minimums) and
-/// `corr = -zero * sum(q)` (the zero-point term, in integers).
+/// rounded to f16.
+///
+/// With *fine* codes (Precision::Fast) each activation carries a second byte:
+/// `x ≈ d * (q + f / 256)`, where `f` is the rounding error of `q` in steps of
+/// `d / 256`. Kernels then sum `256 * Σ u·q + Σ u·f` in one `i32` (it cannot
+/// overflow: sub-blocks hold at most 32 elements, so the sum stays under
+/// 2^29), reading each packed weight once for both bytes, and scale it by
+/// `d / 256`. That keeps about 16 bits of every activation at twice the
+/// integer work of one byte, and no second pass over the weights.
+///
+/// Per token `t` and weight sub-block `s`, for the integer sum
+/// `c = Σ q` (or `256 * Σ q + Σ f` with fine codes): `da` the scale of one
+/// unit of `c` (`d`, or `d / 256`), `sa = da * c` (for minimums) and
+/// `corr = -zero * c` (the zero-point term, in integers).
 pub struct QuantActs {
     pub scheme: Scheme,
     pub n_tok: usize,
     pub n_in: usize,
     /// `[n_tok, n_in]` codes.
     pub qs: Vec<i8>,
+    /// `[n_tok, n_in]` fine codes, or empty (one byte per activation).
+    pub fine: Vec<i8>,
     /// `[n_tok, n_sub]` each.
     pub da: Vec<f32>,
     pub sa: Vec<f32>,
@@ -346,14 +359,16 @@ pub struct QuantActs {
 /// One token's share of a [`QuantActs`].
 pub struct ActRowMut<'a> {
     pub qs: &'a mut [i8],
+    /// Empty when the batch has no fine codes.
+    pub fine: &'a mut [i8],
     pub da: &'a mut [f32],
     pub sa: &'a mut [f32],
     pub corr: &'a mut [i32],
 }
 
 impl QuantActs {
-    /// All zero, ready to be filled row by row.
-    pub fn zeroed(scheme: Scheme, n_tok: usize, n_in: usize) -> QuantActs {
+    /// All zero, ready to be filled row by row; `fine`: with fine codes.
+    pub fn zeroed(scheme: Scheme, n_tok: usize, n_in: usize, fine: bool) -> QuantActs {
         assert_eq!(
             n_in % scheme.act_block,
             0,
@@ -365,6 +380,7 @@ impl QuantActs {
             n_tok,
             n_in,
             qs: vec![0; n_tok * n_in],
+            fine: if fine { vec![0; n_tok * n_in] } else { Vec::new() },
             da: vec![0.0; n_tok * n_sub],
             sa: vec![0.0; n_tok * n_sub],
             corr: vec![0; n_tok * n_sub],
@@ -375,24 +391,51 @@ impl QuantActs {
         self.n_in / self.scheme.sub_len
     }
 
+    /// Whether each activation carries a fine code.
+    pub fn has_fine(&self) -> bool {
+        !self.fine.is_empty()
+    }
+
     /// Mutable views of each token's row.
     pub fn rows_mut(&mut self) -> impl Iterator<Item = ActRowMut<'_>> {
         let (n_in, n_sub) = (self.n_in, self.n_sub());
+        let n_tok = self.n_tok;
+        let fine_len = if self.fine.is_empty() { 0 } else { n_in };
+        let mut fine = self.fine.as_mut_slice();
+        let fines = (0..n_tok).map(move |_| {
+            let (row, rest) = std::mem::take(&mut fine).split_at_mut(fine_len);
+            fine = rest;
+            row
+        });
         self.qs
             .chunks_exact_mut(n_in)
+            .zip(fines)
             .zip(self.da.chunks_exact_mut(n_sub))
             .zip(self.sa.chunks_exact_mut(n_sub))
             .zip(self.corr.chunks_exact_mut(n_sub))
-            .map(|(((qs, da), sa), corr)| ActRowMut { qs, da, sa, corr })
+            .map(|((((qs, fine), da), sa), corr)| ActRowMut {
+                qs,
+                fine,
+                da,
+                sa,
+                corr,
+            })
     }
 
-    /// Fills the per-sub-block sums from the codes and per-block scales
-    /// `d[block]` (shared by the quantizers and the ggml-bytes importer).
+    /// Fills the per-sub-block sums from the codes (and fine codes, if the
+    /// row has them) and per-block scales `d[block]` (shared by the
+    /// quantizers and the ggml-bytes importer).
     pub fn finish_row(scheme: &Scheme, row: &mut ActRowMut, d: impl Fn(usize) -> f32) {
         let per_block = scheme.act_block / scheme.sub_len;
+        let fine = !row.fine.is_empty();
         for (s, q) in row.qs.chunks_exact(scheme.sub_len).enumerate() {
-            let sum: i32 = q.iter().map(|&q| q as i32).sum();
-            let ds = d(s / per_block);
+            let mut sum: i32 = q.iter().map(|&q| q as i32).sum();
+            let mut ds = d(s / per_block);
+            if fine {
+                let f = &row.fine[s * scheme.sub_len..(s + 1) * scheme.sub_len];
+                sum = 256 * sum + f.iter().map(|&f| f as i32).sum::<i32>();
+                ds /= 256.0;
+            }
             row.da[s] = ds;
             row.sa[s] = ds * sum as f32;
             row.corr[s] = -(scheme.zero as i32) * sum;
@@ -404,7 +447,7 @@ impl QuantActs {
     /// be checked against `quant::vec_dot_scalar` on identical inputs.
     pub fn from_ggml(scheme: Scheme, rows: &[&[u8]], n_in: usize) -> QuantActs {
         use crate::quant::{activation_type, blocks, BlockQ8K, BlockQ8_0, BlockQ8_1};
-        let mut acts = QuantActs::zeroed(scheme, rows.len(), n_in);
+        let mut acts = QuantActs::zeroed(scheme, rows.len(), n_in, false);
         let fmt = activation_type(scheme.weight);
         for (bytes, mut row) in rows.iter().zip(acts.rows_mut()) {
             let mut d = Vec::new();
@@ -570,10 +613,11 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Quantizes `n_tok` rows of `x` for `scheme` (one pass, reused by every tile).
-    pub fn quantize_acts(&self, scheme: Scheme, x: &[f32], n_tok: usize) -> QuantActs {
+    /// Quantizes `n_tok` rows of `x` for `scheme` (one pass, reused by every
+    /// tile); `fine`: with fine codes.
+    pub fn quantize_acts(&self, scheme: Scheme, x: &[f32], n_tok: usize, fine: bool) -> QuantActs {
         let n_in = x.len() / n_tok.max(1);
-        let mut acts = QuantActs::zeroed(scheme, n_tok, n_in);
+        let mut acts = QuantActs::zeroed(scheme, n_tok, n_in, fine);
         for (x, mut row) in x.chunks_exact(n_in.max(1)).zip(acts.rows_mut()) {
             (self.quantize)(&scheme, x, &mut row);
         }
@@ -582,6 +626,7 @@ impl Kernels {
 
     pub fn quantize_row(&self, scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
         assert_eq!(x.len(), row.qs.len());
+        assert!(row.fine.is_empty() || row.fine.len() == x.len());
         (self.quantize)(scheme, x, row)
     }
 

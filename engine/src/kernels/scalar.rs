@@ -28,18 +28,28 @@ pub fn kernels() -> Kernels {
 
 /// ggml's Q8 activation quantizer with the scale kept in f32: per block of
 /// `act_block`, `d = amax / 127` and `q = round(x / d)` (ties to even, as the
-/// SIMD conversions round).
+/// SIMD conversions round). With fine codes (`row.fine` not empty) also
+/// `f = round(256 * (x / d - q))`, clamped to ±127: every SIMD quantizer
+/// computes the same f32 operations, so the codes agree bit for bit.
 pub fn quantize_row(scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
-    let mut d = Vec::with_capacity(x.len() / scheme.act_block);
-    for (x, q) in x
-        .chunks_exact(scheme.act_block)
-        .zip(row.qs.chunks_exact_mut(scheme.act_block))
+    let ab = scheme.act_block;
+    let fine = !row.fine.is_empty();
+    let mut d = Vec::with_capacity(x.len() / ab);
+    for (b, (x, q)) in x
+        .chunks_exact(ab)
+        .zip(row.qs.chunks_exact_mut(ab))
+        .enumerate()
     {
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let db = amax / 127.0;
         let id = if db != 0.0 { 1.0 / db } else { 0.0 };
-        for (q, &v) in q.iter_mut().zip(x) {
-            *q = (v * id).round_ties_even() as i8;
+        for (i, (q, &v)) in q.iter_mut().zip(x).enumerate() {
+            let t = v * id;
+            let qi = t.round_ties_even();
+            *q = qi as i8;
+            if fine {
+                row.fine[b * ab + i] = ((t - qi) * 256.0).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
         }
         d.push(db);
     }
@@ -211,20 +221,32 @@ pub fn dot_q(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
     let (tr, n_sub, groups) = (packed.tile_rows, packed.n_sub(), scheme.groups());
     let qs = packed.qs.words();
     let (dw, mw) = (packed.dw.floats(), packed.mw.floats());
+    let row = |codes: &[i8], t: usize| -> Vec<i8> {
+        match codes.is_empty() {
+            true => vec![0; acts.n_in],
+            false => codes[t * acts.n_in..(t + 1) * acts.n_in].to_vec(),
+        }
+    };
     for t in 0..acts.n_tok {
-        let a = &acts.qs[t * acts.n_in..(t + 1) * acts.n_in];
+        let (a, f) = (row(&acts.qs, t), row(&acts.fine, t));
         let out = out.row(t);
         for (r, y) in out.iter_mut().enumerate().take(packed.n_rows) {
             let mut acc = 0f32;
             for s in 0..n_sub {
-                let mut sum = acts.corr[t * n_sub + s];
+                let (mut coarse, mut fine) = (0i32, 0i32);
                 for g in 0..groups {
                     let w = qs[(s * groups + g) * tr + r].to_le_bytes();
-                    let a = &a[s * scheme.sub_len + 4 * g..];
+                    let at = s * scheme.sub_len + 4 * g;
                     for k in 0..4 {
-                        sum += w[k] as i32 * a[k] as i32;
+                        coarse += w[k] as i32 * a[at + k] as i32;
+                        fine += w[k] as i32 * f[at + k] as i32;
                     }
                 }
+                let sum = acts.corr[t * n_sub + s]
+                    + match acts.has_fine() {
+                        true => 256 * coarse + fine,
+                        false => coarse,
+                    };
                 acc += sum as f32 * (dw[s * tr + r] * acts.da[t * n_sub + s]);
                 if scheme.has_min {
                     acc += mw[s * tr + r] * acts.sa[t * n_sub + s];

@@ -105,7 +105,7 @@ fn scalar_quantizer_matches_ggml_within_one_step() {
         let act = activation_type(dtype);
         let n_in = 512;
         let x = random_f32(&mut rng, n_in);
-        let mine = scalar::kernels().quantize_acts(scheme, &x, 1);
+        let mine = scalar::kernels().quantize_acts(scheme, &x, 1, false);
         let mut ggml = vec![0u8; act.row_bytes(n_in).unwrap()];
         quant::quantize_row(act, &x, &mut ggml).unwrap();
         let mut ggml_x = vec![0f32; n_in];
@@ -162,6 +162,32 @@ fn scalar_dot_matches_ggml_vec_dot() {
     }
 }
 
+/// Fine codes carry the rounding error of the codes: `d * (q + f / 256)` is
+/// within one fine step (`d / 256`: half a step from rounding, up to a whole
+/// one where the clamp to ±127 bites) of `x`, and a pure 8-bit code is not.
+#[test]
+fn fine_codes_reconstruct_activations_to_a_256th_of_a_step() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for dtype in QUANT_TYPES {
+        let scheme = Scheme::of(dtype).unwrap();
+        let n_in = 512;
+        let x = random_f32(&mut rng, n_in);
+        let acts = scalar::kernels().quantize_acts(scheme, &x, 1, true);
+        let (mut worst, mut worst_coarse) = (0f32, 0f32);
+        for i in 0..n_in {
+            // `da` is the scale of one fine step, d / 256.
+            let step = acts.da[i / scheme.sub_len];
+            let d = 256.0 * step;
+            let coarse = d * acts.qs[i] as f32;
+            let v = coarse + step * acts.fine[i] as f32;
+            worst = worst.max((v - x[i]).abs() / d);
+            worst_coarse = worst_coarse.max((coarse - x[i]).abs() / d);
+        }
+        assert!(worst <= 1.0 / 256.0 + 1e-5, "{dtype:?}: {worst} of a step");
+        assert!(worst_coarse > 0.1, "{dtype:?}: the test data needs rounding");
+    }
+}
+
 #[test]
 fn quantizers_match_scalar_exactly() {
     let mut rng = StdRng::seed_from_u64(3);
@@ -172,13 +198,16 @@ fn quantizers_match_scalar_exactly() {
                 let mut x = random_f32(&mut rng, 3 * n_in);
                 // An all-zero block must give zero codes and scale.
                 x[..scheme.act_block].fill(0.0);
-                let got = k.quantize_acts(scheme, &x, 3);
-                let want = scalar::kernels().quantize_acts(scheme, &x, 3);
-                let what = format!("{:?} {dtype:?} n_in {n_in}", k.isa);
-                assert_eq!(got.qs, want.qs, "{what}: codes");
-                assert_eq!(got.da, want.da, "{what}: scales");
-                assert_eq!(got.sa, want.sa, "{what}: scaled sums");
-                assert_eq!(got.corr, want.corr, "{what}: zero-point terms");
+                for fine in [false, true] {
+                    let got = k.quantize_acts(scheme, &x, 3, fine);
+                    let want = scalar::kernels().quantize_acts(scheme, &x, 3, fine);
+                    let what = format!("{:?} {dtype:?} n_in {n_in} fine {fine}", k.isa);
+                    assert_eq!(got.qs, want.qs, "{what}: codes");
+                    assert_eq!(got.fine, want.fine, "{what}: fine codes");
+                    assert_eq!(got.da, want.da, "{what}: scales");
+                    assert_eq!(got.sa, want.sa, "{what}: scaled sums");
+                    assert_eq!(got.corr, want.corr, "{what}: zero-point terms");
+                }
             }
         }
     }
@@ -248,9 +277,9 @@ fn dot_q_matches_scalar() {
                     let rows = rows(dtype, n_in, n_rows, &data);
                     let mut packed = PackedQ::default();
                     k.pack_q(&rows, &mut packed);
-                    for n_tok in N_TOKS {
+                    for (n_tok, fine) in N_TOKS.into_iter().flat_map(|n| [(n, false), (n, true)]) {
                         let x = random_f32(&mut rng, n_tok * n_in);
-                        let acts = scalar::kernels().quantize_acts(scheme, &x, n_tok);
+                        let acts = scalar::kernels().quantize_acts(scheme, &x, n_tok, fine);
                         // The padded output width catches stores past the tile.
                         let got = with_out(n_tok, tr, |out| k.dot_q(&packed, &acts, out));
                         let want = with_out(n_tok, tr, |out| scalar::dot_q(&packed, &acts, out));
@@ -277,7 +306,7 @@ fn dot_q_matches_scalar() {
                                 .collect()
                         };
                         let what = format!(
-                            "{:?} {dtype:?} n_in {n_in} rows {n_rows} n_tok {n_tok}",
+                            "{:?} {dtype:?} n_in {n_in} rows {n_rows} n_tok {n_tok} fine {fine}",
                             k.isa
                         );
                         assert_close(&keep(&got), &keep(&want), &tol, &what);

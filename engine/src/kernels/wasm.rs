@@ -45,14 +45,33 @@ fn load4f(v: &[f32], at: usize) -> v128 {
 }
 
 fn dot_q(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+    let fine = acts.has_fine();
     by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
         acts.n_tok,
         8,
-        |t0, NT| dot_q_tile::<NT, G, MIN>(packed, acts, t0, out)
+        |t0, NT| match fine {
+            true => dot_q_tile::<NT, G, MIN, true>(packed, acts, t0, out),
+            false => dot_q_tile::<NT, G, MIN, false>(packed, acts, t0, out),
+        }
     ))
 }
 
-fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool>(
+/// Adds each row's products of its four signed weight bytes with `a[..4]`
+/// (broadcast) to `sum`.
+fn dot4(sum: v128, w: v128, a: &[i8]) -> v128 {
+    let a4 = i32::from_le_bytes([a[0] as u8, a[1] as u8, a[2] as u8, a[3] as u8]);
+    let av = i32x4_splat(a4);
+    // Rows 0-1 in the low half, 2-3 in the high half.
+    let lo = i32x4_extadd_pairwise_i16x8(i16x8_extmul_low_i8x16(w, av));
+    let hi = i32x4_extadd_pairwise_i16x8(i16x8_extmul_high_i8x16(w, av));
+    let rows = i32x4_add(
+        i32x4_shuffle::<0, 2, 4, 6>(lo, hi),
+        i32x4_shuffle::<1, 3, 5, 7>(lo, hi),
+    );
+    i32x4_add(sum, rows)
+}
+
+fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool, const FINE: bool>(
     packed: &PackedQ,
     acts: &QuantActs,
     t0: usize,
@@ -70,24 +89,16 @@ fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool>(
         let dwv = load4f(dw, s * TR);
         for (j, acc) in acc.iter_mut().enumerate() {
             let t = t0 + j;
-            let a = &acts.qs[t * n_in + s * 4 * G..];
-            let mut sum = i32x4_splat(0);
+            let at = t * n_in + s * 4 * G;
+            let (mut sum, mut fine) = (i32x4_splat(0), i32x4_splat(0));
             for (g, w) in w.iter().enumerate() {
-                let a4 = i32::from_le_bytes([
-                    a[4 * g] as u8,
-                    a[4 * g + 1] as u8,
-                    a[4 * g + 2] as u8,
-                    a[4 * g + 3] as u8,
-                ]);
-                let av = i32x4_splat(a4);
-                // Rows 0-1 in the low half, 2-3 in the high half.
-                let lo = i32x4_extadd_pairwise_i16x8(i16x8_extmul_low_i8x16(*w, av));
-                let hi = i32x4_extadd_pairwise_i16x8(i16x8_extmul_high_i8x16(*w, av));
-                let rows = i32x4_add(
-                    i32x4_shuffle::<0, 2, 4, 6>(lo, hi),
-                    i32x4_shuffle::<1, 3, 5, 7>(lo, hi),
-                );
-                sum = i32x4_add(sum, rows);
+                sum = dot4(sum, *w, &acts.qs[at + 4 * g..]);
+                if FINE {
+                    fine = dot4(fine, *w, &acts.fine[at + 4 * g..]);
+                }
+            }
+            if FINE {
+                sum = i32x4_add(i32x4_shl(sum, 8), fine);
             }
             let scale = f32x4_mul(dwv, f32x4_splat(acts.da[t * n_sub + s]));
             *acc = f32x4_add(*acc, f32x4_mul(f32x4_convert_i32x4(sum), scale));

@@ -104,6 +104,8 @@ mod avx512 {
         let zero = scheme.zero as i32;
         assert_eq!(x.len(), row.qs.len());
         assert_eq!(x.len() % ab, 0);
+        let fine = !row.fine.is_empty();
+        assert!(!fine || row.fine.len() == x.len());
         let mut s = 0;
         for (xb, qb) in x.chunks_exact(ab).zip(row.qs.chunks_exact_mut(ab)) {
             let xp = xb.as_ptr();
@@ -116,23 +118,43 @@ mod avx512 {
             let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
             for (xs, qs) in xb.chunks_exact(sl).zip(qb.chunks_exact_mut(sl)) {
                 let mut sum = _mm512_setzero_si512();
+                let mut sum_f = _mm512_setzero_si512();
                 for i in (0..sl).step_by(16) {
-                    // SAFETY: `i + 16 <= sl` elements of `xs` and bytes of `qs`.
+                    // SAFETY: `i + 16 <= sl` elements of `xs` and bytes of `qs`,
+                    // and of `row.fine` at the same offset when it is not empty.
                     unsafe {
-                        let q = _mm512_cvtps_epi32(_mm512_mul_ps(
-                            _mm512_loadu_ps(xs.as_ptr().add(i)),
-                            id,
-                        ));
+                        let t = _mm512_mul_ps(_mm512_loadu_ps(xs.as_ptr().add(i)), id);
+                        let q = _mm512_cvtps_epi32(t);
                         sum = _mm512_add_epi32(sum, q);
                         _mm_storeu_si128(
                             qs.as_mut_ptr().add(i) as *mut __m128i,
                             _mm512_cvtepi32_epi8(q),
                         );
+                        if fine {
+                            // The scalar quantizer's operations, in its order.
+                            let r = _mm512_sub_ps(t, _mm512_cvtepi32_ps(q));
+                            let f = _mm512_cvtps_epi32(_mm512_mul_ps(r, _mm512_set1_ps(256.0)));
+                            let f = _mm512_max_epi32(
+                                _mm512_min_epi32(f, _mm512_set1_epi32(127)),
+                                _mm512_set1_epi32(-127),
+                            );
+                            sum_f = _mm512_add_epi32(sum_f, f);
+                            let at = s * sl + i;
+                            _mm_storeu_si128(
+                                row.fine.as_mut_ptr().add(at) as *mut __m128i,
+                                _mm512_cvtepi32_epi8(f),
+                            );
+                        }
                     }
                 }
-                let sum = _mm512_reduce_add_epi32(sum);
-                row.da[s] = d;
-                row.sa[s] = d * sum as f32;
+                let mut sum = _mm512_reduce_add_epi32(sum);
+                let mut ds = d;
+                if fine {
+                    sum = 256 * sum + _mm512_reduce_add_epi32(sum_f);
+                    ds /= 256.0;
+                }
+                row.da[s] = ds;
+                row.sa[s] = ds * sum as f32;
                 row.corr[s] = -zero * sum;
                 s += 1;
             }
@@ -195,16 +217,30 @@ mod avx512 {
         ($name:ident, $tile:ident, $features:literal, $vnni:expr) => {
             #[target_feature(enable = $features)]
             pub unsafe fn $name(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+                let fine = acts.has_fine();
                 by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
                     acts.n_tok,
                     8,
-                    |t0, NT| unsafe { $tile::<NT, G, MIN, WIDE>(packed, acts, t0, out) }
+                    |t0, NT| unsafe {
+                        match fine {
+                            true => $tile::<NT, G, MIN, WIDE, true>(packed, acts, t0, out),
+                            false => $tile::<NT, G, MIN, WIDE, false>(packed, acts, t0, out),
+                        }
+                    }
                 ))
             }
 
-            /// Tokens `t0..t0 + NT` against the whole tile.
+            /// Tokens `t0..t0 + NT` against the whole tile; `FINE`: the
+            /// activations carry fine codes, multiplied by the same weight
+            /// registers.
             #[target_feature(enable = $features)]
-            unsafe fn $tile<const NT: usize, const G: usize, const MIN: bool, const WIDE: bool>(
+            unsafe fn $tile<
+                const NT: usize,
+                const G: usize,
+                const MIN: bool,
+                const WIDE: bool,
+                const FINE: bool,
+            >(
                 packed: &PackedQ,
                 acts: &QuantActs,
                 t0: usize,
@@ -215,12 +251,31 @@ mod avx512 {
                 let sign_trick = WIDE && !$vnni;
                 let ones = _mm512_set1_epi16(1);
                 let mut acc = [_mm512_setzero_ps(); NT];
+                // Adds the products of four bytes of `a` (broadcast) with
+                // each row's four weight bytes to `sum`.
+                let dot4 = |sum: __m512i, w: __m512i, neg: __mmask64, a: *const i8| {
+                    // SAFETY: callers pass 4 readable bytes.
+                    let av = _mm512_set1_epi32(unsafe { (a as *const i32).read_unaligned() });
+                    if $vnni {
+                        _mm512_dpbusd_epi32(sum, w, av)
+                    } else {
+                        let av = if sign_trick {
+                            _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av)
+                        } else {
+                            av
+                        };
+                        let pairs = _mm512_maddubs_epi16(w, av);
+                        _mm512_add_epi32(sum, _mm512_madd_epi16(pairs, ones))
+                    }
+                };
                 // SAFETY: the packed tile holds `n_sub * G` groups of TR words and
-                // `n_sub * TR` scales; `acts` holds `n_in` codes and `n_sub` sums
-                // per token, and `t0 + NT <= n_tok` (`sweep_tokens`).
+                // `n_sub * TR` scales; `acts` holds `n_in` codes (and as many
+                // fine codes when FINE) and `n_sub` sums per token, and
+                // `t0 + NT <= n_tok` (`sweep_tokens`).
                 unsafe {
                     let qs = packed.qs.words().as_ptr();
                     let a0 = acts.qs.as_ptr().add(t0 * n_in);
+                    let f0 = if FINE { acts.fine.as_ptr().add(t0 * n_in) } else { a0 };
                     let (da, sa, corr) = (
                         acts.da.as_ptr().add(t0 * n_sub),
                         acts.sa.as_ptr().add(t0 * n_sub),
@@ -240,26 +295,25 @@ mod avx512 {
                         let dwv = _mm512_loadu_ps(packed.dw.floats().as_ptr().add(s * TR));
                         for j in 0..NT {
                             let a = a0.add(j * n_in + s * 4 * G);
-                            let mut sum = if sign_trick {
+                            let f = f0.add(j * n_in + s * 4 * G);
+                            // The zero-point term joins the last sum made.
+                            let corr = if sign_trick {
                                 _mm512_setzero_si512()
                             } else {
                                 _mm512_set1_epi32(*corr.add(j * n_sub + s))
                             };
+                            let (mut sum, mut fine) = match FINE {
+                                true => (_mm512_setzero_si512(), corr),
+                                false => (corr, corr),
+                            };
                             for g in 0..G {
-                                let av = _mm512_set1_epi32(
-                                    (a.add(4 * g) as *const i32).read_unaligned(),
-                                );
-                                if $vnni {
-                                    sum = _mm512_dpbusd_epi32(sum, w[g], av);
-                                } else {
-                                    let av = if sign_trick {
-                                        _mm512_mask_sub_epi8(av, neg[g], _mm512_setzero_si512(), av)
-                                    } else {
-                                        av
-                                    };
-                                    let pairs = _mm512_maddubs_epi16(w[g], av);
-                                    sum = _mm512_add_epi32(sum, _mm512_madd_epi16(pairs, ones));
+                                sum = dot4(sum, w[g], neg[g], a.add(4 * g));
+                                if FINE {
+                                    fine = dot4(fine, w[g], neg[g], f.add(4 * g));
                                 }
+                            }
+                            if FINE {
+                                sum = _mm512_add_epi32(_mm512_slli_epi32::<8>(sum), fine);
                             }
                             let scale = _mm512_mul_ps(dwv, _mm512_set1_ps(*da.add(j * n_sub + s)));
                             acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[j]);
@@ -470,6 +524,11 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn quantize(scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
+        if !row.fine.is_empty() {
+            // Fine codes are rare on AVX2-only machines (Exact is faster
+            // there): the reference computes the same bits.
+            return scalar::quantize_row(scheme, x, row);
+        }
         let (ab, sl) = (scheme.act_block, scheme.sub_len);
         let zero = scheme.zero as i32;
         assert_eq!(x.len(), row.qs.len());
@@ -573,15 +632,27 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+        let fine = acts.has_fine();
         by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
             acts.n_tok,
             4,
-            |t0, NT| unsafe { dot_q_tile::<NT, G, MIN, WIDE>(packed, acts, t0, out) }
+            |t0, NT| unsafe {
+                match fine {
+                    true => dot_q_tile::<NT, G, MIN, WIDE, true>(packed, acts, t0, out),
+                    false => dot_q_tile::<NT, G, MIN, WIDE, false>(packed, acts, t0, out),
+                }
+            }
         ))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool, const WIDE: bool>(
+    unsafe fn dot_q_tile<
+        const NT: usize,
+        const G: usize,
+        const MIN: bool,
+        const WIDE: bool,
+        const FINE: bool,
+    >(
         packed: &PackedQ,
         acts: &QuantActs,
         t0: usize,
@@ -590,10 +661,20 @@ mod avx2 {
         let (n_sub, n_in) = (acts.n_sub(), acts.n_in);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); NT];
+        let dot4 = |sum: __m256i, w: __m256i, signs: __m256i, a: *const i8| {
+            // SAFETY: callers pass 4 readable bytes.
+            let mut av = _mm256_set1_epi32(unsafe { (a as *const i32).read_unaligned() });
+            if WIDE {
+                av = _mm256_sign_epi8(av, signs);
+            }
+            let pairs = _mm256_maddubs_epi16(w, av);
+            _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones))
+        };
         // SAFETY: as in the AVX-512 tile kernel.
         unsafe {
             let qs = packed.qs.words().as_ptr();
             let a0 = acts.qs.as_ptr().add(t0 * n_in);
+            let f0 = if FINE { acts.fine.as_ptr().add(t0 * n_in) } else { a0 };
             for s in 0..n_sub {
                 let mut w = [_mm256_setzero_si256(); G];
                 let mut signs = [_mm256_setzero_si256(); G];
@@ -608,19 +689,24 @@ mod avx2 {
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let t = t0 + j;
                     let a = a0.add(j * n_in + s * 4 * G);
-                    let mut sum = if WIDE {
+                    let f = f0.add(j * n_in + s * 4 * G);
+                    let corr = if WIDE {
                         _mm256_setzero_si256()
                     } else {
                         _mm256_set1_epi32(acts.corr[t * n_sub + s])
                     };
+                    let (mut sum, mut fine) = match FINE {
+                        true => (_mm256_setzero_si256(), corr),
+                        false => (corr, corr),
+                    };
                     for g in 0..G {
-                        let mut av =
-                            _mm256_set1_epi32((a.add(4 * g) as *const i32).read_unaligned());
-                        if WIDE {
-                            av = _mm256_sign_epi8(av, signs[g]);
+                        sum = dot4(sum, w[g], signs[g], a.add(4 * g));
+                        if FINE {
+                            fine = dot4(fine, w[g], signs[g], f.add(4 * g));
                         }
-                        let pairs = _mm256_maddubs_epi16(w[g], av);
-                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones));
+                    }
+                    if FINE {
+                        sum = _mm256_add_epi32(_mm256_slli_epi32::<8>(sum), fine);
                     }
                     let scale = _mm256_mul_ps(dwv, _mm256_set1_ps(acts.da[t * n_sub + s]));
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, *acc);
