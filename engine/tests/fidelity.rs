@@ -110,6 +110,32 @@ fn fast_mode_matches_float64_reference_and_llama_cpp() {
     );
 }
 
+/// Fast mode on float weights (the F32 safetensors copy of the same
+/// weights): its one approximation is rounding the weights to 8-bit codes per
+/// block of 32 as tiles are packed, on top of the fine activation codes. The
+/// same bounds as fast mode on the GGUF.
+#[test]
+fn fast_mode_on_float_weights_matches_float64_reference() {
+    let model = Model::load(&fixture("smollm2-f32")).unwrap();
+    let golden = read_json("tests/data/reference_f64.json");
+    let ours: Vec<f64> = score_segments(&model, Precision::Fast, &golden).concat();
+    let reference: Vec<f64> = reference_logprobs().concat();
+    let (mean, max) = abs_diff(&ours, &reference);
+    let (ppl, ref_ppl) = (pooled_ppl(&ours), pooled_ppl(&reference));
+    eprintln!(
+        "fast on F32 weights vs f64 over {} tokens: mean |d| {mean:.4}, max {max:.3}; ppl ours {ppl:.4}, f64 {ref_ppl:.4}",
+        ours.len()
+    );
+    assert!(
+        mean <= 0.04,
+        "fast mode, float weights: mean |d| {mean} > 0.04 nats"
+    );
+    assert!(
+        (ppl / ref_ppl - 1.0).abs() <= 0.01,
+        "fast mode, float weights: perplexity {ppl} vs f64 {ref_ppl}: more than 1% apart"
+    );
+}
+
 #[test]
 fn gguf_and_dequantized_safetensors_agree() {
     let gguf = Model::load(&default_model()).unwrap();

@@ -79,7 +79,11 @@ unsafe fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool, const FIN
     unsafe {
         let qs = packed.qs.words().as_ptr();
         let a0 = acts.qs.as_ptr().add(t0 * n_in);
-        let f0 = if FINE { acts.fine.as_ptr().add(t0 * n_in) } else { a0 };
+        let f0 = if FINE {
+            acts.fine.as_ptr().add(t0 * n_in)
+        } else {
+            a0
+        };
         for s in 0..n_sub {
             let mut w = [vdupq_n_s8(0); G];
             for (g, w) in w.iter_mut().enumerate() {

@@ -100,6 +100,14 @@ macro_rules! by_scheme {
                 const $wide: bool = false;
                 $call
             }
+            (8, true, true) => {
+                const $g: usize = 8;
+                const $min: bool = true;
+                #[allow(dead_code)] // Only kernels without signed byte products use it.
+                #[allow(dead_code)] // Only kernels with unsigned-by-signed byte products use it.
+                const $wide: bool = true;
+                $call
+            }
             (8, false, true) => {
                 const $g: usize = 8;
                 const $min: bool = false;
@@ -185,6 +193,23 @@ impl Scheme {
             DType::Q6_K => s(256, 16, 32, false),
             _ => None,
         }
+    }
+
+    /// The scheme integer kernels use for `weight`: its own, or for float
+    /// weights (F32 / F16 / BF16) 8-bit codes made when a tile is packed:
+    /// per block of 32, `w = min + d * u` with `d = (max - min) / 255` in f32,
+    /// stored as `dw * (u - 128) + mw`. That rounds each weight to within
+    /// 1/510 of its block's range, which is what `Precision::Fast` and
+    /// `Precision::Int8` trade for speed on float weights. (The range, not
+    /// the largest magnitude: blocks that sit off zero keep their precision.)
+    pub fn for_integer_dots(weight: DType) -> Scheme {
+        Scheme::of(weight).unwrap_or(Scheme {
+            weight,
+            act_block: 32,
+            sub_len: 32,
+            zero: 128,
+            has_min: true,
+        })
     }
 
     /// Byte-groups of four per sub-block.
@@ -276,7 +301,7 @@ impl PackedQ {
     /// Sizes the buffers for `rows` and returns the scheme.
     pub fn reset(&mut self, tile_rows: usize, rows: &WeightRows) -> Scheme {
         rows.check(tile_rows);
-        let scheme = Scheme::of(rows.dtype).expect("integer packing needs a quantized type");
+        let scheme = Scheme::for_integer_dots(rows.dtype);
         let n_sub = rows.n_in / scheme.sub_len;
         self.scheme = Some(scheme);
         self.tile_rows = tile_rows;
@@ -380,7 +405,11 @@ impl QuantActs {
             n_tok,
             n_in,
             qs: vec![0; n_tok * n_in],
-            fine: if fine { vec![0; n_tok * n_in] } else { Vec::new() },
+            fine: if fine {
+                vec![0; n_tok * n_in]
+            } else {
+                Vec::new()
+            },
             da: vec![0.0; n_tok * n_sub],
             sa: vec![0.0; n_tok * n_sub],
             corr: vec![0; n_tok * n_sub],

@@ -48,7 +48,8 @@ pub fn quantize_row(scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
             let qi = t.round_ties_even();
             *q = qi as i8;
             if fine {
-                row.fine[b * ab + i] = ((t - qi) * 256.0).round_ties_even().clamp(-127.0, 127.0) as i8;
+                row.fine[b * ab + i] =
+                    ((t - qi) * 256.0).round_ties_even().clamp(-127.0, 127.0) as i8;
             }
         }
         d.push(db);
@@ -58,7 +59,8 @@ pub fn quantize_row(scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
 
 /// Decodes one stored row into unsigned codes `u` (`n_in`), and per sub-block
 /// the scale `dw` and minimum `mw` (when the scheme has minimums), so that
-/// element `i` of sub-block `s` is `dw[s] * (u[i] - zero) + mw[s]`.
+/// element `i` of sub-block `s` is `dw[s] * (u[i] - zero) + mw[s]`. Float rows
+/// are quantized to 8 bits on the way (they have no codes of their own).
 pub fn decode_row(scheme: &Scheme, row: &[u8], u: &mut [u8], dw: &mut [f32], mw: &mut [f32]) {
     let n_in = u.len();
     match scheme.weight {
@@ -169,6 +171,23 @@ pub fn decode_row(scheme: &Scheme, row: &[u8], u: &mut [u8], dw: &mut [f32], mw:
                 for (j, &sc) in blk.scales.iter().enumerate() {
                     dw[16 * b + j] = d * sc as f32;
                 }
+            }
+        }
+        DType::F32 | DType::F16 | DType::BF16 => {
+            // Float rows get 8-bit codes here (`Scheme::for_integer_dots`).
+            let mut x = vec![0f32; n_in];
+            quant::dequantize_row(scheme.weight, row, &mut x);
+            for (b, (x, u)) in x.chunks_exact(32).zip(u.chunks_exact_mut(32)).enumerate() {
+                let lo = x.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+                let hi = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let d = (hi - lo) / 255.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                for (u, &v) in u.iter_mut().zip(x) {
+                    *u = ((v - lo) * id).round_ties_even().clamp(0.0, 255.0) as u8;
+                }
+                dw[b] = d;
+                // 128 * d is exact, so this is the SIMD packer's sum too.
+                mw[b] = lo + 128.0 * d;
             }
         }
         other => panic!("{other:?} has no integer scheme"),

@@ -51,6 +51,18 @@ fn widths(dtype: DType) -> Vec<usize> {
     }
 }
 
+/// Types and widths integer packing takes: every quantized type, and float
+/// types (coded as they are packed) in whole blocks of 32.
+fn integer_cases() -> Vec<(DType, usize)> {
+    let quant = QUANT_TYPES
+        .into_iter()
+        .flat_map(|t| widths(t).into_iter().map(move |n| (t, n)));
+    let float = FLOAT_TYPES
+        .into_iter()
+        .flat_map(|t| [32, 96, 160].map(move |n| (t, n)));
+    quant.chain(float).collect()
+}
+
 fn rows<'a>(dtype: DType, n_in: usize, n_rows: usize, data: &'a [u8]) -> WeightRows<'a> {
     WeightRows {
         dtype,
@@ -174,17 +186,20 @@ fn fine_codes_reconstruct_activations_to_a_256th_of_a_step() {
         let x = random_f32(&mut rng, n_in);
         let acts = scalar::kernels().quantize_acts(scheme, &x, 1, true);
         let (mut worst, mut worst_coarse) = (0f32, 0f32);
-        for i in 0..n_in {
+        for (i, &x) in x.iter().enumerate() {
             // `da` is the scale of one fine step, d / 256.
             let step = acts.da[i / scheme.sub_len];
             let d = 256.0 * step;
             let coarse = d * acts.qs[i] as f32;
             let v = coarse + step * acts.fine[i] as f32;
-            worst = worst.max((v - x[i]).abs() / d);
-            worst_coarse = worst_coarse.max((coarse - x[i]).abs() / d);
+            worst = worst.max((v - x).abs() / d);
+            worst_coarse = worst_coarse.max((coarse - x).abs() / d);
         }
         assert!(worst <= 1.0 / 256.0 + 1e-5, "{dtype:?}: {worst} of a step");
-        assert!(worst_coarse > 0.1, "{dtype:?}: the test data needs rounding");
+        assert!(
+            worst_coarse > 0.1,
+            "{dtype:?}: the test data needs rounding"
+        );
     }
 }
 
@@ -223,42 +238,40 @@ fn pack_q_matches_scalar_exactly() {
     let mut rng = StdRng::seed_from_u64(4);
     for k in available() {
         let tr = k.tile_rows;
-        for dtype in QUANT_TYPES {
-            for n_in in widths(dtype) {
-                for n_rows in tile_heights(tr) {
-                    let data = random_rows(&mut rng, dtype, n_rows, n_in);
-                    let rows = rows(dtype, n_in, n_rows, &data);
-                    let (mut got, mut want) = (PackedQ::default(), PackedQ::default());
-                    k.pack_q(&rows, &mut got);
-                    scalar::pack_q_with(&rows, tr, &mut want);
-                    let what = format!("{:?} {dtype:?} n_in {n_in} rows {n_rows}", k.isa);
-                    let valid = |i: usize| i % tr < n_rows;
-                    let pick = |v: &[u32]| -> Vec<u32> {
-                        v.iter()
-                            .enumerate()
-                            .filter(|(i, _)| valid(*i))
-                            .map(|(_, v)| *v)
-                            .collect()
-                    };
-                    let pickf = |v: &[f32]| -> Vec<f32> {
-                        v.iter()
-                            .enumerate()
-                            .filter(|(i, _)| valid(*i))
-                            .map(|(_, v)| *v)
-                            .collect()
-                    };
-                    assert_eq!(pick(got.qs.words()), pick(want.qs.words()), "{what}: codes");
-                    assert_eq!(
-                        pickf(got.dw.floats()),
-                        pickf(want.dw.floats()),
-                        "{what}: scales"
-                    );
-                    assert_eq!(
-                        pickf(got.mw.floats()),
-                        pickf(want.mw.floats()),
-                        "{what}: minimums"
-                    );
-                }
+        for (dtype, n_in) in integer_cases() {
+            for n_rows in tile_heights(tr) {
+                let data = random_rows(&mut rng, dtype, n_rows, n_in);
+                let rows = rows(dtype, n_in, n_rows, &data);
+                let (mut got, mut want) = (PackedQ::default(), PackedQ::default());
+                k.pack_q(&rows, &mut got);
+                scalar::pack_q_with(&rows, tr, &mut want);
+                let what = format!("{:?} {dtype:?} n_in {n_in} rows {n_rows}", k.isa);
+                let valid = |i: usize| i % tr < n_rows;
+                let pick = |v: &[u32]| -> Vec<u32> {
+                    v.iter()
+                        .enumerate()
+                        .filter(|(i, _)| valid(*i))
+                        .map(|(_, v)| *v)
+                        .collect()
+                };
+                let pickf = |v: &[f32]| -> Vec<f32> {
+                    v.iter()
+                        .enumerate()
+                        .filter(|(i, _)| valid(*i))
+                        .map(|(_, v)| *v)
+                        .collect()
+                };
+                assert_eq!(pick(got.qs.words()), pick(want.qs.words()), "{what}: codes");
+                assert_eq!(
+                    pickf(got.dw.floats()),
+                    pickf(want.dw.floats()),
+                    "{what}: scales"
+                );
+                assert_eq!(
+                    pickf(got.mw.floats()),
+                    pickf(want.mw.floats()),
+                    "{what}: minimums"
+                );
             }
         }
     }
@@ -269,48 +282,42 @@ fn dot_q_matches_scalar() {
     let mut rng = StdRng::seed_from_u64(5);
     for k in available() {
         let tr = k.tile_rows;
-        for dtype in QUANT_TYPES {
-            let scheme = Scheme::of(dtype).unwrap();
-            for n_in in widths(dtype) {
-                for n_rows in tile_heights(tr) {
-                    let data = random_rows(&mut rng, dtype, n_rows, n_in);
-                    let rows = rows(dtype, n_in, n_rows, &data);
-                    let mut packed = PackedQ::default();
-                    k.pack_q(&rows, &mut packed);
-                    for (n_tok, fine) in N_TOKS.into_iter().flat_map(|n| [(n, false), (n, true)]) {
-                        let x = random_f32(&mut rng, n_tok * n_in);
-                        let acts = scalar::kernels().quantize_acts(scheme, &x, n_tok, fine);
-                        // The padded output width catches stores past the tile.
-                        let got = with_out(n_tok, tr, |out| k.dot_q(&packed, &acts, out));
-                        let want = with_out(n_tok, tr, |out| scalar::dot_q(&packed, &acts, out));
-                        let mags = magnitudes(dtype, &data, n_rows, n_in, &x);
-                        let mut tol = vec![0f32; n_tok * tr];
-                        for t in 0..n_tok {
-                            for r in 0..n_rows {
-                                tol[t * tr + r] = 1e-5 * mags[t * n_rows + r] + 1e-6;
-                            }
+        for (dtype, n_in) in integer_cases() {
+            let scheme = Scheme::for_integer_dots(dtype);
+            for n_rows in tile_heights(tr) {
+                let data = random_rows(&mut rng, dtype, n_rows, n_in);
+                let rows = rows(dtype, n_in, n_rows, &data);
+                let mut packed = PackedQ::default();
+                k.pack_q(&rows, &mut packed);
+                for (n_tok, fine) in N_TOKS.into_iter().flat_map(|n| [(n, false), (n, true)]) {
+                    let x = random_f32(&mut rng, n_tok * n_in);
+                    let acts = scalar::kernels().quantize_acts(scheme, &x, n_tok, fine);
+                    // The padded output width catches stores past the tile.
+                    let got = with_out(n_tok, tr, |out| k.dot_q(&packed, &acts, out));
+                    let want = with_out(n_tok, tr, |out| scalar::dot_q(&packed, &acts, out));
+                    let mags = magnitudes(dtype, &data, n_rows, n_in, &x);
+                    let mut tol = vec![0f32; n_tok * tr];
+                    for t in 0..n_tok {
+                        for r in 0..n_rows {
+                            tol[t * tr + r] = 1e-5 * mags[t * n_rows + r] + 1e-6;
                         }
-                        for t in 0..n_tok {
-                            for r in n_rows..tr {
-                                assert!(
-                                    got[t * tr + r].is_nan(),
-                                    "{:?} wrote past the tile",
-                                    k.isa
-                                );
-                            }
-                        }
-                        let keep = |v: &[f32]| -> Vec<f32> {
-                            v.iter()
-                                .enumerate()
-                                .map(|(i, v)| if i % tr < n_rows { *v } else { 0.0 })
-                                .collect()
-                        };
-                        let what = format!(
-                            "{:?} {dtype:?} n_in {n_in} rows {n_rows} n_tok {n_tok} fine {fine}",
-                            k.isa
-                        );
-                        assert_close(&keep(&got), &keep(&want), &tol, &what);
                     }
+                    for t in 0..n_tok {
+                        for r in n_rows..tr {
+                            assert!(got[t * tr + r].is_nan(), "{:?} wrote past the tile", k.isa);
+                        }
+                    }
+                    let keep = |v: &[f32]| -> Vec<f32> {
+                        v.iter()
+                            .enumerate()
+                            .map(|(i, v)| if i % tr < n_rows { *v } else { 0.0 })
+                            .collect()
+                    };
+                    let what = format!(
+                        "{:?} {dtype:?} n_in {n_in} rows {n_rows} n_tok {n_tok} fine {fine}",
+                        k.isa
+                    );
+                    assert_close(&keep(&got), &keep(&want), &tol, &what);
                 }
             }
         }

@@ -161,8 +161,171 @@ mod avx512 {
         }
     }
 
+    /// 16 rows of 8 dwords, `z[i]` holding row `i` in its low 256 bits and
+    /// row `i + 8` in its high ones, transposed: `t[g]` holds dword `g` of
+    /// rows 0..16 in lanes 0..16. Three rounds of shuffles, where gathering
+    /// the same words costs about four times as long.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    fn transpose_16x8(z: [__m512i; 8]) -> [__m512i; 8] {
+        // Per 128-bit lane: pairs of rows interleaved, dwords (0, 1) / (2, 3).
+        let t = [
+            _mm512_unpacklo_epi32(z[0], z[1]),
+            _mm512_unpackhi_epi32(z[0], z[1]),
+            _mm512_unpacklo_epi32(z[2], z[3]),
+            _mm512_unpackhi_epi32(z[2], z[3]),
+            _mm512_unpacklo_epi32(z[4], z[5]),
+            _mm512_unpackhi_epi32(z[4], z[5]),
+            _mm512_unpacklo_epi32(z[6], z[7]),
+            _mm512_unpackhi_epi32(z[6], z[7]),
+        ];
+        // Per 128-bit lane: one dword of four rows; `u[k]` holds dword `k % 4`
+        // in lanes 0 and 2 and dword `k % 4 + 4` in lanes 1 and 3, of rows
+        // 0-3 / 8-11 (k < 4) or 4-7 / 12-15 (k >= 4).
+        let u = [
+            _mm512_unpacklo_epi64(t[0], t[2]),
+            _mm512_unpackhi_epi64(t[0], t[2]),
+            _mm512_unpacklo_epi64(t[1], t[3]),
+            _mm512_unpackhi_epi64(t[1], t[3]),
+            _mm512_unpacklo_epi64(t[4], t[6]),
+            _mm512_unpackhi_epi64(t[4], t[6]),
+            _mm512_unpacklo_epi64(t[5], t[7]),
+            _mm512_unpackhi_epi64(t[5], t[7]),
+        ];
+        let first = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+        let second = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+        let join = |k: usize, idx: __m512i| _mm512_permutex2var_epi64(u[k], idx, u[k + 4]);
+        [
+            join(0, first),
+            join(1, first),
+            join(2, first),
+            join(3, first),
+            join(0, second),
+            join(1, second),
+            join(2, second),
+            join(3, second),
+        ]
+    }
+
+    /// The input of [`transpose_16x8`]: 32 bytes from byte `off` of each row
+    /// (zero for rows past `n_rows`).
+    ///
+    /// # Safety
+    /// `off + 32 <= rows.row_bytes`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    unsafe fn load_16x8(rows: &WeightRows, off: usize) -> [__m512i; 8] {
+        let p = rows.data.as_ptr();
+        let row = |r: usize| {
+            if r < rows.n_rows {
+                // SAFETY: row `r` exists and holds `off + 32` bytes.
+                unsafe { _mm256_loadu_si256(p.add(r * rows.row_bytes + off) as *const _) }
+            } else {
+                _mm256_setzero_si256()
+            }
+        };
+        std::array::from_fn(|i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(i)), row(i + 8)))
+    }
+
+    /// Elements `32 b .. 32 b + 32` of every row of a float tile (F32, F16 or
+    /// BF16), one vector per element with one lane per row.
+    ///
+    /// # Safety
+    /// `32 (b + 1) <= rows.n_in`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    unsafe fn float_block(rows: &WeightRows, b: usize) -> [__m512; 32] {
+        let mut v = [_mm512_setzero_ps(); 32];
+        // SAFETY: the block lies inside every row (caller).
+        unsafe {
+            match rows.dtype {
+                DType::F32 => {
+                    for quarter in 0..4 {
+                        let t = transpose_16x8(load_16x8(rows, 128 * b + 32 * quarter));
+                        for (g, t) in t.into_iter().enumerate() {
+                            v[8 * quarter + g] = _mm512_castsi512_ps(t);
+                        }
+                    }
+                }
+                DType::F16 | DType::BF16 => {
+                    let f16 = rows.dtype == DType::F16;
+                    let lo = |t: __m512i| {
+                        if f16 {
+                            f16_lo(t)
+                        } else {
+                            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(t))
+                        }
+                    };
+                    for half in 0..2 {
+                        // Dword `g` holds elements 2g and 2g + 1.
+                        let t = transpose_16x8(load_16x8(rows, 64 * b + 32 * half));
+                        for (g, t) in t.into_iter().enumerate() {
+                            v[16 * half + 2 * g] = lo(t);
+                            v[16 * half + 2 * g + 1] = lo(_mm512_srli_epi32::<16>(t));
+                        }
+                    }
+                }
+                other => unreachable!("{other:?} is not a float type"),
+            }
+        }
+        v
+    }
+
+    /// Float rows as 8-bit codes (`Scheme::for_integer_dots`), computed with
+    /// the scalar decoder's f32 operations so the codes agree bit for bit.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    unsafe fn pack_float_q(rows: &WeightRows, packed: &mut PackedQ) {
+        packed.reset(TR, rows);
+        let qs = packed.qs.words_mut().as_mut_ptr();
+        let dw = packed.dw.floats_mut().as_mut_ptr();
+        let mw = packed.mw.floats_mut().as_mut_ptr();
+        for b in 0..rows.n_in / 32 {
+            // SAFETY: block `b` is inside the rows; stores stay inside the
+            // `n_in / 4 * TR` words and `n_in / 32 * TR` scales and minimums
+            // `reset` sized.
+            unsafe {
+                let v = float_block(rows, b);
+                let lo = v
+                    .iter()
+                    .fold(_mm512_set1_ps(f32::INFINITY), |m, &x| _mm512_min_ps(m, x));
+                let hi = v.iter().fold(_mm512_set1_ps(f32::NEG_INFINITY), |m, &x| {
+                    _mm512_max_ps(m, x)
+                });
+                let d = _mm512_div_ps(_mm512_sub_ps(hi, lo), _mm512_set1_ps(255.0));
+                let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(d, _mm512_setzero_ps());
+                let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
+                let code = |x: __m512| {
+                    let u = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, lo), id));
+                    _mm512_min_epi32(
+                        _mm512_max_epi32(u, _mm512_setzero_si512()),
+                        _mm512_set1_epi32(255),
+                    )
+                };
+                for g in 0..8 {
+                    let word = _mm512_or_si512(
+                        _mm512_or_si512(code(v[4 * g]), _mm512_slli_epi32::<8>(code(v[4 * g + 1]))),
+                        _mm512_or_si512(
+                            _mm512_slli_epi32::<16>(code(v[4 * g + 2])),
+                            _mm512_slli_epi32::<24>(code(v[4 * g + 3])),
+                        ),
+                    );
+                    _mm512_storeu_si512(qs.add((b * 8 + g) * TR) as *mut _, word);
+                }
+                _mm512_storeu_ps(dw.add(b * TR), d);
+                let mid = _mm512_add_ps(lo, _mm512_mul_ps(_mm512_set1_ps(128.0), d));
+                _mm512_storeu_ps(mw.add(b * TR), mid);
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
     pub unsafe fn pack_q(rows: &WeightRows, packed: &mut PackedQ) {
+        if matches!(rows.dtype, DType::F32 | DType::F16 | DType::BF16)
+            && rows.n_in.is_multiple_of(32)
+        {
+            // SAFETY: same preconditions.
+            return unsafe { pack_float_q(rows, packed) };
+        }
         if !matches!(rows.dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
             return scalar::pack_q_with(rows, TR, packed);
         }
@@ -188,9 +351,9 @@ mod avx512 {
                 _mm512_storeu_ps(dw.add(b * TR), f16_lo(hdr));
                 match rows.dtype {
                     DType::Q8_0 => {
-                        for g in 0..8 {
-                            let v = gather(mask, idx, p.add(2 + 4 * g));
-                            store(b * 8 + g, _mm512_xor_si512(v, _mm512_set1_epi8(-128)));
+                        let t = transpose_16x8(load_16x8(rows, b * bb + 2));
+                        for (g, t) in t.into_iter().enumerate() {
+                            store(b * 8 + g, _mm512_xor_si512(t, _mm512_set1_epi8(-128)));
                         }
                     }
                     _ => {
@@ -275,7 +438,11 @@ mod avx512 {
                 unsafe {
                     let qs = packed.qs.words().as_ptr();
                     let a0 = acts.qs.as_ptr().add(t0 * n_in);
-                    let f0 = if FINE { acts.fine.as_ptr().add(t0 * n_in) } else { a0 };
+                    let f0 = if FINE {
+                        acts.fine.as_ptr().add(t0 * n_in)
+                    } else {
+                        a0
+                    };
                     let (da, sa, corr) = (
                         acts.da.as_ptr().add(t0 * n_sub),
                         acts.sa.as_ptr().add(t0 * n_sub),
@@ -385,6 +552,18 @@ mod avx512 {
                             let x = _mm512_add_ps(_mm512_mul_ps(dwv, code), mwv);
                             _mm512_storeu_ps(w.add((s * sl + 4 * g + k) * TR), x);
                         }
+                    }
+                }
+            }
+            return;
+        }
+        if n_in.is_multiple_of(32) {
+            for b in 0..n_in / 32 {
+                // SAFETY: block `b` is inside the rows; stores stay inside the
+                // `n_in * TR` floats.
+                unsafe {
+                    for (k, v) in float_block(rows, b).into_iter().enumerate() {
+                        _mm512_storeu_ps(w.add((32 * b + k) * TR), v);
                     }
                 }
             }
@@ -674,7 +853,11 @@ mod avx2 {
         unsafe {
             let qs = packed.qs.words().as_ptr();
             let a0 = acts.qs.as_ptr().add(t0 * n_in);
-            let f0 = if FINE { acts.fine.as_ptr().add(t0 * n_in) } else { a0 };
+            let f0 = if FINE {
+                acts.fine.as_ptr().add(t0 * n_in)
+            } else {
+                a0
+            };
             for s in 0..n_sub {
                 let mut w = [_mm256_setzero_si256(); G];
                 let mut signs = [_mm256_setzero_si256(); G];
