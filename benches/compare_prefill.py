@@ -5,7 +5,7 @@ Every engine computes the log-probability of every token of the same real
 text (tests/data/fidelity.txt, 8 segments of 375-850 tokens, each scored as
 its own sequence), with the same thread count, on the same machine:
 
-  main-score   `main-score logprobs --report-speed` (exact default and --precision fast)
+  main-score   `main-score logprobs --report-speed` (--precision fast, the default, and exact)
   llama.cpp    llama-cpp-python, same GGUF, logits for every position
                (logits_all=True, as a scorer needs), log-softmax in numpy
   PyTorch      transformers on the dequantized F32 weights (fixtures/smollm2-f32)
@@ -124,10 +124,11 @@ def main():
         rows.append((ty, fast, exact, llama))
     torch_tps = None if args.no_torch else bench_torch(ids, args.threads, args.repeat)
     print(f"\nprefill tokens/s, {args.threads} threads, {sum(len(t) for t in ids)} tokens of real text in {len(ids)} sequences")
-    print(f"{'weights':<8} {'main fast':>10} {'main exact':>11} {'llama.cpp':>10} {'exact/llama':>12} {'exact/torch':>12}")
+    print(f"{'weights':<8} {'main fast':>10} {'main exact':>11} {'llama.cpp':>10} {'fast/llama':>11} {'exact/llama':>12} {'fast/torch':>11} {'exact/torch':>12}")
     for ty, fast, exact, llama in rows:
-        vs_torch = f"{exact / torch_tps:>11.2f}x" if torch_tps else f"{'-':>12}"
-        print(f"{ty:<8} {fast:>10.0f} {exact:>11.0f} {llama:>10.0f} {exact / llama:>11.2f}x {vs_torch}")
+        vs_torch = (f"{fast / torch_tps:>10.2f}x {exact / torch_tps:>11.2f}x" if torch_tps
+                    else f"{'-':>11} {'-':>12}")
+        print(f"{ty:<8} {fast:>10.0f} {exact:>11.0f} {llama:>10.0f} {fast / llama:>10.2f}x {exact / llama:>11.2f}x {vs_torch}")
     if torch_tps:
         print(f"PyTorch f32 (transformers, dequantized weights): {torch_tps:.0f} tokens/s")
 

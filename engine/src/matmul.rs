@@ -19,21 +19,22 @@ use crate::threads::Threads;
 /// How activations meet the weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// f32 activations against dequantized weights (f32 accumulation). The
-    /// default: the most accurate mode, and on AVX-512 machines also the
-    /// fastest for Q4_1/Q8_0 weights end to end (BENCHMARKS.md), because it
-    /// skips quantizing the activations twice per matmul.
-    #[default]
+    /// f32 activations against dequantized weights (f32 accumulation): the
+    /// most accurate mode (within 1e-5 nats of a float64 forward pass), and
+    /// the fastest where there are no fast byte dot products (wasm simd128).
     Exact,
-    /// Integer dot products against quantized weights with two bytes per
-    /// activation: the code llama.cpp uses, plus a fine code for its rounding
-    /// error (`kernels::QuantActs`), both multiplied by each weight byte as
-    /// it is read. About 16 bits of each activation, so results stay within
-    /// ~1e-5 relative of `Exact`, at twice the integer work of `Int8` but one
-    /// pass over the weights. Float weights (F32 / F16 / BF16) are rounded to
-    /// 8-bit codes per block of 32 as they are packed
-    /// (`kernels::Scheme::for_integer_dots`): the one approximation Fast makes
-    /// there.
+    /// The default. Integer dot products against quantized weights with two
+    /// bytes per activation: the code llama.cpp uses, plus a fine code for
+    /// its rounding error (`kernels::QuantActs`), both multiplied by each
+    /// weight byte as it is read. About 16 bits of each activation, so
+    /// results stay within ~1e-5 relative of `Exact` (0.0003 nats mean on
+    /// log-probs of the fixture), at twice the integer work of `Int8` but one
+    /// pass over the weights; on AVX-512 VNNI about 1.25x the speed of
+    /// `Exact` end to end (BENCHMARKS.md). Float weights (F32 / F16 / BF16)
+    /// are rounded to 8-bit codes per block of 32 as they are packed
+    /// (`kernels::Scheme::for_integer_dots`; 0.013 nats mean): the one
+    /// approximation Fast makes there.
+    #[default]
     Fast,
     /// One 8-bit pass, exactly llama.cpp's scheme for quantized weights:
     /// fastest, and as far from the f32 result as llama.cpp is (about 0.06

@@ -14,7 +14,7 @@ import { modelPath, nativeScores, samplePairs } from '../tests/common.mjs';
 import { serve } from '../serve.mjs';
 
 const n = Number(process.argv[2] ?? 10);
-// exact is the engine's default on both sides, and the fastest on wasm (simd128 has no byte dot product).
+// exact is the browser's default, and the fastest on wasm (simd128 has no byte dot product).
 const precision = process.argv[3] ?? 'exact';
 const lines = samplePairs(n, 400);
 

@@ -59,8 +59,8 @@ export interface ScorerOptions {
   /** Other responses of the same batch per pair for `contrastive` in `scoreBatch` (default 0 = off). */
   negatives?: number;
   /**
-   * The engine's default (exact: f32 activations against dequantized weights, as `main-score`),
-   * "fast" (two 8-bit activation passes, ~1e-5 relative of exact) or "int8" (one pass, as llama.cpp).
+   * "exact" (the default here: f32 activations against dequantized weights, the fastest under simd128),
+   * "fast" (two bytes per activation, ~1e-5 relative of exact; `main-score`'s default) or "int8" (one byte, as llama.cpp).
    */
   precision?: "exact" | "fast" | "int8";
   /** New tokens per forward call (default 2048): bounds activation memory. */
@@ -443,7 +443,9 @@ impl Scorer {
             // one precomputed prefix, serves both kinds of call.
             tokens: true,
             precision: match o.precision.as_deref() {
-                None => defaults.precision,
+                // Not the engine's default (fast): simd128 has no byte dot
+                // product, so f32 is the fastest arithmetic here.
+                None => Precision::Exact,
                 Some(p) => Precision::parse(p).ok_or_else(|| {
                     option_error(
                         "precision",

@@ -41,9 +41,10 @@ export function mainScoreBin() {
 }
 
 /**
- * Scores JSONL lines with the native CLI (`main-score score --tokens`, its
- * defaults otherwise: fast precision, max_tokens 1024, combine min) and
- * returns the "alignment" object of each record, in order.
+ * Scores JSONL lines with the native CLI (`main-score score --tokens
+ * --precision exact`, the browser's default precision; its defaults
+ * otherwise: max_tokens 1024, combine min) and returns the "alignment"
+ * object of each record, in order.
  */
 export function nativeScores(lines, name, extraArgs = []) {
   mkdirSync(outDir, { recursive: true });
@@ -51,7 +52,7 @@ export function nativeScores(lines, name, extraArgs = []) {
   const output = join(outDir, `${name}.native.jsonl`);
   writeFileSync(input, lines.join('\n') + '\n');
   const t0 = process.hrtime.bigint();
-  const stdout = execFileSync(mainScoreBin(), ['score', '--model', modelPath, '--input', input, '--output', '-', '--tokens', ...extraArgs], {
+  const stdout = execFileSync(mainScoreBin(), ['score', '--model', modelPath, '--input', input, '--output', '-', '--tokens', '--precision', 'exact', ...extraArgs], {
     stdio: ['ignore', 'pipe', 'inherit'],
     maxBuffer: 1 << 28,
     encoding: 'utf8',

@@ -57,10 +57,11 @@ enum Command {
         /// Worker threads (0 = one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// exact: f32 activations against dequantized weights (the default:
-        /// the most accurate, and on AVX-512 the fastest); fast: two 8-bit
-        /// activation passes; int8: one pass, as llama.cpp.
-        #[arg(long, default_value = "exact", value_parser = parse_precision)]
+        /// fast (the default): integer dot products with two bytes per
+        /// activation, within ~1e-5 relative of exact (float weights are
+        /// rounded to 8 bits); exact: f32 activations against dequantized
+        /// weights; int8: one byte per activation, as llama.cpp.
+        #[arg(long, default_value = "fast", value_parser = parse_precision)]
         precision: Precision,
         /// Print one JSON object: {"ids", "pieces", "logprobs", "perplexity"}.
         #[arg(long)]
@@ -330,10 +331,11 @@ struct ScoreArgs {
     /// Longest view in tokens; longer content is cut and the pair flagged "truncated".
     #[arg(long, default_value_t = 1024)]
     max_tokens: usize,
-    /// exact: f32 activations against dequantized weights (the default:
-    /// the most accurate, and on AVX-512 the fastest); fast: two 8-bit
-    /// activation passes; int8: one pass, as llama.cpp.
-    #[arg(long, default_value = "exact", value_parser = parse_precision)]
+    /// fast (the default): integer dot products with two bytes per
+    /// activation, within ~1e-5 relative of exact (float weights are rounded
+    /// to 8 bits); exact: f32 activations against dequantized weights;
+    /// int8: one byte per activation, as llama.cpp.
+    #[arg(long, default_value = "fast", value_parser = parse_precision)]
     precision: Precision,
     /// How "alignment" joins the two directions.
     #[arg(long, default_value = "min", value_parser = ["min", "mean", "softmin"])]
