@@ -14,8 +14,11 @@
 //!
 //! Quantized weights meet activations quantized once per matmul to 8 bits
 //! ([`QuantActs`], the same codes and scales as ggml's Q8_0 / Q8_1 / Q8_K with
-//! the scales kept in f32), then integer dot products per sub-block scaled in
-//! f32. Every weight format reduces to one shape (a [`Scheme`]):
+//! the scales kept in f32), with or without a second, *fine* byte for the
+//! rounding error of the first, then integer dot products per sub-block
+//! scaled in f32. Float weights get 8-bit codes as they are packed
+//! ([`Scheme::for_integer_dots`]). Every weight format reduces to one shape
+//! (a [`Scheme`]):
 //! `w = dw * (u - zero) + mw` per sub-block of `sub_len` elements, with `u` an
 //! unsigned byte. The zero point enters as `-zero * sum(a)`, precomputed per
 //! activation sub-block, which lets x86 use its unsigned-by-signed byte

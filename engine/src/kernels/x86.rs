@@ -1,10 +1,12 @@
 //! x86_64 kernels: AVX2 + FMA + F16C (8 rows per tile) and AVX-512 F/BW/VL
 //! (16 rows per tile) with or without VNNI.
 //!
-//! Packing gathers four bytes per row straight from the stored blocks (one
-//! `vpgatherdd` fills a byte-group of the whole tile), so Q4_0 / Q4_1 / Q8_0
-//! tiles are packed without a scalar pass; k-quants go through the scalar
-//! decoder (their packing cost is amortized over every token of the batch).
+//! Packing on AVX-512 loads 32 bytes of each of the tile's 16 rows and
+//! transposes them in registers (Q8_0, and F32 / F16 / BF16 rows, which Fast
+//! also turns into 8-bit codes here); Q4_0 / Q4_1 gather four bytes per row
+//! (one `vpgatherdd` per byte-group of the tile) and k-quants go through the
+//! scalar decoder (their packing cost is amortized over every token of the
+//! batch).
 //!
 //! Byte products: `vpdpbusd` multiplies unsigned weight bytes by signed
 //! activation bytes, so Q8_0's signed codes are stored offset by 128 and the
