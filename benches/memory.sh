@@ -15,7 +15,8 @@
 # Activation estimate (f32 = 4 bytes; shapes from `main-score inspect`):
 #   per forward call of T tokens (model.rs `forward`): the residual stream x,
 #     xn, proj (3 x T x d), q and attn (2 x T x H*hd), k and v (2 x T x Hkv*hd),
-#     gate and up (2 x T x d_ff), int8 copies of the matmul input (<= T x d_ff bytes),
+#     gate and up (2 x T x d_ff), the byte codes of the matmul input (two per element in
+#     the default precision, fast: <= 2 x T x d_ff bytes),
 #     and the returned hidden states (T x d)
 #   KV caches (model.rs `KvCache`): 2 x layers x Hkv*hd x 4 bytes per cached position
 #   LM head (logprob.rs `head_logprobs`): a (T x 4096) logits chunk, 3 f64 per target,
@@ -83,7 +84,7 @@ file=$(stat -L -c %s "$model")
 # activations T KV_POSITIONS -> bytes
 activations() {
   awk -v T="$1" -v P="$2" -v d="$d" -v H="$heads" -v Hkv="$kv_heads" -v hd="$hd" -v dff="$dff" -v L="$layers" 'BEGIN {
-    fwd = 4 * T * (3 * d + 2 * H * hd + 2 * Hkv * hd + 2 * dff + d) + T * dff
+    fwd = 4 * T * (3 * d + 2 * H * hd + 2 * Hkv * hd + 2 * dff + d) + 2 * T * dff
     kv = 4 * 2 * L * Hkv * hd * P
     head = 4 * T * 4096 + 24 * T + 4 * T * d
     printf "%.0f", fwd + kv + head }'
