@@ -62,7 +62,10 @@ fn bench(c: &mut Criterion) {
     let cases = [
         (DType::Q4_1, Precision::Fast),
         (DType::Q8_0, Precision::Fast),
+        (DType::F16, Precision::Fast),
+        (DType::Q8_0, Precision::Int8),
         (DType::Q4_1, Precision::Exact),
+        (DType::Q8_0, Precision::Exact),
         (DType::F16, Precision::Exact),
     ];
     for (dtype, precision) in cases {
