@@ -63,6 +63,9 @@ enum Command {
         /// weights; int8: one byte per activation, as llama.cpp.
         #[arg(long, default_value = "fast", value_parser = parse_precision)]
         precision: Precision,
+        /// Short for `--precision exact`.
+        #[arg(long, conflicts_with = "precision")]
+        exact: bool,
         /// Print one JSON object: {"ids", "pieces", "logprobs", "perplexity"}.
         #[arg(long)]
         json: bool,
@@ -92,9 +95,13 @@ fn main() -> ExitCode {
             text_file,
             threads,
             precision,
+            exact,
             json,
             report_speed,
-        } => logprobs(&model, &text_file, threads, precision, json, report_speed),
+        } => {
+            let precision = if exact { Precision::Exact } else { precision };
+            logprobs(&model, &text_file, threads, precision, json, report_speed)
+        }
         Command::Quantize {
             input,
             output,
@@ -337,6 +344,9 @@ struct ScoreArgs {
     /// int8: one byte per activation, as llama.cpp.
     #[arg(long, default_value = "fast", value_parser = parse_precision)]
     precision: Precision,
+    /// Short for `--precision exact`.
+    #[arg(long, conflicts_with = "precision")]
+    exact: bool,
     /// How "alignment" joins the two directions.
     #[arg(long, default_value = "min", value_parser = ["min", "mean", "softmin"])]
     combine: String,
@@ -520,7 +530,11 @@ fn score(a: ScoreArgs) -> Result<()> {
         combine: Combine::parse(&a.combine)?,
         negatives: a.negatives,
         tokens: a.tokens,
-        precision: a.precision,
+        precision: if a.exact {
+            Precision::Exact
+        } else {
+            a.precision
+        },
         ..ScorerParams::default()
     };
     let scorer = Scorer::new(forward, reverse, params)?;
