@@ -228,6 +228,14 @@ fn quantizers_match_scalar_exactly() {
     }
 }
 
+/// Tile outputs (`tr` lanes per token) with the padding lanes past `n_rows` zeroed.
+fn rows_only(v: &[f32], tr: usize, n_rows: usize) -> Vec<f32> {
+    v.iter()
+        .enumerate()
+        .map(|(i, v)| if i % tr < n_rows { *v } else { 0.0 })
+        .collect()
+}
+
 /// Row counts of a tile: one, a ragged one and a full one.
 fn tile_heights(tr: usize) -> [usize; 3] {
     [1, tr - 3, tr]
@@ -307,12 +315,7 @@ fn dot_q_matches_scalar() {
                             assert!(got[t * tr + r].is_nan(), "{:?} wrote past the tile", k.isa);
                         }
                     }
-                    let keep = |v: &[f32]| -> Vec<f32> {
-                        v.iter()
-                            .enumerate()
-                            .map(|(i, v)| if i % tr < n_rows { *v } else { 0.0 })
-                            .collect()
-                    };
+                    let keep = |v: &[f32]| rows_only(v, tr, n_rows);
                     let what = format!(
                         "{:?} {dtype:?} n_in {n_in} rows {n_rows} n_tok {n_tok} fine {fine}",
                         k.isa
@@ -389,12 +392,7 @@ fn dot_f_matches_scalar() {
                                 tol[t * tr + r] = 1e-5 * mags[t * n_rows + r] + 1e-6;
                             }
                         }
-                        let keep = |v: &[f32]| -> Vec<f32> {
-                            v.iter()
-                                .enumerate()
-                                .map(|(i, v)| if i % tr < n_rows { *v } else { 0.0 })
-                                .collect()
-                        };
+                        let keep = |v: &[f32]| rows_only(v, tr, n_rows);
                         let what = format!(
                             "{:?} {dtype:?} n_in {n_in} rows {n_rows} n_tok {n_tok}",
                             k.isa
