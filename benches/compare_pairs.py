@@ -7,7 +7,8 @@ the model's chat template rendered with Jinja2, the REVERSE prompt, the
 end-of-turn `<|im_end|>`), each view's full sequence evaluated and the mean
 log-prob of its target tokens computed.
 
-  main-score      `main-score score --threads N` (--precision exact, and fast, the default);
+  main-score      `main-score score --threads N` (--precision exact, and fast: the
+                  default on CPUs with AVX-512 VNNI);
                   wall time of the process minus its start-up (model load and
                   the scorer's shared prompt), measured on an empty input
   llama.cpp       llama-cpp-python on the same GGUF. Mode `batch` (default):
@@ -411,7 +412,7 @@ def main():
         diffs = [abs(means[e][k] - means[ref][k]) for k in common]
         results[e]["max_abs_diff_vs_" + ref] = max(diffs) if diffs else None
 
-    names = {"main": "main-score --precision exact", "main-fast": "main-score (default, fast)",
+    names = {"main": "main-score --precision exact", "main-fast": "main-score --precision fast",
              "llama": f"llama.cpp ({results.get('llama', {}).get('mode', '')})",
              "torch1": "PyTorch f32 batch 1", "torchN": f"PyTorch f32 batch {args.torch_batch} padded"}
     int8 = {"main-fast", "llama"}  # int8 dot products (main fast: VNNI; llama.cpp Q4_1 x Q8_1)

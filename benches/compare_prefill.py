@@ -5,7 +5,8 @@ Every engine computes the log-probability of every token of the same real
 text (tests/data/fidelity.txt, 8 segments of 375-850 tokens, each scored as
 its own sequence), with the same thread count, on the same machine:
 
-  main-score   `main-score logprobs --report-speed` (--precision fast, the default, and exact)
+  main-score   `main-score logprobs --report-speed` (--precision fast and exact;
+               the default is fast on CPUs with AVX-512 VNNI, exact elsewhere)
   llama.cpp    llama-cpp-python, same GGUF, logits for every position
                (logits_all=True, as a scorer needs), log-softmax in numpy
   PyTorch      transformers on the dequantized F32 weights (fixtures/smollm2-f32)

@@ -11,19 +11,22 @@ use std::cell::RefCell;
 use std::sync::Mutex;
 
 use crate::kernels::{
-    self, ActRowMut, ColumnStripes, Kernels, OutTile, QuantActs, Scheme, Scratch, WeightRows,
+    self, ActRowMut, ColumnStripes, Isa, Kernels, OutTile, QuantActs, Scheme, Scratch, WeightRows,
 };
 use crate::quant::{dequantize_row, DType};
 use crate::threads::Threads;
 
-/// How activations meet the weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// How activations meet the weights. Both `Exact` and `Fast` are accurate
+/// (within 1e-5 and 3e-4 nats of a float64 forward pass); the default is the
+/// faster of the two on this CPU (see [`Precision::default`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     /// f32 activations against dequantized weights (f32 accumulation): the
     /// most accurate mode (within 1e-5 nats of a float64 forward pass), and
-    /// the fastest where there are no fast byte dot products (wasm simd128).
+    /// the faster one where bytes have no fast dot product (AVX2 without
+    /// VNNI, NEON without `sdot`, wasm simd128).
     Exact,
-    /// The default. Integer dot products against quantized weights with two
+    /// Integer dot products against quantized weights with two
     /// bytes per activation: the code llama.cpp uses, plus a fine code for
     /// its rounding error (`kernels::QuantActs`), both multiplied by each
     /// weight byte as it is read. About 16 bits of each activation, so
@@ -34,7 +37,6 @@ pub enum Precision {
     /// are rounded to 8-bit codes per block of 32 as they are packed
     /// (`kernels::Scheme::for_integer_dots`; 0.013 nats mean): the one
     /// approximation Fast makes there.
-    #[default]
     Fast,
     /// One 8-bit pass, exactly llama.cpp's scheme for quantized weights:
     /// fastest, and as far from the f32 result as llama.cpp is (about 0.06
@@ -43,8 +45,30 @@ pub enum Precision {
     Int8,
 }
 
+impl Default for Precision {
+    /// `Fast` where the kernels multiply bytes with a dot-product instruction
+    /// (AVX-512 VNNI: there Fast is about 1.25x Exact end to end), `Exact`
+    /// elsewhere (on AVX2 Fast's two byte products per weight run at about
+    /// half of Exact's f32 speed; BENCHMARKS.md).
+    fn default() -> Precision {
+        match crate::kernels::best().isa {
+            Isa::Avx512Vnni => Precision::Fast,
+            _ => Precision::Exact,
+        }
+    }
+}
+
 impl Precision {
     /// `"exact"`, `"fast"` or `"int8"` (command lines, bindings).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Exact => "exact",
+            Precision::Fast => "fast",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// The inverse of [`Precision::name`].
     pub fn parse(s: &str) -> Option<Precision> {
         match s {
             "exact" => Some(Precision::Exact),

@@ -6,6 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
+use main_engine::matmul::Precision;
 use serde_json::Value;
 
 fn text_file(name: &str, text: &str) -> PathBuf {
@@ -49,7 +50,13 @@ fn json_has_ids_pieces_logprobs_and_perplexity() {
         "prose.txt",
         "The quick brown fox jumps over the lazy dog. Größe, 東京, 🙂.\n",
     );
-    let fast = logprobs_json(&text, &[]);
+    let fast = logprobs_json(&text, &["--precision", "fast"]);
+    // No flag: the engine's default for this CPU.
+    let default = logprobs_json(&text, &[]);
+    assert_eq!(
+        default,
+        logprobs_json(&text, &["--precision", Precision::default().name()])
+    );
     let ids = fast["ids"].as_array().unwrap();
     let pieces = fast["pieces"].as_array().unwrap();
     let lps = fast["logprobs"].as_array().unwrap();

@@ -60,7 +60,7 @@ export interface ScorerOptions {
   negatives?: number;
   /**
    * "exact" (the default here: f32 activations against dequantized weights, the fastest under simd128),
-   * "fast" (two bytes per activation, ~1e-5 relative of exact; `main-score`'s default) or "int8" (one byte, as llama.cpp).
+   * "fast" (two bytes per activation, ~1e-5 relative of exact; `main-score`'s default on AVX-512 VNNI CPUs) or "int8" (one byte, as llama.cpp).
    */
   precision?: "exact" | "fast" | "int8";
   /** New tokens per forward call (default 2048): bounds activation memory. */
@@ -443,8 +443,9 @@ impl Scorer {
             // one precomputed prefix, serves both kinds of call.
             tokens: true,
             precision: match o.precision.as_deref() {
-                // Not the engine's default (fast): simd128 has no byte dot
-                // product, so f32 is the fastest arithmetic here.
+                // The engine's default on wasm32 too (simd128 has no byte
+                // dot product, so f32 is the faster arithmetic); fixed here
+                // so the browser's numbers never depend on that choice.
                 None => Precision::Exact,
                 Some(p) => Precision::parse(p).ok_or_else(|| {
                     option_error(

@@ -57,19 +57,21 @@ enum Command {
         /// Worker threads (0 = one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// fast (the default): integer dot products with two bytes per
-        /// activation, within ~1e-5 relative of exact (float weights are
-        /// rounded to 8 bits); exact: f32 activations against dequantized
-        /// weights; int8: one byte per activation, as llama.cpp.
-        #[arg(long, default_value = "fast", value_parser = parse_precision)]
-        precision: Precision,
+        /// exact: f32 activations against dequantized weights; fast:
+        /// integer dot products with two bytes per activation, within ~1e-5
+        /// relative of exact (float weights are rounded to 8 bits); int8: one
+        /// byte per activation, as llama.cpp. Default: the faster of fast and
+        /// exact on this CPU (fast with AVX-512 VNNI, exact elsewhere).
+        #[arg(long, value_parser = parse_precision)]
+        precision: Option<Precision>,
         /// Short for `--precision exact`.
         #[arg(long, conflicts_with = "precision")]
         exact: bool,
         /// Print one JSON object: {"ids", "pieces", "logprobs", "perplexity"}.
         #[arg(long)]
         json: bool,
-        /// Print `{"tokens": n, "seconds": s}` for the forward pass to stderr (benchmarks).
+        /// Print `{"tokens": n, "seconds": s, "precision": p}` for the forward
+        /// pass to stderr (benchmarks).
         #[arg(long)]
         report_speed: bool,
     },
@@ -99,7 +101,7 @@ fn main() -> ExitCode {
             json,
             report_speed,
         } => {
-            let precision = if exact { Precision::Exact } else { precision };
+            let precision = chosen_precision(exact, precision);
             logprobs(&model, &text_file, threads, precision, json, report_speed)
         }
         Command::Quantize {
@@ -250,7 +252,7 @@ fn logprobs(
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
             "{}",
-            serde_json::json!({ "tokens": ids.len(), "seconds": secs })
+            serde_json::json!({ "tokens": ids.len(), "seconds": secs, "precision": precision.name() })
         );
     }
     let ppl = perplexity(&lps);
@@ -338,12 +340,13 @@ struct ScoreArgs {
     /// Longest view in tokens; longer content is cut and the pair flagged "truncated".
     #[arg(long, default_value_t = 1024)]
     max_tokens: usize,
-    /// fast (the default): integer dot products with two bytes per
-    /// activation, within ~1e-5 relative of exact (float weights are rounded
-    /// to 8 bits); exact: f32 activations against dequantized weights;
-    /// int8: one byte per activation, as llama.cpp.
-    #[arg(long, default_value = "fast", value_parser = parse_precision)]
-    precision: Precision,
+    /// exact: f32 activations against dequantized weights; fast: integer
+    /// dot products with two bytes per activation, within ~1e-5 relative of
+    /// exact (float weights are rounded to 8 bits); int8: one byte per
+    /// activation, as llama.cpp. Default: the faster of fast and exact on
+    /// this CPU (fast with AVX-512 VNNI, exact elsewhere).
+    #[arg(long, value_parser = parse_precision)]
+    precision: Option<Precision>,
     /// Short for `--precision exact`.
     #[arg(long, conflicts_with = "precision")]
     exact: bool,
@@ -530,11 +533,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         combine: Combine::parse(&a.combine)?,
         negatives: a.negatives,
         tokens: a.tokens,
-        precision: if a.exact {
-            Precision::Exact
-        } else {
-            a.precision
-        },
+        precision: chosen_precision(a.exact, a.precision),
         ..ScorerParams::default()
     };
     let scorer = Scorer::new(forward, reverse, params)?;
@@ -1116,6 +1115,14 @@ impl Progress {
 fn clock(secs: f64) -> String {
     let s = secs.round() as u64;
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `--exact`, else `--precision`, else the engine's default for this CPU.
+fn chosen_precision(exact: bool, precision: Option<Precision>) -> Precision {
+    match (exact, precision) {
+        (true, _) => Precision::Exact,
+        (false, p) => p.unwrap_or_default(),
+    }
 }
 
 fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
