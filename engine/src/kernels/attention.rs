@@ -6,6 +6,10 @@
 //! The body is written once ([`attend`]) and compiled per instruction set by
 //! thin `#[target_feature]` wrappers chosen at run time, as the matmul
 //! kernels are; on wasm32 and aarch64 the baseline (simd128, NEON) is used.
+//! Its two inner loops sit behind a small trait ([`Blocks`]): portable code
+//! the compiler vectorises, one query at a time, and on AVX-512 explicit
+//! code for eight queries at a time, where each key or value vector loaded
+//! feeds eight fused multiply-adds.
 
 use std::sync::OnceLock;
 
