@@ -268,7 +268,6 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     write_atomic(path, &s)
 }
 
-/// Trains one direction from the base model into `run`.
 /// The forward and the reverse model of one round, in `dir/forward` and `dir/reverse`.
 fn train_both(
     cfg: &PipelineConfig,
@@ -293,6 +292,7 @@ fn train_both(
     Ok((fwd, rev))
 }
 
+/// Trains one direction from the base model into `run`.
 fn train_direction(
     cfg: &PipelineConfig,
     data: &[WeightedPair],

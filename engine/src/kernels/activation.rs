@@ -3,47 +3,16 @@
 //! instruction set like the softmax reductions: libm's scalar `expf` was
 //! ~2.5% of a scoring run.
 
-use std::sync::OnceLock;
-
 use super::attention::exp;
 
 /// `gate[i] = silu(gate[i]) * up[i]`, `silu(x) = x / (1 + e^-x)`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len());
-    type F = fn(&mut [f32], &[f32]);
-    static BEST: OnceLock<F> = OnceLock::new();
-    (BEST.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        match super::float_simd() {
-            super::FloatSimd::Avx512 => return x86::avx512,
-            super::FloatSimd::Avx2 => return x86::avx2,
-            super::FloatSimd::Baseline => {}
-        }
-        silu_mul_body
-    }))(gate, up)
+    silu_mul_best(gate, up)
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    #[target_feature(enable = "avx512f,avx512vl,fma")]
-    unsafe fn avx512_impl(gate: &mut [f32], up: &[f32]) {
-        super::silu_mul_body(gate, up)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_impl(gate: &mut [f32], up: &[f32]) {
-        super::silu_mul_body(gate, up)
-    }
-
-    pub fn avx512(gate: &mut [f32], up: &[f32]) {
-        // SAFETY: selected only when `float_simd()` (run-time detection) saw AVX-512F and FMA.
-        unsafe { avx512_impl(gate, up) }
-    }
-
-    pub fn avx2(gate: &mut [f32], up: &[f32]) {
-        // SAFETY: selected only when `float_simd()` (run-time detection) saw AVX2 and FMA.
-        unsafe { avx2_impl(gate, up) }
-    }
+float_simd_fn! {
+    fn silu_mul_best(gate: &mut [f32], up: &[f32]) = silu_mul_body;
 }
 
 /// `exp` is accurate for arguments <= 0 only, so it is always given `-|x|`:

@@ -371,7 +371,7 @@ fn sum_of(s: &[f32]) -> f32 {
 
 /// Maximum with 16 independent lanes (a single running max would not vectorise).
 #[inline(always)]
-fn max_of(s: &[f32]) -> f32 {
+pub(super) fn max_of(s: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; 16];
     let chunks = s.chunks_exact(16);
     let rest = chunks.remainder();

@@ -132,6 +132,50 @@ macro_rules! by_scheme {
     }};
 }
 
+/// Defines `fn $name(args) -> ret` running `$body` (an `#[inline(always)]`
+/// function of plain loops) compiled for this CPU's float SIMD level
+/// ([`float_simd`]: AVX-512F or AVX2 with FMA on x86_64, the build's baseline
+/// elsewhere), chosen once: the element-wise kernels' one body, per-ISA
+/// copies and run-time dispatch.
+macro_rules! float_simd_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path;) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,fma")]
+            fn avx512($($arg: $ty),*) $(-> $ret)? {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2($($arg: $ty),*) $(-> $ret)? {
+                $body($($arg),*)
+            }
+            fn baseline($($arg: $ty),*) $(-> $ret)? {
+                $body($($arg),*)
+            }
+            type F = fn($($ty),*) $(-> $ret)?;
+            static BEST: std::sync::OnceLock<F> = std::sync::OnceLock::new();
+            let best = BEST.get_or_init(|| -> F {
+                #[cfg(target_arch = "x86_64")]
+                match $crate::kernels::float_simd() {
+                    // SAFETY: `float_simd()` saw AVX-512F and FMA at run time.
+                    $crate::kernels::FloatSimd::Avx512 => {
+                        return |$($arg: $ty),*| unsafe { avx512($($arg),*) }
+                    }
+                    // SAFETY: `float_simd()` saw AVX2 and FMA at run time.
+                    $crate::kernels::FloatSimd::Avx2 => {
+                        return |$($arg: $ty),*| unsafe { avx2($($arg),*) }
+                    }
+                    $crate::kernels::FloatSimd::Baseline => {}
+                }
+                baseline
+            });
+            best($($arg),*)
+        }
+    };
+}
+
 pub mod activation;
 #[cfg(target_arch = "aarch64")]
 pub mod arm;

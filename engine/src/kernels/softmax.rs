@@ -2,77 +2,24 @@
 //! the sum of `exp(x - shift)`, with 16 independent lanes so they vectorise,
 //! compiled per instruction set like the attention kernel.
 
-use std::sync::OnceLock;
+use super::attention::{exp, max_of};
 
-use super::attention::exp;
-
-/// `(max(row), sum(exp(row - max)))` of a non-empty row.
-pub fn max_and_sum_exp(row: &[f32]) -> (f32, f32) {
-    type F = fn(&[f32]) -> (f32, f32);
-    static BEST: OnceLock<F> = OnceLock::new();
-    (BEST.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        match super::float_simd() {
-            super::FloatSimd::Avx512 => return x86::avx512,
-            super::FloatSimd::Avx2 => return x86::avx2,
-            super::FloatSimd::Baseline => {}
-        }
-        reduce
-    }))(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    #[target_feature(enable = "avx512f,avx512vl,fma")]
-    unsafe fn avx512_impl(row: &[f32]) -> (f32, f32) {
-        super::reduce_body(row)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_impl(row: &[f32]) -> (f32, f32) {
-        super::reduce_body(row)
-    }
-
-    pub fn avx512(row: &[f32]) -> (f32, f32) {
-        // SAFETY: selected only when `float_simd()` (run-time detection) saw AVX-512F and FMA.
-        unsafe { avx512_impl(row) }
-    }
-
-    pub fn avx2(row: &[f32]) -> (f32, f32) {
-        // SAFETY: selected only when `float_simd()` (run-time detection) saw AVX2 and FMA.
-        unsafe { avx2_impl(row) }
-    }
-}
-
-fn reduce(row: &[f32]) -> (f32, f32) {
-    reduce_body(row)
+float_simd_fn! {
+    /// `(max(row), sum(exp(row - max)))` of a non-empty row.
+    pub fn max_and_sum_exp(row: &[f32]) -> (f32, f32) = reduce_body;
 }
 
 #[inline(always)]
 fn reduce_body(row: &[f32]) -> (f32, f32) {
-    let mut m = [f32::NEG_INFINITY; 16];
+    let max = max_of(row);
     let chunks = row.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks.clone() {
-        for l in 0..16 {
-            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
-        }
-    }
-    let mut max = rest
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    for v in m {
-        if v > max {
-            max = v;
-        }
-    }
+    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v - max)).sum();
     let mut s = [0f32; 16];
     for c in chunks {
         for l in 0..16 {
             s[l] += exp(c[l] - max);
         }
     }
-    let tail: f32 = rest.iter().map(|&v| exp(v - max)).sum();
     (max, s.iter().sum::<f32>() + tail)
 }
 
