@@ -10,6 +10,12 @@
 //! writes JSON as Python's `json.dumps` does. The variables are `messages`,
 //! `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (none) and
 //! `documents` (none).
+//!
+//! Templates come from strangers, so rendering is bounded: at most
+//! [`FUEL`] MiniJinja steps and [`MAX_EXTRA_OUTPUT`] bytes beyond four times
+//! the messages' own text. A template that loops or inflates without bound
+//! is an error, not a hang, wherever the engine runs (CLI, libmain, Python,
+//! the browser).
 
 use minijinja::value::{Kwargs, Value};
 use minijinja::{context, Environment, ErrorKind};
@@ -28,6 +34,16 @@ pub const ALPACA_TEMPLATE: &str = "{% for message in messages %}\
 
 /// The name errors cite as the template's location (`in chat_template:3`).
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// MiniJinja steps one rendering may take. The real templates of the
+/// LLaMA-2/3, Mistral, ChatML/Qwen, Gemma, Phi-3 and DeepSeek families take
+/// 50 to 150 for the conversations the engine renders (tests/templates.rs
+/// measures them), so this leaves a margin of over 3,000x, while a hostile
+/// loop stops within a few tens of milliseconds.
+pub const FUEL: u64 = 500_000;
+
+/// Output a rendering may write beyond four times its messages' text.
+pub const MAX_EXTRA_OUTPUT: usize = 1 << 20;
 
 /// Assistant content that no template rewrites and no text contains, so the
 /// text after it is what the template appends to an assistant turn.
@@ -56,6 +72,7 @@ impl ChatTemplate {
         eos_token: Option<String>,
     ) -> Result<ChatTemplate> {
         let mut env = Environment::new();
+        env.set_fuel(Some(FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -103,10 +120,22 @@ impl ChatTemplate {
 
     /// Renders a conversation of `(role, content)` messages.
     pub fn render(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
+        self.render_measured(messages, add_generation_prompt)
+            .map(|(text, _)| text)
+    }
+
+    /// [`ChatTemplate::render`], also returning the MiniJinja steps it took
+    /// (to show that real templates stay far below [`FUEL`]).
+    pub fn render_measured(
+        &self,
+        messages: &[(&str, &str)],
+        add_generation_prompt: bool,
+    ) -> Result<(String, u64)> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(template_error)?;
+        let content_bytes: usize = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
         let messages: Vec<Value> = messages
             .iter()
             .map(|&(role, content)| context! { role => role, content => content })
@@ -114,16 +143,43 @@ impl ChatTemplate {
         // HF leaves a missing special token undefined rather than none, so
         // `bos_token is defined` behaves as in `transformers`.
         let token = |t: &Option<String>| t.as_deref().map_or(Value::UNDEFINED, Value::from);
-        template
-            .render(context! {
+        let mut out = CappedWriter {
+            bytes: Vec::new(),
+            cap: content_bytes.saturating_mul(4).saturating_add(MAX_EXTRA_OUTPUT),
+            over: false,
+        };
+        let rendered = template.render_captured_to(
+            context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => token(&self.bos_token),
                 eos_token => token(&self.eos_token),
                 tools => Value::from(()),
                 documents => Value::from(()),
-            })
-            .map_err(template_error)
+            },
+            &mut out,
+        );
+        let steps = match rendered {
+            Ok(captured) => captured.state().fuel_levels().map_or(0, |(used, _)| used),
+            Err(_) if out.over => {
+                return Err(Error::Template(format!(
+                    "the rendered text passed {} bytes for {content_bytes} bytes of messages: \
+                     the template writes without bound",
+                    out.cap
+                )))
+            }
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(Error::Template(format!(
+                    "rendering took more than {FUEL} steps, far more than any chat template \
+                     needs: the template loops without bound"
+                )))
+            }
+            Err(e) => return Err(template_error(e)),
+        };
+        // MiniJinja writes whole `str`s, so the bytes are UTF-8.
+        let text = String::from_utf8(out.bytes)
+            .map_err(|e| Error::Template(format!("rendered text is not UTF-8: {e}")))?;
+        Ok((text, steps))
     }
 
     fn derive_end_of_turn(&self) -> Result<String> {
@@ -135,6 +191,29 @@ impl ChatTemplate {
             )));
         };
         Ok(text[at + SENTINEL.len()..].trim_end().to_string())
+    }
+}
+
+/// The rendering's output, refused past `cap` bytes so a template cannot
+/// fill memory through its output.
+struct CappedWriter {
+    bytes: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other("output cap reached"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

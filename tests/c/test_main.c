@@ -184,6 +184,11 @@ static int run_errors(const char *model_path, const char *tmpdir) {
     write_file(path, "this is not a GGUF file at all", 30);
     EXPECT_ERR(main_model_load(path, &model), MAIN_ERR_FORMAT, "GGUF");
 
+    /* 12 bytes, "GGUF garbage": a damaged file, not an unsupported version. */
+    snprintf(path, sizeof path, "%s/garbage12.gguf", tmpdir);
+    write_file(path, "GGUF garbage", 12);
+    EXPECT_ERR(main_model_load(path, &model), MAIN_ERR_FORMAT, "truncated");
+
     /* A GGUF header that promises more tensors than the file holds. */
     static const unsigned char truncated[] = {
         'G', 'G', 'U', 'F', 3, 0, 0, 0,           /* magic, version 3 */

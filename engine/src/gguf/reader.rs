@@ -206,6 +206,13 @@ struct TensorInfo {
     info_at: u64,
 }
 
+/// Magic, version, tensor count and metadata count.
+const HEADER_BYTES: usize = 4 + 4 + 8 + 8;
+
+/// Versions above this are not a future GGUF but garbage: the format has
+/// had three versions in its first years.
+const MAX_PLAUSIBLE_VERSION: u32 = 255;
+
 pub(super) fn parse(bytes: &[u8]) -> Result<Gguf> {
     let mut c = Cursor { bytes, pos: 0 };
 
@@ -218,6 +225,17 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Gguf> {
             format!(
                 "magic is {:?}, expected \"GGUF\" (not a GGUF file)",
                 String::from_utf8_lossy(magic)
+            ),
+        ));
+    }
+    // A header cut short is a damaged file, whatever its version field says.
+    if bytes.len() < HEADER_BYTES {
+        return Err(Error::format(
+            HEADER,
+            bytes.len() as u64,
+            format!(
+                "the file ends after {} bytes, inside the {HEADER_BYTES}-byte header (truncated)",
+                bytes.len()
             ),
         ));
     }
@@ -239,7 +257,21 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Gguf> {
                 ),
             ))
         }
-        v => return Err(Error::unsupported("GGUF version", v.to_string())),
+        // A later version of the format is a real file we cannot read; a
+        // number far beyond any version is damage (or text after "GGUF").
+        v if v <= MAX_PLAUSIBLE_VERSION => {
+            return Err(Error::unsupported(
+                "GGUF version",
+                format!("{v} (only versions 2 and 3 are read)"),
+            ))
+        }
+        v => {
+            return Err(Error::format(
+                HEADER,
+                4,
+                format!("version {v} is not a GGUF version (damaged file, or not GGUF)"),
+            ))
+        }
     }
     let tensor_count_at = c.pos as u64;
     let tensor_count = c.u64(HEADER)?;

@@ -460,12 +460,33 @@ fn unsupported_versions() {
     );
 
     put_u32(&mut bytes, 4, 4);
-    let e = parse_err(&bytes);
-    assert!(e.contains("GGUF version: 4"), "{e}");
+    let e = Gguf::parse(&bytes).unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("GGUF version: 4"), "{e}");
 
     put_u32(&mut bytes, 4, 3u32.swap_bytes());
     let e = parse_err(&bytes);
     assert!(e.contains("big-endian"), "{e}");
+}
+
+/// The 12-byte `GGUF garbage`: a damaged file (Format), not an
+/// unsupported version, and so is any absurd version number.
+#[test]
+fn garbage_after_magic_is_a_format_error() {
+    let e = Gguf::parse(b"GGUF garbage").unwrap_err();
+    assert!(matches!(e, Error::Format { .. }), "{e}");
+    assert!(e.to_string().contains("truncated"), "{e}");
+
+    let mut bytes = small_file();
+    bytes[4..8].copy_from_slice(b" gar");
+    let e = Gguf::parse(&bytes).unwrap_err();
+    assert!(matches!(e, Error::Format { .. }), "{e}");
+    assert!(e.to_string().contains("1918986016") && e.to_string().contains("byte 4"), "{e}");
+
+    for cut in [4, 8, 16, 23] {
+        let e = Gguf::parse(&small_file()[..cut]).unwrap_err();
+        assert!(matches!(e, Error::Format { .. }), "cut at {cut}: {e}");
+    }
 }
 
 #[test]
