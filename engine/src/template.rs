@@ -145,7 +145,9 @@ impl ChatTemplate {
         let token = |t: &Option<String>| t.as_deref().map_or(Value::UNDEFINED, Value::from);
         let mut out = CappedWriter {
             bytes: Vec::new(),
-            cap: content_bytes.saturating_mul(4).saturating_add(MAX_EXTRA_OUTPUT),
+            cap: content_bytes
+                .saturating_mul(4)
+                .saturating_add(MAX_EXTRA_OUTPUT),
             over: false,
         };
         let rendered = template.render_captured_to(

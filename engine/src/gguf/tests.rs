@@ -481,7 +481,10 @@ fn garbage_after_magic_is_a_format_error() {
     bytes[4..8].copy_from_slice(b" gar");
     let e = Gguf::parse(&bytes).unwrap_err();
     assert!(matches!(e, Error::Format { .. }), "{e}");
-    assert!(e.to_string().contains("1918986016") && e.to_string().contains("byte 4"), "{e}");
+    assert!(
+        e.to_string().contains("1918986016") && e.to_string().contains("byte 4"),
+        "{e}"
+    );
 
     for cut in [4, 8, 16, 23] {
         let e = Gguf::parse(&small_file()[..cut]).unwrap_err();
