@@ -128,6 +128,21 @@ fn baseline() -> &'static (Vec<String>, Vec<String>) {
     })
 }
 
+/// The provenance file beside the baseline's output.
+fn baseline_provenance() -> PathBuf {
+    baseline();
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("score_cli/baseline/out.jsonl.provenance.json")
+}
+
+/// Writes `records` to `output` with the provenance of the run that made
+/// them, as an interrupted run of that kind leaves it.
+fn seed(output: &Path, records: &str, provenance: &Path) {
+    std::fs::write(output, records).unwrap();
+    let mut beside = output.as_os_str().to_owned();
+    beside.push(".provenance.json");
+    std::fs::copy(provenance, PathBuf::from(beside)).unwrap();
+}
+
 fn alignment(line: &str) -> f64 {
     let v: Value = serde_json::from_str(line).unwrap();
     v["alignment"]["alignment"]
@@ -168,6 +183,7 @@ fn output_is_the_input_record_plus_alignment() {
             )
         );
         assert_eq!(v["id"], i, "records stay in input order");
+        assert_eq!(a["line"], i + 1, "each record names its input line");
     }
     // The mismatched responses (every fifth) should score below the matched ones on the whole.
     let mean = |pick: fn(usize) -> bool| {
@@ -276,7 +292,11 @@ fn a_malformed_line_stops_after_writing_what_came_before_and_skip_invalid_goes_o
     let got = lines(&output);
     assert_eq!(got[..3], baseline().1[..3]);
     assert_eq!(got.len(), 4);
-    assert_eq!(got[3], baseline().1[3]);
+    // The fourth pair sits on line 7 of this input.
+    assert_eq!(
+        got[3],
+        baseline().1[3].replace("\"line\":4}", "\"line\":7}")
+    );
 }
 
 #[test]
@@ -375,7 +395,7 @@ fn resume_drops_a_partial_last_line() {
     let done = 18;
     let mut text = full[..done].join("\n") + "\n";
     text.push_str(&full[done][..full[done].len() / 2]);
-    std::fs::write(&output, text).unwrap();
+    seed(&output, &text, &baseline_provenance());
 
     let out = run_ok(main_score(&["--input", p(&path), "--output", p(&output)]));
     let err = stderr(&out);
@@ -396,29 +416,147 @@ fn resume_drops_a_partial_last_line() {
 }
 
 #[test]
-fn an_output_longer_than_the_input_is_refused() {
-    let (_, full) = baseline();
+fn an_output_that_does_not_fit_the_input_is_refused() {
+    let (input, full) = baseline();
     let dir = scratch("resume-mismatch");
-    let input = write_input(&dir, 3);
+    let path = dir.join("input.jsonl");
+    std::fs::write(&path, input.join("\n") + "\n").unwrap();
     let output = dir.join("out.jsonl");
-    std::fs::write(&output, full[..5].join("\n") + "\n").unwrap();
-    let out = run(main_score(&["--input", p(&input), "--output", p(&output)]));
+    let refused = |records: &[&String], says: &str| {
+        let text: String = records.iter().map(|l| format!("{l}\n")).collect();
+        seed(&output, &text, &baseline_provenance());
+        let out = run(main_score(&["--input", p(&path), "--output", p(&output)]));
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains(says), "{err}");
+        assert!(err.contains("to start afresh, remove"), "{err}");
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), text, "untouched");
+    };
+    // More records than the input has.
+    let mut longer: Vec<&String> = full.iter().collect();
+    longer.push(&full[0]);
+    refused(&longer, "holds 25 records but");
+    // A record on the wrong line (one lost in between).
+    refused(&[&full[0], &full[2]], "record 2 of");
+    // Records without their line, as older versions wrote them.
+    let old = full[0].replace(",\"line\":1}", "}");
+    refused(&[&old], "has no input line");
+
+    // Records without a provenance file: unknown origin.
+    std::fs::write(&output, full[0].clone() + "\n").unwrap();
+    std::fs::remove_file(dir.join("out.jsonl.provenance.json")).unwrap();
+    let out = run(main_score(&["--input", p(&path), "--output", p(&output)]));
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("holds 5 records but"),
+        stderr(&out).contains("has no") && stderr(&out).contains("provenance.json"),
         "{}",
         stderr(&out)
     );
 
     // And a file that main-score did not write is never appended to.
     std::fs::write(&output, "{\"a\": 1}\n").unwrap();
-    let out = run(main_score(&["--input", p(&input), "--output", p(&output)]));
+    let out = run(main_score(&["--input", p(&path), "--output", p(&output)]));
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("line 1: not a record written by main-score"),
         "{}",
         stderr(&out)
     );
+}
+
+/// The report: a.jsonl (3 records) scored, then b.jsonl (5 records)
+/// with `--precision exact` into the same output "resumed after 3 records"
+/// and mixed the two runs. Any change of input, model, reverse model or
+/// score-changing option is now refused, naming what differs.
+#[test]
+fn resume_refuses_another_input_model_or_option() {
+    let dir = scratch("resume-other-run");
+    let a = dir.join("a.jsonl");
+    let b = dir.join("b.jsonl");
+    std::fs::write(&a, (0..3).map(|i| pair_line(i) + "\n").collect::<String>()).unwrap();
+    std::fs::write(&b, (3..8).map(|i| pair_line(i) + "\n").collect::<String>()).unwrap();
+    let output = dir.join("o.jsonl");
+    run_ok(main_score(&["--input", p(&a), "--output", p(&output)]));
+    let made = std::fs::read(&output).unwrap();
+    assert_eq!(lines(&output).len(), 3);
+
+    let refused = |args: &[&str], says: &[&str]| {
+        let mut c = main_score(&["--output", p(&output)]);
+        c.args(args);
+        let out = run(c);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} resumed: {err}");
+        for s in says {
+            assert!(err.contains(s), "{args:?}: no {s:?} in {err}");
+        }
+        assert!(err.contains("to start afresh, remove"), "{err}");
+        assert!(!err.contains("resuming after"), "{err}");
+        assert_eq!(
+            std::fs::read(&output).unwrap(),
+            made,
+            "{args:?}: output changed"
+        );
+    };
+    refused(
+        &["--input", p(&b), "--precision", "exact"],
+        &["its input was", "b.jsonl", "--precision was"],
+    );
+    // The same name with other content is another input.
+    let edited = dir.join("edited.jsonl");
+    std::fs::write(
+        &edited,
+        std::fs::read_to_string(&a).unwrap().replace("plus", "and"),
+    )
+    .unwrap();
+    refused(&["--input", p(&edited)], &["its input was"]);
+    let tiny = common::fixture("mistral-tiny/model.gguf");
+    refused(
+        &["--input", p(&a), "--reverse-model", p(&tiny)],
+        &["its reverse model was none"],
+    );
+    refused(
+        &["--input", p(&a), "--negatives", "1"],
+        &["--negatives was 0, now 1"],
+    );
+    refused(
+        &["--input", p(&a), "--combine", "mean"],
+        &["--combine was min, now mean"],
+    );
+    refused(
+        &["--input", p(&a), "--tokens"],
+        &["--tokens was false, now true"],
+    );
+    refused(
+        &["--input", p(&a), "--shard", "0/2"],
+        &["--shard was 0/1, now 0/2"],
+    );
+
+    // Another forward model (the CLI takes --model once, so a fresh command).
+    let mut c = Command::new(env!("CARGO_BIN_EXE_main-score"));
+    c.args([
+        "score",
+        "--threads",
+        "1",
+        "--max-tokens",
+        "256",
+        "--model",
+        p(&tiny),
+    ])
+    .args(["--input", p(&a), "--output", p(&output)]);
+    let out = run(c);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("its model was"), "{}", stderr(&out));
+
+    // The same input moved elsewhere is the same input: it resumes.
+    let moved = dir.join("moved.jsonl");
+    std::fs::copy(&a, &moved).unwrap();
+    let out = run_ok(main_score(&["--input", p(&moved), "--output", p(&output)]));
+    assert!(
+        stderr(&out).contains("resuming after 3 records"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), made);
 }
 
 /// The filters read the staged scores; seeding the stage with the finished
@@ -429,7 +567,11 @@ fn filtered(name: &str, filters: &[&str]) -> (Vec<String>, Vec<String>) {
     let path = dir.join("input.jsonl");
     std::fs::write(&path, input.join("\n") + "\n").unwrap();
     let output = dir.join("kept.jsonl");
-    std::fs::write(dir.join("kept.jsonl.scored.jsonl"), full.join("\n") + "\n").unwrap();
+    seed(
+        &dir.join("kept.jsonl.scored.jsonl"),
+        &(full.join("\n") + "\n"),
+        &baseline_provenance(),
+    );
     let mut args = vec!["--input", p(&path), "--output", p(&output)];
     args.extend_from_slice(filters);
     let out = run_ok(main_score(&args));
@@ -609,7 +751,11 @@ fn negatives_come_from_the_batch_and_resume_mid_batch_keeps_them() {
     // Killed in the middle of the second batch: the records already written
     // join their batch again, so the rest see the same negatives.
     let resumed_path = dir.join("resumed.jsonl");
-    std::fs::write(&resumed_path, full[..5].join("\n") + "\n").unwrap();
+    seed(
+        &resumed_path,
+        &(full[..5].join("\n") + "\n"),
+        &dir.join("full.jsonl.provenance.json"),
+    );
     let a = args(&resumed_path);
     run_ok(main_score(
         &a.iter().map(String::as_str).collect::<Vec<_>>(),

@@ -10,7 +10,8 @@ use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use clap::{Parser, Subcommand};
 use main_engine::logprob::{perplexity, sequence_logprobs};
@@ -21,7 +22,8 @@ use main_engine::quant::DType;
 use main_engine::score::{Combine, Pair, PairScore};
 use main_engine::scorer::{Scorer, ScorerParams};
 use main_engine::{convert, Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Parser)]
 #[command(
@@ -304,9 +306,16 @@ fn export(input: &Path, output_dir: &Path) -> Result<()> {
 // Resume: the output itself is the checkpoint. On start, a trailing partial
 // line (a run killed mid-write) is cut off, the complete lines are counted,
 // and that many eligible input records (in this shard, and valid) are skipped.
-// Nothing else is stored, so the same input, shard and format flags must be
-// given again. Each batch is written with one write call, so a kill leaves at
-// most one partial line.
+// Each batch is written with one write call, so a kill leaves at most one
+// partial line; a failed write (a full disk) is cut back to the last complete
+// record at once.
+//
+// Resuming must never mix runs, so the output carries its provenance:
+// OUTPUT.provenance.json beside it names the input, the model files and every
+// option that changes a score, each file by length and BLAKE3 hash, and each
+// record's "alignment" holds its 1-based input "line". A resume whose input,
+// models or options differ, or whose records do not sit on the lines this
+// input gives them, is refused with what differs and how to start afresh.
 //
 // Shards: the record on 0-based input line L belongs to shard L % N. Outputs
 // of all N shards hold every record exactly once, and each keeps input order.
@@ -514,12 +523,25 @@ fn score(a: ScoreArgs) -> Result<()> {
 
     // The output is checked before the model loads, so a wrong --output fails at once.
     let mut summary = Summary::default();
-    let (sink, resumed) = Sink::open(&staged, &mut summary)?;
+    let (sink, done_lines) = Sink::open(&staged, &mut summary)?;
+    let resumed = done_lines.len();
 
-    let model_path = match a.model {
+    let model_path = match a.model.clone() {
         Some(p) => p,
         None => default_model()?,
     };
+    let precision = chosen_precision(a.exact, a.precision);
+    if !is_stdio(&staged) {
+        let made_of = Provenance::of_run(&a, &model_path, precision)?;
+        made_of.check_or_start(&staged, resumed)?;
+    }
+    if resumed > 0 {
+        eprintln!(
+            "main-score: {}: resuming after {resumed} records",
+            staged.display()
+        );
+    }
+
     let forward = Arc::new(Model::load(&model_path)?);
     let reverse = a
         .reverse_model
@@ -533,7 +555,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         combine: Combine::parse(&a.combine)?,
         negatives: a.negatives,
         tokens: a.tokens,
-        precision: chosen_precision(a.exact, a.precision),
+        precision,
         ..ScorerParams::default()
     };
     let scorer = Scorer::new(forward, reverse, params)?;
@@ -563,6 +585,7 @@ fn score(a: ScoreArgs) -> Result<()> {
             File::open(&a.input).map_err(|e| Error::io(&a.input, e))?,
         ))
     };
+    let mut done_lines = done_lines.into_iter();
     let (mut to_skip, mut invalid) = (resumed, 0usize);
     let mut buf = Vec::new();
     for line_index in 0.. {
@@ -589,11 +612,25 @@ fn score(a: ScoreArgs) -> Result<()> {
                 // uninterrupted run.
                 let line = if to_skip > 0 {
                     to_skip -= 1;
+                    let done = done_lines.next().unwrap_or(0);
+                    if done != line_index + 1 {
+                        return Err(record_mismatch(
+                            &staged,
+                            resumed - to_skip,
+                            done,
+                            &input_name,
+                            line_index + 1,
+                        ));
+                    }
                     None
                 } else {
                     Some(text.to_string())
                 };
-                job.push(Entry { line, pair })?;
+                job.push(Entry {
+                    line,
+                    line_no: line_index + 1,
+                    pair,
+                })?;
             }
             Err(e) if a.skip_invalid => {
                 eprintln!("main-score: skipping {input_name} {e}");
@@ -610,9 +647,10 @@ fn score(a: ScoreArgs) -> Result<()> {
         return Err(Error::invalid_argument(
             "--output",
             format!(
-                "{} holds {resumed} records but {input_name} has only {} eligible ones: not an output of this input, shard and format",
+                "{} holds {resumed} records but {input_name} has only {} eligible ones: not an output of this input, shard and format; {}",
                 staged.display(),
-                resumed - to_skip
+                resumed - to_skip,
+                start_afresh(&staged)
             ),
         ));
     }
@@ -694,10 +732,11 @@ fn count_in_shard(path: &Path, shard: Shard) -> Result<usize> {
     Ok((lines + shard.count - 1 - shard.index) / shard.count)
 }
 
-/// One eligible input record: its line (`None` when already in the output
-/// from an earlier run) and its pair.
+/// One eligible input record: its text (`None` when already in the output
+/// from an earlier run), its 1-based input line number and its pair.
 struct Entry {
     line: Option<String>,
+    line_no: usize,
     pair: Pair,
 }
 
@@ -756,7 +795,7 @@ impl ScoreJob {
             let mut out = Vec::new();
             for (entry, s) in scored.iter().zip(&scores) {
                 if let Some(line) = &entry.line {
-                    splice_alignment(&mut out, line, s)?;
+                    splice_alignment(&mut out, line, entry.line_no, s)?;
                     self.summary.add(s.alignment, s.fwd_pmi, s.rev_pmi, s.ifd);
                 }
             }
@@ -770,10 +809,16 @@ impl ScoreJob {
     }
 }
 
-/// Writes `line` with `"alignment": score` added as its last key. The
-/// record's own bytes are kept as they are (key order, number spelling,
-/// escapes), which re-serializing would not guarantee.
-fn splice_alignment(out: &mut Vec<u8>, line: &str, score: &PairScore) -> Result<()> {
+/// Writes `line` with `"alignment": score` added as its last key, the score
+/// ending with `"line": line_no`. The record's own bytes are kept as they are
+/// (key order, number spelling, escapes), which re-serializing would not
+/// guarantee.
+fn splice_alignment(
+    out: &mut Vec<u8>,
+    line: &str,
+    line_no: usize,
+    score: &PairScore,
+) -> Result<()> {
     let body = line
         .strip_suffix('}')
         .expect("a parsed JSON object ends with '}'")
@@ -785,14 +830,21 @@ fn splice_alignment(out: &mut Vec<u8>, line: &str, score: &PairScore) -> Result<
     out.extend_from_slice(b"\"alignment\":");
     serde_json::to_writer(&mut *out, score)
         .map_err(|e| Error::Input(format!("serializing scores: {e}")))?;
-    out.extend_from_slice(b"}\n");
+    // The score is a JSON object: its closing brace makes room for "line".
+    out.pop();
+    out.extend_from_slice(format!(",\"line\":{line_no}}}}}\n").as_bytes());
     Ok(())
 }
 
 /// Where scored records go: stdout, or a file resumed after its last complete line.
 enum Sink {
     Stdout(std::io::Stdout),
-    File { file: File, path: PathBuf },
+    File {
+        file: File,
+        path: PathBuf,
+        /// Bytes of complete records: where a failed write is cut back to.
+        len: u64,
+    },
 }
 
 /// The fields of a written record that the summary and the filters read.
@@ -808,6 +860,8 @@ struct ScoredFields {
     fwd_pmi: Option<f64>,
     rev_pmi: Option<f64>,
     ifd: Option<f64>,
+    /// The record's 1-based input line (absent in outputs of older versions).
+    line: Option<usize>,
 }
 
 fn read_scored(line: &[u8], path: &Path, line_no: usize) -> Result<ScoredFields> {
@@ -820,11 +874,12 @@ fn read_scored(line: &[u8], path: &Path, line_no: usize) -> Result<ScoredFields>
 }
 
 impl Sink {
-    /// Opens `path`, cutting a trailing partial line, and returns the number
-    /// of complete records already there (their scores go into `summary`).
-    fn open(path: &Path, summary: &mut Summary) -> Result<(Sink, usize)> {
+    /// Opens `path`, cutting a trailing partial line, and returns the input
+    /// line of each complete record already there (their scores go into
+    /// `summary`); a record without its line is `0`.
+    fn open(path: &Path, summary: &mut Summary) -> Result<(Sink, Vec<usize>)> {
         if is_stdio(path) {
-            return Ok((Sink::Stdout(std::io::stdout()), 0));
+            return Ok((Sink::Stdout(std::io::stdout()), Vec::new()));
         }
         let io = |e| Error::io(path, e);
         let mut file = OpenOptions::new()
@@ -834,7 +889,7 @@ impl Sink {
             .truncate(false)
             .open(path)
             .map_err(io)?;
-        let (mut complete, mut records) = (0u64, 0usize);
+        let (mut complete, mut lines) = (0u64, Vec::new());
         let mut reader = BufReader::new(&file);
         let mut line = Vec::new();
         loop {
@@ -843,9 +898,9 @@ impl Sink {
             if n == 0 || line.last() != Some(&b'\n') {
                 break;
             }
-            records += 1;
-            let s = read_scored(&line, path, records)?;
+            let s = read_scored(&line, path, lines.len() + 1)?;
             summary.add_fields(&s);
+            lines.push(s.line.unwrap_or(0));
             complete += n as u64;
         }
         drop(reader);
@@ -859,18 +914,13 @@ impl Sink {
             file.set_len(complete).map_err(io)?;
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
-        if records > 0 {
-            eprintln!(
-                "main-score: {}: resuming after {records} records",
-                path.display()
-            );
-        }
         Ok((
             Sink::File {
                 file,
                 path: path.to_path_buf(),
+                len: complete,
             },
-            records,
+            lines,
         ))
     }
 
@@ -882,9 +932,334 @@ impl Sink {
                     .and_then(|_| out.flush())
                     .map_err(|e| Error::io("stdout", e))
             }
-            Sink::File { file, path } => file.write_all(bytes).map_err(|e| Error::io(&*path, e)),
+            Sink::File { file, path, len } => match file.write_all(bytes) {
+                Ok(()) => {
+                    *len += bytes.len() as u64;
+                    Ok(())
+                }
+                // A full disk (or a file-size limit) takes part of a batch:
+                // cut back to the last complete record, so the file stays a
+                // clean checkpoint for the next run.
+                Err(e) => {
+                    let cut = file
+                        .set_len(*len)
+                        .and_then(|()| file.seek(SeekFrom::Start(*len)));
+                    let note = match cut {
+                        Ok(_) => "; the records before this batch are intact: run the same command again to resume",
+                        Err(_) => "; a partial record may remain, which the next run drops",
+                    };
+                    Err(Error::Input(format!(
+                        "writing scores to {}: {e}{note}",
+                        path.display()
+                    )))
+                }
+            },
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Provenance: what a scored output was made from
+// ---------------------------------------------------------------------------
+
+/// Bumped when the records or the provenance file change meaning.
+const PROVENANCE_VERSION: u32 = 1;
+
+/// `OUTPUT.provenance.json`: what OUTPUT was made from.
+fn provenance_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".provenance.json");
+    PathBuf::from(name)
+}
+
+/// The advice every refused resume ends with.
+fn start_afresh(output: &Path) -> String {
+    format!(
+        "to start afresh, remove {} and {} (or choose another --output)",
+        output.display(),
+        provenance_path(output).display()
+    )
+}
+
+fn record_mismatch(
+    output: &Path,
+    record: usize,
+    its_line: usize,
+    input_name: &str,
+    line: usize,
+) -> Error {
+    let was = match its_line {
+        0 => "has no input line (written by an older main-score)".to_string(),
+        n => format!("is for input line {n}"),
+    };
+    Error::invalid_argument(
+        "--output",
+        format!(
+            "record {record} of {} {was}, but the next record of {input_name} to resume after is on line {line}: the output does not match this input, shard and format; {}",
+            output.display(),
+            start_afresh(output)
+        ),
+    )
+}
+
+/// A file by content: two files are the same input when length and hash
+/// agree, wherever they lie (data sets move between machines).
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+struct FileId {
+    /// Where it was read (shown in messages; not compared).
+    path: String,
+    bytes: u64,
+    blake3: String,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Result<FileId> {
+        let io = |e| Error::io(path, e);
+        let mut hasher = blake3::Hasher::new();
+        let file = File::open(path).map_err(io)?;
+        hasher.update_reader(file).map_err(io)?;
+        Ok(FileId {
+            path: path.display().to_string(),
+            bytes: std::fs::metadata(path).map_err(io)?.len(),
+            blake3: hasher.finalize().to_hex().to_string(),
+        })
+    }
+
+    fn same_content(&self, other: &FileId) -> bool {
+        self.bytes == other.bytes && self.blake3 == other.blake3
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} bytes, BLAKE3 {}...)",
+            self.path,
+            self.bytes,
+            &self.blake3[..self.blake3.len().min(12)]
+        )
+    }
+}
+
+/// A model's files: the GGUF file, or every JSON and safetensors file of a
+/// Hugging Face folder (what the loader may read), by name.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+struct ModelId {
+    path: String,
+    files: Vec<FileId>,
+}
+
+impl ModelId {
+    fn of(path: &Path) -> Result<ModelId> {
+        let mut files = Vec::new();
+        if path.is_dir() {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
+                let entry = entry.map_err(|e| Error::io(path, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".json") || name.ends_with(".safetensors") {
+                    names.push(name);
+                }
+            }
+            names.sort();
+            for name in names {
+                let mut id = FileId::of(&path.join(&name))?;
+                id.path = name;
+                files.push(id);
+            }
+        } else {
+            let mut id = FileId::of(path)?;
+            id.path = path
+                .file_name()
+                .map_or(id.path, |n| n.to_string_lossy().into_owned());
+            files.push(id);
+        }
+        Ok(ModelId {
+            path: path.display().to_string(),
+            files,
+        })
+    }
+
+    fn same_content(&self, other: &ModelId) -> bool {
+        self.files.len() == other.files.len()
+            && self
+                .files
+                .iter()
+                .zip(&other.files)
+                .all(|(a, b)| a.same_content(b))
+    }
+
+    fn describe(&self) -> String {
+        let files: Vec<String> = self.files.iter().map(FileId::describe).collect();
+        format!("{}: {}", self.path, files.join(", "))
+    }
+}
+
+/// What a scored output was made from (OUTPUT.provenance.json).
+#[derive(Serialize, Deserialize)]
+struct Provenance {
+    provenance_version: u32,
+    /// The main-score that wrote it: another version may score differently.
+    main_score: String,
+    /// `None`: stdin, which cannot be identified.
+    input: Option<FileId>,
+    model: ModelId,
+    reverse_model: Option<ModelId>,
+    /// Every option that changes a record, as given on the command line.
+    options: BTreeMap<String, String>,
+}
+
+impl Provenance {
+    fn of_run(a: &ScoreArgs, model: &Path, precision: Precision) -> Result<Provenance> {
+        let format = match (&a.instruction_field, &a.response_field) {
+            (Some(i), Some(r)) => format!(
+                "instruction={i} response={r} input={}",
+                a.input_field.as_deref().unwrap_or("(none)")
+            ),
+            _ => "auto".to_string(),
+        };
+        let shard = a
+            .shard
+            .map_or("0/1".to_string(), |s| format!("{}/{}", s.index, s.count));
+        let mut options = BTreeMap::new();
+        let mut set = |k: &str, v: String| options.insert(k.to_string(), v);
+        set("--precision", precision.name().to_string());
+        set("--max-tokens", a.max_tokens.to_string());
+        set("--combine", a.combine.clone());
+        set("--negatives", a.negatives.to_string());
+        set("--tokens", a.tokens.to_string());
+        set("--shard", shard);
+        set("format", format);
+        // Without negatives a pair's score does not depend on its batch.
+        if a.negatives > 0 {
+            set("--batch", a.batch.to_string());
+        }
+        Ok(Provenance {
+            provenance_version: PROVENANCE_VERSION,
+            main_score: env!("CARGO_PKG_VERSION").to_string(),
+            input: (!is_stdio(&a.input))
+                .then(|| FileId::of(&a.input))
+                .transpose()?,
+            model: ModelId::of(model)?,
+            reverse_model: a.reverse_model.as_deref().map(ModelId::of).transpose()?,
+            options,
+        })
+    }
+
+    /// For a fresh output (no records yet), writes this run's provenance
+    /// beside it; for one with `records`, checks that it was made by a run
+    /// like this one.
+    fn check_or_start(&self, output: &Path, records: usize) -> Result<()> {
+        let path = provenance_path(output);
+        if records == 0 {
+            let text = serde_json::to_string_pretty(self)
+                .map_err(|e| Error::Input(format!("serializing provenance: {e}")))?;
+            return write_atomically(&path, format!("{text}\n").as_bytes());
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::invalid_argument(
+                    "--output",
+                    format!(
+                        "{} holds {records} records but has no {}, so what made them is unknown (an older main-score, or another tool) and resuming could mix runs; {}",
+                        output.display(),
+                        path.display(),
+                        start_afresh(output)
+                    ),
+                ))
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let before: Provenance = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Input(format!(
+                "{}: not a provenance file written by main-score ({e}); {}",
+                path.display(),
+                start_afresh(output)
+            ))
+        })?;
+        let differences = before.differences(self);
+        if differences.is_empty() {
+            return Ok(());
+        }
+        Err(Error::invalid_argument(
+            "--output",
+            format!(
+                "{} holds {records} records of another run, and resuming would mix them with this one's: {}; {}",
+                output.display(),
+                differences.join("; "),
+                start_afresh(output)
+            ),
+        ))
+    }
+
+    /// What differs between the run that wrote an output (`self`) and this one.
+    fn differences(&self, now: &Provenance) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.provenance_version != now.provenance_version || self.main_score != now.main_score {
+            d.push(format!(
+                "it was written by main-score {}, this is {}",
+                self.main_score, now.main_score
+            ));
+        }
+        match (&self.input, &now.input) {
+            (Some(a), Some(b)) if a.same_content(b) => {}
+            (None, _) => d.push(
+                "its input was stdin, which cannot be checked against this run's".to_string(),
+            ),
+            (Some(_), None) => d.push(
+                "this run reads stdin, which cannot be checked against its input".to_string(),
+            ),
+            (Some(a), Some(b)) => d.push(format!(
+                "its input was {}, this run reads {}",
+                a.describe(),
+                b.describe()
+            )),
+        }
+        if !self.model.same_content(&now.model) {
+            d.push(format!(
+                "its model was {}, this run uses {}",
+                self.model.describe(),
+                now.model.describe()
+            ));
+        }
+        match (&self.reverse_model, &now.reverse_model) {
+            (None, None) => {}
+            (Some(a), Some(b)) if a.same_content(b) => {}
+            (a, b) => {
+                let describe = |m: &Option<ModelId>| {
+                    m.as_ref()
+                        .map_or("none (the forward model)".to_string(), ModelId::describe)
+                };
+                d.push(format!(
+                    "its reverse model was {}, this run uses {}",
+                    describe(a),
+                    describe(b)
+                ));
+            }
+        }
+        let keys: std::collections::BTreeSet<&String> =
+            self.options.keys().chain(now.options.keys()).collect();
+        for key in keys {
+            let (a, b) = (self.options.get(key), now.options.get(key));
+            if a != b {
+                let show = |v: Option<&String>| v.map_or("(not set)", String::as_str).to_string();
+                d.push(format!("{key} was {}, now {}", show(a), show(b)));
+            }
+        }
+        d
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a
+/// kill leaves the old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    let tmp = PathBuf::from(name);
+    let io = |p: &Path, e| Error::io(p, e);
+    let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
+    file.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 /// Writes the records of `scored` that pass the filters to `output`
@@ -1041,80 +1416,88 @@ fn quantile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
 }
 
-/// Pairs done / total, pairs per second and time left, on stderr: redrawn in
-/// place on a terminal, one line per batch otherwise (logs stay readable).
+/// Pairs done / total, pairs per second and time left, on stderr (an
+/// indicatif bar): redrawn in place on a terminal; with `--progress`
+/// elsewhere, plain lines at most once a second, so logs stay readable.
 struct Progress {
-    enabled: bool,
-    terminal: bool,
-    total: Option<usize>,
+    bar: ProgressBar,
     done: usize,
-    start: Instant,
 }
 
 impl Progress {
     fn new(enabled: bool, total: Option<usize>) -> Progress {
-        let p = Progress {
-            enabled,
-            terminal: std::io::stderr().is_terminal(),
-            total,
-            done: 0,
-            start: Instant::now(),
+        let target = if !enabled {
+            ProgressDrawTarget::hidden()
+        } else if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::term_like_with_hz(Box::new(LogLines), 1)
         };
-        p.draw();
-        p
+        let template = match total {
+            Some(_) => "[{bar:30}] {pos}/{len} pairs  {rate}  ETA {eta}",
+            None => "{pos} pairs  {rate}",
+        };
+        let style = ProgressStyle::with_template(template)
+            .expect("the progress template is valid")
+            .progress_chars("#>-")
+            .with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.2} pairs/s", state.per_sec());
+                },
+            );
+        let bar = ProgressBar::with_draw_target(total.map(|t| t as u64), target).with_style(style);
+        bar.tick();
+        Progress { bar, done: 0 }
     }
 
     fn advance(&mut self, n: usize) {
         self.done += n;
-        self.draw();
+        self.bar.inc(n as u64);
     }
 
     fn finish(&self) {
-        if self.enabled && self.terminal {
-            eprintln!();
-        }
-    }
-
-    fn draw(&self) {
-        if !self.enabled {
-            return;
-        }
-        let secs = self.start.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.done as f64 / secs
-        } else {
-            0.0
-        };
-        let line = match self.total {
-            Some(total) => {
-                let total = total.max(self.done);
-                let width = 30;
-                let filled = (self.done * width).checked_div(total).unwrap_or(width);
-                let eta = if rate > 0.0 {
-                    clock((total - self.done) as f64 / rate)
-                } else {
-                    "?".to_string()
-                };
-                format!(
-                    "[{}{}] {}/{total} pairs  {rate:.2} pairs/s  ETA {eta}",
-                    "#".repeat(filled),
-                    "-".repeat(width - filled),
-                    self.done
-                )
-            }
-            None => format!("{} pairs  {rate:.2} pairs/s", self.done),
-        };
-        if self.terminal {
-            eprint!("\r\x1b[2K{line}");
-        } else {
-            eprintln!("{line}");
-        }
+        self.bar.finish();
     }
 }
 
-fn clock(secs: f64) -> String {
-    let s = secs.round() as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+/// A terminal for logs: every drawing of the bar becomes one line, and the
+/// cursor moves that would redraw in place are ignored.
+#[derive(Debug)]
+struct LogLines;
+
+impl indicatif::TermLike for LogLines {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(s)
+    }
+    // Blank writes are the padding that would erase an old drawing.
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        if s.trim().is_empty() {
+            return Ok(());
+        }
+        writeln!(std::io::stderr(), "{s}")
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// `--exact`, else `--precision`, else the engine's default for this CPU.
