@@ -2,8 +2,9 @@
 //! `model.safetensors.index.json`), F32/F16/BF16, LLaMA and Mistral tensor
 //! names mapped to GGUF's canonical names, zero-copy into the file bytes.
 //!
-//! The safetensors container is small enough to parse here, which lets every
-//! error name the tensor, key and byte offset that was wrong:
+//! The safetensors container is read by the `safetensors` crate (fuzzed
+//! upstream); where its errors do not say which tensor or byte is wrong,
+//! ours do:
 //!
 //! ```text
 //! [u64 LE: header length N][N bytes: JSON header][data section]
@@ -21,6 +22,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use safetensors::tensor::{Dtype, SafeTensorError};
+use safetensors::SafeTensors;
 use serde_json::{Map, Value};
 
 use crate::config::{Config, Llama3Scaling, RopeStyle};
@@ -29,7 +32,8 @@ use crate::quant::DType;
 use crate::tensor::{Storage, TensorRef, TensorStore};
 
 /// A header larger than this is a corrupt or hostile file, not a model: real
-/// checkpoints need a few hundred bytes per tensor.
+/// checkpoints need a few hundred bytes per tensor. (The `safetensors`
+/// crate's own limit, named in our messages.)
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 // ---------------------------------------------------------------------------
@@ -528,7 +532,7 @@ fn check_shape(hf: &str, gguf: &str, shape: &[usize], expected: &[(usize, &str)]
 
 /// One tensor of a shard's header, bounds already checked.
 struct Entry {
-    dtype: String,
+    dtype: Dtype,
     /// HF order: `shape[0]` is the outermost dimension.
     shape: Vec<usize>,
     shard: usize,
@@ -537,67 +541,127 @@ struct Entry {
     n_bytes: usize,
 }
 
-fn dtype_size(dtype: &str) -> Option<usize> {
-    Some(match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
-        "F16" | "BF16" | "I16" | "U16" => 2,
-        "F32" | "I32" | "U32" => 4,
-        "F64" | "I64" | "U64" => 8,
-        _ => return None,
-    })
-}
-
-/// Parses one shard's header into `index` (HF name -> entry), checking that
-/// every tensor's bytes lie inside the file and match its shape and dtype.
+/// Parses one shard's header with the `safetensors` crate into `index` (HF
+/// name -> entry): the crate checks that the tensors tile the data section
+/// exactly and match their shapes and dtypes.
 fn index_shard(
     label: &str,
     shard: usize,
     bytes: &[u8],
     index: &mut HashMap<String, Entry>,
 ) -> Result<()> {
+    let (header_len, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|e| container_error(label, bytes, e))?;
+    let data_start = 8 + header_len;
+    for (name, info) in metadata.tensors() {
+        let (begin, end) = info.data_offsets;
+        let entry = Entry {
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            shard,
+            offset: data_start + begin,
+            n_bytes: end - begin,
+        };
+        if index.insert(name.clone(), entry).is_some() {
+            return Err(Error::tensor(
+                name,
+                format!("in {label}: appears in more than one shard"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The crate's error as ours, naming the file, byte offset or tensor that
+/// is wrong: where the crate's message does not say (a tensor's offsets or
+/// size, a bad entry of the header), the header is read again to find it.
+fn container_error(label: &str, bytes: &[u8], e: SafeTensorError) -> Error {
     let file_len = bytes.len() as u64;
-    if bytes.len() < 8 {
-        return Err(Error::format(
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    match (e, header_len) {
+        (SafeTensorError::HeaderTooSmall, _) | (_, None) => Error::format(
             label,
             0,
             format!("file is {file_len} bytes, too short for the 8-byte header length"),
-        ));
-    }
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    if header_len > MAX_HEADER_BYTES {
-        return Err(Error::format(
+        ),
+        (SafeTensorError::HeaderTooLarge, Some(n)) => Error::format(
             label,
             0,
-            format!("header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"),
-        ));
-    }
-    if header_len > file_len - 8 {
-        return Err(Error::format(
+            format!("header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit"),
+        ),
+        (SafeTensorError::InvalidHeaderLength, Some(n)) => Error::format(
             label,
             0,
             format!(
-                "header length {header_len} runs past the end of the file ({file_len} bytes): \
+                "header length {n} runs past the end of the file ({file_len} bytes): \
                  the file is truncated or not safetensors"
             ),
-        ));
+        ),
+        (SafeTensorError::InvalidHeader(utf8), _) => Error::format(
+            label,
+            8 + utf8.valid_up_to() as u64,
+            "header is not UTF-8 (not a valid JSON header)",
+        ),
+        (e, Some(n)) => {
+            let header = &bytes[8..8 + n as usize];
+            let data_len = file_len - 8 - n;
+            find_bad_entry(label, header, n, data_len).unwrap_or_else(|| match e {
+                SafeTensorError::InvalidHeaderDeserialization(e) => Error::format(
+                    label,
+                    8,
+                    format!("header is not a valid JSON safetensors header: {e}"),
+                ),
+                SafeTensorError::InvalidOffset(name) => Error::tensor(
+                    name,
+                    format!(
+                        "in {label}: data_offsets leave a gap or overlap another tensor \
+                         (tensors must tile the data section from byte 0)"
+                    ),
+                ),
+                SafeTensorError::MetadataIncompleteBuffer => Error::format(
+                    label,
+                    8 + n,
+                    format!(
+                        "the tensors do not end where the {data_len}-byte data section does \
+                         (a truncated or padded file)"
+                    ),
+                ),
+                other => Error::format(label, 8, other.to_string()),
+            })
+        }
     }
-    let data_start = 8 + header_len as usize;
-    let data_len = bytes.len() - data_start;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..data_start])
-        .map_err(|e| Error::format(label, 8, format!("header is not a valid JSON object: {e}")))?;
+}
 
+/// The first header entry that is malformed, lies outside the data section
+/// or disagrees with its shape, as an error naming it; `None` when every
+/// entry is sound (the fault is elsewhere).
+fn find_bad_entry(label: &str, header: &[u8], header_len: u64, data_len: u64) -> Option<Error> {
+    let header: Map<String, Value> = match serde_json::from_slice(header) {
+        Ok(h) => h,
+        Err(e) => {
+            return Some(Error::format(
+                label,
+                8,
+                format!("header is not a valid JSON object: {e}"),
+            ))
+        }
+    };
     for (name, info) in &header {
         if name == "__metadata__" {
             continue;
         }
-        let bad = |reason: String| Error::tensor(name, format!("in {label}: {reason}"));
-        let info = info
-            .as_object()
-            .ok_or_else(|| bad(format!("header entry is not an object: {info}")))?;
-        let dtype = info
-            .get("dtype")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("header entry has no string 'dtype'".into()))?;
+        let bad = |reason: String| Some(Error::tensor(name, format!("in {label}: {reason}")));
+        let Some(info) = info.as_object() else {
+            return bad(format!("header entry is not an object: {info}"));
+        };
+        let Some(dtype) = info.get("dtype").and_then(Value::as_str) else {
+            return bad("header entry has no string 'dtype'".into());
+        };
+        let Ok(parsed) = serde_json::from_value::<Dtype>(Value::from(dtype)) else {
+            return bad(format!("dtype '{dtype}' is not a safetensors dtype"));
+        };
         let shape = info
             .get("shape")
             .and_then(Value::as_array)
@@ -605,46 +669,39 @@ fn index_shard(
                 dims.iter()
                     .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
                     .collect::<Option<Vec<usize>>>()
-            })
-            .ok_or_else(|| bad("header entry has no integer array 'shape'".into()))?;
+            });
+        let Some(shape) = shape else {
+            return bad("header entry has no integer array 'shape'".into());
+        };
         let (begin, end) = match info.get("data_offsets").and_then(Value::as_array) {
             Some(o) if o.len() == 2 => match (o[0].as_u64(), o[1].as_u64()) {
                 (Some(b), Some(e)) => (b, e),
-                _ => return Err(bad(format!("data_offsets {o:?} are not integers"))),
+                _ => return bad(format!("data_offsets {o:?} are not integers")),
             },
-            _ => return Err(bad("header entry has no 2-element 'data_offsets'".into())),
+            _ => return bad("header entry has no 2-element 'data_offsets'".into()),
         };
-        if begin > end || end > data_len as u64 {
-            return Err(bad(format!(
+        if begin > end || end > data_len {
+            return bad(format!(
                 "data_offsets [{begin}, {end}] lie outside the data section \
                  ({data_len} bytes after the {header_len}-byte header)"
-            )));
+            ));
         }
-        let n_bytes = (end - begin) as usize;
-        if let Some(size) = dtype_size(dtype) {
-            let needed = shape
-                .iter()
-                .try_fold(size, |acc, &d| acc.checked_mul(d))
-                .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
-            if needed != n_bytes {
-                return Err(bad(format!(
-                    "data_offsets [{begin}, {end}] hold {n_bytes} bytes, \
-                     but shape {shape:?} of {dtype} needs {needed}"
-                )));
-            }
-        }
-        let entry = Entry {
-            dtype: dtype.to_string(),
-            shape,
-            shard,
-            offset: data_start + begin as usize,
-            n_bytes,
+        let n_bits = shape
+            .iter()
+            .try_fold(parsed.bitsize(), |acc, &d| acc.checked_mul(d));
+        let Some(n_bits) = n_bits else {
+            return bad(format!("shape {shape:?} overflows"));
         };
-        if index.insert(name.clone(), entry).is_some() {
-            return Err(bad("appears in more than one shard".into()));
+        let n_bytes = end - begin;
+        if n_bits % 8 != 0 || (n_bits / 8) as u64 != n_bytes {
+            return bad(format!(
+                "data_offsets [{begin}, {end}] hold {n_bytes} bytes, \
+                 but shape {shape:?} of {dtype} needs {}",
+                n_bits.div_ceil(8)
+            ));
         }
     }
-    Ok(())
+    None
 }
 
 /// Builds the GGUF-named store from the shards' index, checking every tensor
@@ -689,14 +746,14 @@ fn build_store(
                 format!("({}) is missing from the checkpoint ({why})", exp.gguf),
             )
         })?;
-        let dtype = match entry.dtype.as_str() {
-            "F32" => DType::F32,
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
+        let dtype = match entry.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
             other => {
                 return Err(Error::unsupported(
                     format!("safetensors dtype of tensor '{}'", exp.hf),
-                    other,
+                    format!("{other:?}"),
                 ))
             }
         };
