@@ -1,0 +1,377 @@
+"""MAIN from Python: mutual alignment scores of instruction/response pairs.
+
+A thin layer over the Rust engine (``main_align._native``): it scores pairs
+in both directions with a local GGUF or Hugging Face model and returns the
+scores of DESIGN.md section 3 as an Arrow table.
+
+>>> from main_align import Scorer
+>>> scorer = Scorer("fixtures/SmolLM2-135M-Instruct.Q4_1.gguf", threads=2)
+>>> t = scorer.score(["What is the capital of France?"], ["Paris."])
+>>> t.column("alignment")[0].as_py() > 0
+True
+
+``main_align.ray`` runs a scorer on Ray Data (one model per actor) and
+``main_align.hf`` on ``datasets.Dataset.map``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import pyarrow as pa
+
+from . import _native
+from ._native import ArgumentError, DeviceError, InputError, MainError, ModelError
+
+__all__ = [
+    "Scorer",
+    "MainError",
+    "ModelError",
+    "ArgumentError",
+    "InputError",
+    "DeviceError",
+    "SCORE_FIELDS",
+    "score_schema",
+]
+
+#: The score columns, in the order main-score writes them (DESIGN.md section 3).
+#: ``contrastive`` is present only when the scorer has ``negatives > 0``.
+SCORE_FIELDS: tuple[str, ...] = (
+    "alignment",
+    "fwd_pmi",
+    "rev_pmi",
+    "fwd_cond",
+    "fwd_uncond",
+    "rev_cond",
+    "rev_uncond",
+    "ifd",
+    "rifd",
+    "semantic",
+    "structural",
+    "intentional",
+    "contrastive",
+    "response_tokens",
+    "instruction_tokens",
+    "truncated",
+)
+
+# float64, not float32: the engine computes the means in f64, and these are
+# the very values main-score writes (a float32 column would round them).
+_TYPES = {
+    "response_tokens": pa.int32(),
+    "instruction_tokens": pa.int32(),
+    "truncated": pa.bool_(),
+}
+
+
+def score_schema(negatives: int = 0, prefix: str = "") -> pa.Schema:
+    """The Arrow schema of the score columns of a scorer with ``negatives``."""
+    return pa.schema(
+        [
+            pa.field(prefix + name, _TYPES.get(name, pa.float64()), nullable=False)
+            for name in SCORE_FIELDS
+            if name != "contrastive" or negatives > 0
+        ]
+    )
+
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _threads(threads: Optional[int]) -> int:
+    """``None``: $OMP_NUM_THREADS when set (Ray sets it per worker from its
+    ``num_cpus``), else 0, one per core."""
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if not env:
+            return 0
+        try:
+            n = int(env)
+        except ValueError:
+            raise ArgumentError(
+                f"invalid argument 'threads': None follows OMP_NUM_THREADS, which is {env!r}, not a whole number"
+            ) from None
+        if n < 1:
+            raise ArgumentError(
+                f"invalid argument 'threads': None follows OMP_NUM_THREADS, which is {n}; it must be at least 1"
+            )
+        return n
+    return _whole("threads", threads, 0)
+
+
+def _whole(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentError(
+            f"invalid argument '{name}': expected an int, got {type(value).__name__}"
+        )
+    if value < minimum:
+        raise ArgumentError(f"invalid argument '{name}': {value} is below {minimum}")
+    return value
+
+
+def _path(name: str, value: Any, optional: bool = False) -> Optional[str]:
+    if value is None and optional:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ArgumentError(
+            f"invalid argument '{name}': expected a path (str or os.PathLike), got {type(value).__name__}"
+        )
+    # Absolute, so a pickled scorer loads the same file from another working
+    # directory (a Ray worker or a datasets subprocess).
+    return os.path.abspath(os.fspath(value))
+
+
+def _name(name: str, value: Any, optional: bool = False) -> Optional[str]:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ArgumentError(
+            f"invalid argument '{name}': expected a str, got {type(value).__name__}"
+        )
+    return value
+
+
+def _texts(value: Any) -> Any:
+    """Arrow arrays and pandas Series as lists; other sequences as they are
+    (the engine checks each item)."""
+    if isinstance(value, (pa.Array, pa.ChunkedArray)):
+        return value.to_pylist()
+    to_list = getattr(value, "tolist", None)
+    if callable(to_list) and not isinstance(value, (str, bytes)):
+        return to_list()
+    return value
+
+
+def _scorer_args(model, reverse_model, threads, precision, device, max_tokens, combine, negatives) -> dict:
+    """A scorer's arguments, type-checked (values are the engine's to check)."""
+    if threads is not None:
+        _whole("threads", threads, 0)
+    return dict(
+        model=_path("model", model),
+        reverse_model=_path("reverse_model", reverse_model, optional=True),
+        threads=threads,
+        precision=_name("precision", precision, optional=True),
+        device=_name("device", device, optional=True),
+        max_tokens=_whole("max_tokens", max_tokens, 0),
+        combine=_name("combine", combine),
+        negatives=_whole("negatives", negatives, 0),
+    )
+
+
+class Scorer:
+    """Scores instruction/response pairs with a forward model and, optionally,
+    a separately trained reverse model (without one the forward model serves
+    both directions).
+
+    Args:
+        model: a GGUF file or a Hugging Face folder (``config.json``,
+            ``model.safetensors``, ``tokenizer.json``).
+        reverse_model: a trained reverse model (``main-train``), or None.
+        threads: worker threads; None follows ``OMP_NUM_THREADS`` when set,
+            else one per core. Give each of several scorers a share.
+        precision: ``"exact"``, ``"fast"``, ``"int8"`` (CPU) or ``"bf16"``
+            (GPU); None is the device's default (as ``main-score``).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; None is the CPU.
+        max_tokens: longest view in tokens; longer content is cut and the
+            pair flagged ``truncated``.
+        combine: how ``alignment`` joins the directions: ``"min"``,
+            ``"mean"`` or ``"softmin"``.
+        negatives: other responses of the same batch per pair for the
+            ``contrastive`` score (0: off).
+
+    A scorer pickles by these arguments and loads the model again where it is
+    unpickled, so Ray and ``datasets.map(num_proc=...)`` can ship it. One
+    scorer serves one thread at a time (a second thread waits); use one
+    scorer per thread to score in parallel: the GIL is released while the
+    engine works.
+
+    Raises:
+        ModelError: the model file is missing or malformed.
+        ArgumentError: an argument has the wrong type or value.
+
+    >>> scorer = Scorer("fixtures/SmolLM2-135M-Instruct.Q4_1.gguf", threads=1, precision="exact")
+    >>> scorer.precision
+    'exact'
+    """
+
+    def __init__(
+        self,
+        model: PathLike,
+        reverse_model: Optional[PathLike] = None,
+        *,
+        threads: Optional[int] = None,
+        precision: Optional[str] = None,
+        device: Optional[str] = None,
+        max_tokens: int = 1024,
+        combine: str = "min",
+        negatives: int = 0,
+    ) -> None:
+        self._args = _scorer_args(
+            model, reverse_model, threads, precision, device, max_tokens, combine, negatives
+        )
+        a = self._args
+        self._native = _native.NativeScorer(
+            a["model"],
+            a["reverse_model"],
+            _threads(threads),
+            a["precision"],
+            a["device"] or "cpu",
+            a["max_tokens"],
+            a["combine"],
+            a["negatives"],
+        )
+
+    # Pickling: the construction arguments only; the model loads again on
+    # the other side. threads=None stays None, so it follows that process's
+    # OMP_NUM_THREADS.
+    def __reduce__(self):
+        return (_rebuild, (self._args,))
+
+    def __repr__(self) -> str:
+        a = self._args
+        return (
+            f"Scorer({a['model']!r}, reverse_model={a['reverse_model']!r}, threads={a['threads']!r}, "
+            f"precision={self.precision!r}, device={self.device!r}, max_tokens={a['max_tokens']}, "
+            f"combine={a['combine']!r}, negatives={a['negatives']})"
+        )
+
+    @property
+    def precision(self) -> str:
+        """The precision the scorer runs (the device default when none was asked)."""
+        return self._native.precision
+
+    @property
+    def device(self) -> str:
+        """Where the scorer runs: ``"cpu"`` or ``"cuda:N"``."""
+        return self._native.device
+
+    @property
+    def negatives(self) -> int:
+        return self._args["negatives"]
+
+    @property
+    def arguments(self) -> dict:
+        """The construction arguments (what a pickle holds)."""
+        return dict(self._args)
+
+    def score(
+        self,
+        instructions: Sequence[str],
+        responses: Sequence[str],
+        inputs: Optional[Sequence[Optional[str]]] = None,
+        *,
+        output: str = "arrow",
+        batch_size: int = 16,
+    ) -> Union[pa.Table, list]:
+        """Scores pairs ``(instructions[i], responses[i])``.
+
+        Args:
+            instructions, responses: equal-length sequences of str (lists,
+                tuples, Arrow arrays, pandas Series).
+            inputs: Alpaca's ``input``: when given and non-empty, appended to
+                the instruction after a blank line (None or "" for none).
+            output: ``"arrow"`` (a ``pyarrow.Table``, one column per score)
+                or ``"pylist"`` (a list of dicts, one per pair).
+            batch_size: pairs per fused engine call, as ``main-score
+                --batch`` (16 there too). Scores do not depend on it, except
+                ``contrastive``, whose negatives come from the same batch.
+
+        Returns:
+            The scores in input order: ``alignment``, ``fwd_pmi``, ``rev_pmi``,
+            ``fwd_cond``, ``fwd_uncond``, ``rev_cond``, ``rev_uncond``, ``ifd``,
+            ``rifd``, ``semantic``, ``structural``, ``intentional`` (float64,
+            nats), ``contrastive`` (with negatives), ``response_tokens``,
+            ``instruction_tokens`` (int32) and ``truncated`` (bool).
+
+        Raises:
+            InputError: a value is not a str, or the lengths differ.
+            ArgumentError: a bad ``output`` or ``batch_size``.
+
+        >>> t = scorer.score(["Name a primary colour."], ["Red."])
+        >>> t.column_names[:3]
+        ['alignment', 'fwd_pmi', 'rev_pmi']
+        """
+        if output not in ("arrow", "pylist"):
+            raise ArgumentError(
+                f"invalid argument 'output': {output!r} is not one of 'arrow', 'pylist'"
+            )
+        _whole("batch_size", batch_size, 1)
+        cols = self._native.score(
+            _texts(instructions),
+            _texts(responses),
+            None if inputs is None else _texts(inputs),
+            batch_size,
+        )
+        if output == "pylist":
+            names = list(cols)
+            return [dict(zip(names, row)) for row in zip(*cols.values())]
+        schema = score_schema(self.negatives)
+        return pa.Table.from_arrays(
+            [pa.array(cols[f.name], type=f.type) for f in schema], schema=schema
+        )
+
+    def score_table(
+        self,
+        table: pa.Table,
+        instruction: str = "instruction",
+        response: str = "output",
+        input: Optional[str] = None,
+        *,
+        prefix: str = "",
+        batch_size: int = 16,
+    ) -> pa.Table:
+        """Returns ``table`` with the score columns appended (named
+        ``prefix + field``); every column of ``table`` comes back unchanged.
+
+        Args:
+            table: a ``pyarrow.Table`` (or anything ``pa.table()`` accepts,
+                such as a dict of lists or a pandas DataFrame).
+            instruction, response: the columns holding the pair.
+            input: a column appended to the instruction the Alpaca way
+                (null or "" for none), or None.
+
+        Raises:
+            ArgumentError: a named column is missing, or a score column
+                would replace one of the table's.
+
+        >>> t = pa.table({"id": [1], "instruction": ["Say hi."], "output": ["Hi!"]})
+        >>> scorer.score_table(t).column_names[:4]
+        ['id', 'instruction', 'output', 'alignment']
+        """
+        if not isinstance(table, pa.Table):
+            try:
+                table = pa.table(table)
+            except (TypeError, ValueError, pa.ArrowException) as e:
+                raise ArgumentError(
+                    f"invalid argument 'table': expected a pyarrow.Table, got {type(table).__name__} ({e})"
+                ) from None
+        for role, name in (("instruction", instruction), ("response", response), ("input", input)):
+            if name is None and role == "input":
+                continue
+            if not isinstance(name, str):
+                raise ArgumentError(
+                    f"invalid argument '{role}': a column name (str), got {type(name).__name__}"
+                )
+            if name not in table.column_names:
+                raise ArgumentError(
+                    f"invalid argument '{role}': the table has no column {name!r} (columns: {table.column_names})"
+                )
+        clash = [f.name for f in score_schema(self.negatives, prefix) if f.name in table.column_names]
+        if clash:
+            raise ArgumentError(
+                f"invalid argument 'prefix': score columns {clash} would replace columns of the table; give a prefix"
+            )
+        scores = self.score(
+            table.column(instruction),
+            table.column(response),
+            None if input is None else table.column(input),
+            batch_size=batch_size,
+        )
+        for name, col in zip(scores.column_names, scores.columns):
+            table = table.append_column(pa.field(prefix + name, col.type, nullable=False), col)
+        return table
+
+
+def _rebuild(args: dict) -> Scorer:
+    return Scorer(**args)
