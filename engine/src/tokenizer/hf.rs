@@ -42,12 +42,14 @@ fn config_token(config: Option<&Json>, key: &str) -> Option<String> {
 
 impl HfTokenizer {
     pub(crate) fn from_bytes(bytes: &[u8], config: Option<&Json>) -> Result<HfTokenizer> {
+        // Malformed JSON first: `tokenizers` panics on some syntax errors
+        // (its decoder's deserializer unwraps them; found by fuzzing).
+        let json: Json = serde_json::from_slice(bytes)
+            .map_err(|e| Error::format("tokenizer.json", e.column() as u64, e.to_string()))?;
         let parsing = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
         let mut literal = parsing.clone();
         literal.set_encode_special_tokens(true);
 
-        let json: Json = serde_json::from_slice(bytes)
-            .map_err(|e| Error::format("tokenizer.json", e.column() as u64, e.to_string()))?;
         let byte_level = json
             .get("decoder")
             .is_some_and(|d| d.to_string().contains("\"ByteLevel\""));
