@@ -88,6 +88,10 @@ typedef enum main_status {
   // A bug in libmain: a Rust panic was caught at the boundary; the message
   // says where. Free the objects the failing call used; do not reuse them.
   MAIN_ERR_INTERNAL,
+  // The GPU asked for (`MAIN_DEVICE_CUDA`) cannot be used: no driver or
+  // device, a library missing, an unsupported architecture, a failed
+  // kernel. (Out of GPU memory is `MAIN_ERR_OUT_OF_MEMORY`.)
+  MAIN_ERR_DEVICE,
 } main_status;
 
 // How `alignment` combines the two directions (a value for
@@ -110,7 +114,18 @@ typedef enum main_precision {
   MAIN_PRECISION_FAST = 1,
   // One 8-bit pass, llama.cpp's scheme: fastest, about 0.06 nats from EXACT.
   MAIN_PRECISION_INT8 = 2,
+  // GPU only: bf16 matrix products with f32 accumulation, the GPU default.
+  MAIN_PRECISION_BF16 = 3,
 } main_precision;
+
+// Where a scorer runs its forward passes (a value for `device` fields).
+typedef enum main_device {
+  // The CPU's SIMD kernels (default).
+  MAIN_DEVICE_CPU = 0,
+  // The NVIDIA GPU numbered `gpu` (a libmain built with the `cuda`
+  // feature); it runs `MAIN_PRECISION_BF16` or `MAIN_PRECISION_EXACT`.
+  MAIN_DEVICE_CUDA = 1,
+} main_device;
 
 // A loaded model: configuration, weights (memory-mapped for GGUF), tokenizer
 // and chat template. Immutable: any number of threads may use one model at
@@ -145,6 +160,12 @@ typedef struct main_scorer_params {
   // New tokens per forward pass (default 2048, at least 1): bounds the
   // activation memory; larger batches read each weight once for more tokens.
   uint32_t batch_tokens;
+  // A `main_device` value (default `MAIN_DEVICE_CPU`). With
+  // `MAIN_DEVICE_CUDA` set `precision` too: `MAIN_PRECISION_BF16` (the
+  // GPU's default) or `MAIN_PRECISION_EXACT`; CPU precisions are refused.
+  uint32_t device;
+  // The GPU's number when `device` is `MAIN_DEVICE_CUDA` (default 0).
+  uint32_t gpu;
 } main_scorer_params;
 
 // The scores of one pair (DESIGN.md section 3). Log-probs are in nats, means over
@@ -292,8 +313,9 @@ void main_model_free(struct main_model *model);
 uint32_t main_model_n_vocab(const struct main_model *model);
 
 // The default scorer settings, the engine's own: n_threads 0 (all cores),
-// max_tokens 1024, negatives 0, combine MIN, batch_tokens 2048, and the
-// precision the engine finds best (read `precision` from the result).
+// max_tokens 1024, negatives 0, combine MIN, batch_tokens 2048, device CPU,
+// and the precision the engine finds best for the CPU (read `precision`
+// from the result; a GPU needs `MAIN_PRECISION_BF16` or `_EXACT`).
 // Thread-safe.
 struct main_scorer_params main_scorer_default_params(void);
 

@@ -51,6 +51,24 @@ pub enum Error {
     /// An input text is invalid (not UTF-8, too long, ...).
     #[error("input text: {0}")]
     Input(String),
+
+    /// The GPU could not do `what`: no driver, library or device, an
+    /// unsupported architecture, a kernel that failed to compile or launch.
+    #[error("GPU {device}: {what}: {reason}")]
+    Gpu {
+        device: String,
+        what: String,
+        reason: String,
+    },
+
+    /// The GPU ran out of memory while doing `what`.
+    #[error("GPU {device}: out of memory while {what} ({bytes} bytes asked, {free} free)")]
+    GpuOutOfMemory {
+        device: String,
+        what: String,
+        bytes: usize,
+        free: usize,
+    },
 }
 
 impl Error {
@@ -82,6 +100,13 @@ impl Error {
     pub fn invalid_argument(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
             name: name.into(),
+            reason: reason.into(),
+        }
+    }
+    pub fn gpu(device: impl Into<String>, what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Gpu {
+            device: device.into(),
+            what: what.into(),
             reason: reason.into(),
         }
     }

@@ -9,6 +9,8 @@
 
 pub mod config;
 pub mod convert;
+pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod gguf;
 pub mod kernels;
@@ -27,4 +29,5 @@ pub mod threads;
 pub mod tokenizer;
 pub mod views;
 
+pub use device::Device;
 pub use error::{Error, Result};

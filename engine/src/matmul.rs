@@ -43,6 +43,10 @@ pub enum Precision {
     /// nats mean on log-probs of a 135M model). Float weights are rounded to
     /// 8 bits as in `Fast`.
     Int8,
+    /// GPU only (`device::Device::Cuda`): bf16 activations and weights in
+    /// the matrix products, f32 accumulation, f32 residual stream and
+    /// log-softmax. The CPU refuses it (`Device::check_precision`).
+    Bf16,
 }
 
 impl Default for Precision {
@@ -59,12 +63,13 @@ impl Default for Precision {
 }
 
 impl Precision {
-    /// `"exact"`, `"fast"` or `"int8"` (command lines, bindings).
+    /// `"exact"`, `"fast"`, `"int8"` or `"bf16"` (command lines, bindings).
     pub fn name(self) -> &'static str {
         match self {
             Precision::Exact => "exact",
             Precision::Fast => "fast",
             Precision::Int8 => "int8",
+            Precision::Bf16 => "bf16",
         }
     }
 
@@ -74,6 +79,7 @@ impl Precision {
             "exact" => Some(Precision::Exact),
             "fast" => Some(Precision::Fast),
             "int8" => Some(Precision::Int8),
+            "bf16" => Some(Precision::Bf16),
             _ => None,
         }
     }
@@ -156,7 +162,8 @@ pub fn matmul_with(
         Precision::Fast | Precision::Int8 => {
             Some(Scheme::for_integer_dots(w.dtype)).filter(|s| w.n_in.is_multiple_of(s.act_block))
         }
-        Precision::Exact => None,
+        // Bf16 is the GPU's; CPU entry points refuse it (Device::check_precision).
+        Precision::Exact | Precision::Bf16 => None,
     };
     let fine = precision == Precision::Fast;
     let acts = scheme.map(|s| quantize_acts(k, threads, s, x, n_tok, fine));
@@ -378,6 +385,7 @@ mod tests {
                             Precision::Exact => (0.0, 0.0),
                             Precision::Fast => (1.0 / 128.0, 1.0),
                             Precision::Int8 => (1.0, 1.0),
+                            Precision::Bf16 => unreachable!("GPU only"),
                         };
                         for i in 0..got.len() {
                             let tol =

@@ -37,25 +37,25 @@ impl Runtime {
 }
 
 /// The weights of one transformer block, as views into the model's storage.
-struct Layer {
+pub(crate) struct Layer {
     /// (d) RMSNorm weight before attention.
-    attn_norm: Vec<f32>,
+    pub(crate) attn_norm: Vec<f32>,
     /// (H*hd, d) query projection.
-    wq: TensorRef,
+    pub(crate) wq: TensorRef,
     /// (Hkv*hd, d) key projection.
-    wk: TensorRef,
+    pub(crate) wk: TensorRef,
     /// (Hkv*hd, d) value projection.
-    wv: TensorRef,
+    pub(crate) wv: TensorRef,
     /// (d, H*hd) attention output projection.
-    wo: TensorRef,
+    pub(crate) wo: TensorRef,
     /// (d) RMSNorm weight before the feed-forward block.
-    ffn_norm: Vec<f32>,
+    pub(crate) ffn_norm: Vec<f32>,
     /// (d_ff, d) SwiGLU gate.
-    w_gate: TensorRef,
+    pub(crate) w_gate: TensorRef,
     /// (d_ff, d) SwiGLU up.
-    w_up: TensorRef,
+    pub(crate) w_up: TensorRef,
     /// (d, d_ff) SwiGLU down.
-    w_down: TensorRef,
+    pub(crate) w_down: TensorRef,
 }
 
 /// A loaded model: config, tokenizer, chat template and weights.
@@ -69,14 +69,14 @@ pub struct Model {
     /// vocabulary arrays alone are ~100k small strings, several MB that only a
     /// conversion needs.
     from_gguf: bool,
-    store: TensorStore,
+    pub(crate) store: TensorStore,
     /// (vocab, d) token embeddings.
-    token_embd: TensorRef,
+    pub(crate) token_embd: TensorRef,
     /// (vocab, d) output head; the embedding itself when tied.
-    output: TensorRef,
+    pub(crate) output: TensorRef,
     /// (d) final RMSNorm weight.
-    output_norm: Vec<f32>,
-    layers: Vec<Layer>,
+    pub(crate) output_norm: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
     /// (hd/2) RoPE inverse frequencies, scaling applied.
     rope_inv_freqs: Vec<f64>,
 }
@@ -338,7 +338,7 @@ impl Model {
         })
     }
 
-    fn weight(&self, t: &TensorRef) -> Weight<'_> {
+    pub(crate) fn weight(&self, t: &TensorRef) -> Weight<'_> {
         Weight {
             dtype: t.dtype,
             n_out: t.dims[1],

@@ -26,6 +26,7 @@
 
 use std::sync::Arc;
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::logprob::head_logprobs;
 use crate::matmul::Precision;
@@ -50,6 +51,9 @@ pub struct ScorerParams {
     /// New tokens per forward call: bounds activation memory, and is large
     /// enough that weights are read once for many tokens.
     pub batch_tokens: usize,
+    /// Where the forward passes run. A GPU takes `Precision::Bf16` or
+    /// `Precision::Exact` (`Device::default_precision` gives its default).
+    pub device: Device,
 }
 
 impl Default for ScorerParams {
@@ -62,6 +66,7 @@ impl Default for ScorerParams {
             tokens: false,
             precision: Precision::default(),
             batch_tokens: 2048,
+            device: Device::Cpu,
         }
     }
 }
@@ -209,6 +214,13 @@ impl Scorer {
             return Err(Error::invalid_argument(
                 "batch_tokens",
                 "must be at least 1",
+            ));
+        }
+        params.device.check_precision(params.precision)?;
+        if let Device::Cuda(_) = params.device {
+            return Err(Error::unsupported(
+                "device",
+                format!("{}: the GPU scorer is not built yet", params.device),
             ));
         }
         let rt = Runtime::new(params.n_threads, params.precision);

@@ -36,6 +36,10 @@ pub enum main_status {
     /// A bug in libmain: a Rust panic was caught at the boundary; the message
     /// says where. Free the objects the failing call used; do not reuse them.
     MAIN_ERR_INTERNAL,
+    /// The GPU asked for (`MAIN_DEVICE_CUDA`) cannot be used: no driver or
+    /// device, a library missing, an unsupported architecture, a failed
+    /// kernel. (Out of GPU memory is `MAIN_ERR_OUT_OF_MEMORY`.)
+    MAIN_ERR_DEVICE,
 }
 
 use main_status::*;
@@ -55,11 +59,13 @@ pub(crate) fn status_of(e: &Error) -> main_status {
         | Error::Template(_) => MAIN_ERR_FORMAT,
         Error::Unsupported { .. } => MAIN_ERR_UNSUPPORTED,
         Error::InvalidArgument { .. } | Error::Input(_) => MAIN_ERR_INVALID_ARGUMENT,
+        Error::Gpu { .. } => MAIN_ERR_DEVICE,
+        Error::GpuOutOfMemory { .. } => MAIN_ERR_OUT_OF_MEMORY,
     }
 }
 
 pub(crate) fn status_name(status: i32) -> &'static CStr {
-    const NAMES: [&CStr; 7] = [
+    const NAMES: [&CStr; 8] = [
         c"MAIN_OK",
         c"MAIN_ERR_INVALID_ARGUMENT",
         c"MAIN_ERR_IO",
@@ -67,6 +73,7 @@ pub(crate) fn status_name(status: i32) -> &'static CStr {
         c"MAIN_ERR_UNSUPPORTED",
         c"MAIN_ERR_OUT_OF_MEMORY",
         c"MAIN_ERR_INTERNAL",
+        c"MAIN_ERR_DEVICE",
     ];
     usize::try_from(status)
         .ok()

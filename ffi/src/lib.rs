@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use main_engine::logprob::{perplexity, sequence_logprobs};
 use main_engine::matmul::Precision;
+use main_engine::Device;
 use main_engine::model::{Model, Runtime};
 use main_engine::score::{Combine, Pair, PairScore, TokenScore};
 use main_engine::scorer::{Scorer, ScorerParams};
@@ -71,6 +72,19 @@ pub enum main_precision {
     MAIN_PRECISION_FAST = 1,
     /// One 8-bit pass, llama.cpp's scheme: fastest, about 0.06 nats from EXACT.
     MAIN_PRECISION_INT8 = 2,
+    /// GPU only: bf16 matrix products with f32 accumulation, the GPU default.
+    MAIN_PRECISION_BF16 = 3,
+}
+
+/// Where a scorer runs its forward passes (a value for `device` fields).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum main_device {
+    /// The CPU's SIMD kernels (default).
+    MAIN_DEVICE_CPU = 0,
+    /// The NVIDIA GPU numbered `gpu` (a libmain built with the `cuda`
+    /// feature); it runs `MAIN_PRECISION_BF16` or `MAIN_PRECISION_EXACT`.
+    MAIN_DEVICE_CUDA = 1,
 }
 
 /// Settings of a scorer. Start from `main_scorer_default_params()` and change
@@ -97,6 +111,12 @@ pub struct main_scorer_params {
     /// New tokens per forward pass (default 2048, at least 1): bounds the
     /// activation memory; larger batches read each weight once for more tokens.
     pub batch_tokens: u32,
+    /// A `main_device` value (default `MAIN_DEVICE_CPU`). With
+    /// `MAIN_DEVICE_CUDA` set `precision` too: `MAIN_PRECISION_BF16` (the
+    /// GPU's default) or `MAIN_PRECISION_EXACT`; CPU precisions are refused.
+    pub device: u32,
+    /// The GPU's number when `device` is `MAIN_DEVICE_CUDA` (default 0).
+    pub gpu: u32,
 }
 
 /// The scores of one pair (DESIGN.md section 3). Log-probs are in nats, means over
@@ -255,14 +275,29 @@ fn enum_arg<T: Copy>(value: u32, name: &str, options: &[(u32, T)]) -> Result<T, 
         })
 }
 
-const PRECISIONS: [(u32, Precision); 3] = [
+const PRECISIONS: [(u32, Precision); 4] = [
     (
         main_precision::MAIN_PRECISION_EXACT as u32,
         Precision::Exact,
     ),
     (main_precision::MAIN_PRECISION_FAST as u32, Precision::Fast),
     (main_precision::MAIN_PRECISION_INT8 as u32, Precision::Int8),
+    (main_precision::MAIN_PRECISION_BF16 as u32, Precision::Bf16),
 ];
+
+const DEVICES: [(u32, bool); 2] = [
+    (main_device::MAIN_DEVICE_CPU as u32, false),
+    (main_device::MAIN_DEVICE_CUDA as u32, true),
+];
+
+fn device_arg(p: &main_scorer_params) -> Result<Device, Error> {
+    let gpu = enum_arg(p.device, "params->device", &DEVICES)?;
+    Ok(if gpu {
+        Device::Cuda(p.gpu as usize)
+    } else {
+        Device::Cpu
+    })
+}
 
 fn precision_arg(value: u32, name: &str) -> Result<Precision, Error> {
     enum_arg(value, name, &PRECISIONS)
@@ -303,6 +338,7 @@ fn engine_params(p: &main_scorer_params) -> Result<ScorerParams, Error> {
         tokens: true,
         precision: precision_arg(p.precision, "params->precision")?,
         batch_tokens: p.batch_tokens as usize,
+        device: device_arg(p)?,
     })
 }
 
@@ -487,8 +523,9 @@ pub unsafe extern "C" fn main_model_n_vocab(model: *const main_model) -> u32 {
 }
 
 /// The default scorer settings, the engine's own: n_threads 0 (all cores),
-/// max_tokens 1024, negatives 0, combine MIN, batch_tokens 2048, and the
-/// precision the engine finds best (read `precision` from the result).
+/// max_tokens 1024, negatives 0, combine MIN, batch_tokens 2048, device CPU,
+/// and the precision the engine finds best for the CPU (read `precision`
+/// from the result; a GPU needs `MAIN_PRECISION_BF16` or `_EXACT`).
 /// Thread-safe.
 #[no_mangle]
 pub extern "C" fn main_scorer_default_params() -> main_scorer_params {
@@ -500,6 +537,8 @@ pub extern "C" fn main_scorer_default_params() -> main_scorer_params {
         combine: combine_value(d.combine),
         precision: precision_value(d.precision),
         batch_tokens: d.batch_tokens as u32,
+        device: main_device::MAIN_DEVICE_CPU as u32,
+        gpu: 0,
     }
 }
 
@@ -845,7 +884,14 @@ mod tests {
         for (v, c) in COMBINES {
             assert_eq!(combine_value(c), v);
         }
-        let e = precision_arg(3, "precision").unwrap_err().to_string();
-        assert_eq!(e, "invalid argument 'precision': 3 is not one of 0, 1, 2");
+        let e = precision_arg(4, "precision").unwrap_err().to_string();
+        assert_eq!(e, "invalid argument 'precision': 4 is not one of 0, 1, 2, 3");
+        let mut p = main_scorer_default_params();
+        p.device = 2;
+        let e = engine_params(&p).unwrap_err().to_string();
+        assert_eq!(e, "invalid argument 'params->device': 2 is not one of 0, 1");
+        p.device = main_device::MAIN_DEVICE_CUDA as u32;
+        p.gpu = 1;
+        assert_eq!(engine_params(&p).unwrap().device, Device::Cuda(1));
     }
 }

@@ -513,6 +513,7 @@ impl Scorer {
             .collect();
         to_js(&scores)
     }
+            device: main_engine::Device::Cpu,
 
     /// The reverse model's guess of the instruction that `response` answers.
     pub fn generate(

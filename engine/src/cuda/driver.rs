@@ -1,0 +1,372 @@
+//! The real GPU: a [`Backend`] on cudarc's driver API, NVRTC and cuBLAS,
+//! all loaded at run time (`dynamic-loading`), so a build with the `cuda`
+//! feature runs on machines without CUDA and says so when asked for a GPU.
+//!
+//! cudarc panics when a library it needs is missing, so every library is
+//! looked for first ([`check_libraries`]) and its absence reported as an
+//! error. One stream per device; every call binds the context to the
+//! calling thread first (a scorer may move between threads).
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::sync::Arc;
+
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaStream};
+use cudarc::nvrtc::{result as rtc, sys as rtc_sys, Ptx};
+
+use super::backend::{Arg, Backend, DevPtr, Elem, Gemm};
+use super::{KERNELS, KERNEL_SOURCE};
+use crate::error::{Error, Result};
+
+/// Shared-library names tried for each CUDA library (those cudarc tries too).
+const LIBRARIES: [(&str, &[&str]); 3] = [
+    ("the CUDA driver (libcuda)", &["libcuda.so.1", "libcuda.so"]),
+    (
+        "NVRTC (libnvrtc)",
+        &["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"],
+    ),
+    (
+        "cuBLAS (libcublas)",
+        &["libcublas.so", "libcublas.so.13", "libcublas.so.12"],
+    ),
+];
+
+fn library_present(names: &[&str]) -> bool {
+    names.iter().any(|n| {
+        // SAFETY: loading a CUDA library runs only its initialisers, the
+        // same ones cudarc would run; the handle is dropped at once.
+        unsafe { libloading::Library::new(*n) }.is_ok()
+    })
+}
+
+/// Errors unless the driver, NVRTC and cuBLAS libraries can all be loaded.
+pub fn check_libraries(device: &str) -> Result<()> {
+    for (what, names) in LIBRARIES {
+        if !library_present(names) {
+            return Err(Error::gpu(
+                device,
+                "loading CUDA",
+                format!(
+                    "{what} was not found (tried {}); install the NVIDIA driver and CUDA libraries, \
+                     or put them on LD_LIBRARY_PATH",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether NVRTC alone can be loaded (kernel compilation needs no GPU).
+pub fn nvrtc_present() -> bool {
+    library_present(LIBRARIES[1].1)
+}
+
+/// Compiles `kernels.cu` for `arch` ("sm_90", or "compute_90" for PTX) and
+/// returns the image to load. The error carries NVRTC's log.
+pub fn compile_kernels(arch: &str, device: &str) -> Result<Vec<u8>> {
+    let what = format!("compiling the kernels for {arch} with NVRTC");
+    let fail = |reason: String| Error::gpu(device, what.clone(), reason);
+    let src = CString::new(KERNEL_SOURCE).expect("kernels.cu has no NUL");
+    let name = CString::new("kernels.cu").expect("no NUL");
+    let prog = rtc::create_program(&src, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
+    let options = vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        // Kernels are tested against the CPU's IEEE f32: no flush to zero, exact division and sqrt.
+        "--ftz=false".to_string(),
+        "--prec-div=true".to_string(),
+        "--prec-sqrt=true".to_string(),
+    ];
+    // SAFETY: `prog` is a live program; the options are NUL-free strings.
+    let compiled = unsafe { rtc::compile_program(prog, &options) };
+    let result = match compiled {
+        Err(e) => {
+            // SAFETY: as above; the log is a NUL-terminated C string.
+            let log = unsafe { rtc::get_program_log(prog) }
+                .map(|l| {
+                    // SAFETY: NVRTC returns a NUL-terminated buffer.
+                    unsafe { CStr::from_ptr(l.as_ptr()) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_default();
+            let hint = if log.contains("gpu-architecture") || log.contains("invalid value") {
+                " (this NVRTC does not know the architecture: a newer CUDA is needed)"
+            } else {
+                ""
+            };
+            Err(fail(format!("{e:?}{hint}: {log}")))
+        }
+        Ok(()) if arch.starts_with("sm_") => cubin(prog).map_err(fail),
+        // SAFETY: compiled program.
+        Ok(()) => unsafe { rtc::get_ptx(prog) }
+            .map(|p| p.iter().map(|&c| c as u8).collect())
+            .map_err(|e| fail(format!("{e:?}"))),
+    };
+    // SAFETY: destroyed once, after its last use.
+    let _ = unsafe { rtc::destroy_program(prog) };
+    result
+}
+
+fn cubin(prog: rtc_sys::nvrtcProgram) -> std::result::Result<Vec<u8>, String> {
+    let mut size = 0usize;
+    // SAFETY: `prog` compiled for a real architecture, so it has a cubin.
+    let rc = unsafe { rtc_sys::nvrtcGetCUBINSize(prog, &mut size) };
+    if rc != rtc_sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(format!("nvrtcGetCUBINSize: {rc:?}"));
+    }
+    let mut out = vec![0u8; size];
+    // SAFETY: `out` has the size NVRTC just reported.
+    let rc = unsafe { rtc_sys::nvrtcGetCUBIN(prog, out.as_mut_ptr() as *mut _) };
+    if rc != rtc_sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(format!("nvrtcGetCUBIN: {rc:?}"));
+    }
+    Ok(out)
+}
+
+/// One NVIDIA GPU with MAIN's kernels loaded.
+pub struct CudaDevice {
+    name: String,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    async_alloc: bool,
+}
+
+// SAFETY: every use of the raw handles binds the context to the calling
+// thread first and goes through the one stream; cuBLAS handles may be used
+// from any thread as long as calls are not concurrent, which `&self` methods
+// of a scorer (one thread at a time) guarantee.
+unsafe impl Send for CudaDevice {}
+unsafe impl Sync for CudaDevice {}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`, compiles the kernels for its architecture and loads them.
+    pub fn open(ordinal: usize) -> Result<CudaDevice> {
+        let short = format!("cuda:{ordinal}");
+        check_libraries(&short)?;
+        let gpu_err = |what: &str, e: drv::DriverError| Error::gpu(&short, what, format!("{e:?}"));
+        drv::init().map_err(|e| gpu_err("starting the CUDA driver", e))?;
+        let count = drv::device::get_count().map_err(|e| gpu_err("counting GPUs", e))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::gpu(
+                &short,
+                "opening the GPU",
+                format!("there are {count} GPUs (numbered from 0)"),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| gpu_err("creating a context", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| gpu_err("reading the compute capability", e))?;
+        if major < 7 {
+            return Err(Error::gpu(
+                &short,
+                "checking the architecture",
+                format!("sm_{major}{minor} is too old: MAIN needs sm_70 or newer (bf16 matrix products)"),
+            ));
+        }
+        let gpu_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let name = format!("{short} ({gpu_name}, sm_{major}{minor})");
+        let image = compile_kernels(&format!("sm_{major}{minor}"), &name)?;
+        let module = ctx
+            .load_module(Ptx::from_binary(image))
+            .map_err(|e| gpu_err("loading the compiled kernels", e))?;
+        let mut functions = HashMap::new();
+        for &k in KERNELS {
+            let f = module
+                .load_function(k)
+                .map_err(|e| gpu_err(&format!("finding kernel {k}"), e))?;
+            functions.insert(k, f);
+        }
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| Error::gpu(&name, "starting cuBLAS", format!("{e:?}")))?;
+        let async_alloc = ctx
+            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)
+            .map(|v| v > 0)
+            .unwrap_or(false);
+        Ok(CudaDevice {
+            name,
+            ctx,
+            stream,
+            blas,
+            functions,
+            async_alloc,
+        })
+    }
+
+    fn bind(&self, what: &str) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| self.err(what, e))
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Debug) -> Error {
+        Error::gpu(&self.name, what, format!("{e:?}"))
+    }
+}
+
+impl Backend for CudaDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn alloc(&self, bytes: usize, what: &str) -> Result<DevPtr> {
+        self.bind(what)?;
+        let s = self.stream.cu_stream();
+        // SAFETY: a live stream of this context; the memory is only used on it.
+        let r = unsafe {
+            if self.async_alloc {
+                drv::malloc_async(s, bytes)
+            } else {
+                drv::malloc_sync(bytes)
+            }
+        };
+        r.map_err(|e| {
+            if e.0 == drv_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::GpuOutOfMemory {
+                    device: self.name.clone(),
+                    what: what.into(),
+                    bytes,
+                    free: self.free_memory().unwrap_or(0),
+                }
+            } else {
+                self.err(what, e)
+            }
+        })
+    }
+
+    fn free(&self, p: DevPtr) {
+        if self.bind("freeing memory").is_err() {
+            return;
+        }
+        // SAFETY: `p` came from `alloc` and is freed once (Buf's drop);
+        // stream order keeps it alive for the work queued before.
+        let _ = unsafe {
+            if self.async_alloc {
+                drv::free_async(p, self.stream.cu_stream())
+            } else {
+                drv::free_sync(p)
+            }
+        };
+    }
+
+    fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.bind("copying to the GPU")?;
+        // SAFETY: `dst` holds at least `src.len()` bytes; the synchronous copy
+        // returns after `src` was read.
+        unsafe {
+            drv::memcpy_htod_async(dst, src, self.stream.cu_stream())
+                .and_then(|_| self.stream.synchronize())
+        }
+        .map_err(|e| self.err("copying to the GPU", e))
+    }
+
+    fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        self.bind("copying from the GPU")?;
+        // SAFETY: `src` holds at least `dst.len()` bytes; we wait for the copy.
+        unsafe {
+            drv::memcpy_dtoh_async(dst, src, self.stream.cu_stream())
+                .and_then(|_| self.stream.synchronize())
+        }
+        .map_err(|e| self.err("copying from the GPU (or a kernel before it failed)", e))
+    }
+
+    fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        self.bind("copying on the GPU")?;
+        // SAFETY: both ranges lie in allocations of ours.
+        unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(|e| self.err("copying on the GPU", e))
+    }
+
+    fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        self.bind("clearing GPU memory")?;
+        // SAFETY: the range lies in an allocation of ours.
+        unsafe { drv::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
+            .map_err(|e| self.err("clearing GPU memory", e))
+    }
+
+    fn launch(&self, kernel: &str, grid: u32, block: u32, args: &[Arg]) -> Result<()> {
+        let what = format!("launching {kernel}");
+        self.bind(&what)?;
+        let f = self
+            .functions
+            .get(kernel)
+            .ok_or_else(|| Error::gpu(&self.name, &what, "no such kernel"))?;
+        let mut cells: Vec<u64> = args.iter().map(|a| a.cell()).collect();
+        let mut params: Vec<*mut c_void> = cells
+            .iter_mut()
+            .map(|c| c as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: the parameter array matches the kernel's signature (each
+        // cell holds one argument's bytes); the forward pass sizes every
+        // buffer the kernel touches.
+        unsafe {
+            drv::launch_kernel(
+                f.cu_function(),
+                (grid, 1, 1),
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| self.err(&what, e))
+    }
+
+    fn gemm(&self, g: &Gemm) -> Result<()> {
+        self.bind("a matrix product")?;
+        let t = match g.ab {
+            Elem::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+            Elem::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        };
+        let (alpha, beta) = (1f32, 0f32);
+        let dim = |v: usize| {
+            i32::try_from(v).map_err(|_| self.err("a matrix product", "dimension over 2^31"))
+        };
+        // Row-major y (n_tok, n_out) = x (n_tok, n_in) · wᵀ is, column-major,
+        // yᵀ (n_out, n_tok) = w(col-major n_in x n_out)ᵀ · x(col-major n_in x n_tok).
+        // SAFETY: the matrices have the shapes given; pointer mode is host.
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                dim(g.n_out)?,
+                dim(g.n_tok)?,
+                dim(g.n_in)?,
+                &alpha as *const f32 as *const c_void,
+                g.w as *const c_void,
+                t,
+                dim(g.n_in)?,
+                g.x as *const c_void,
+                t,
+                dim(g.n_in)?,
+                &beta as *const f32 as *const c_void,
+                g.y as *mut c_void,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                dim(g.ldy)?,
+                // Strict f32 accumulation (no TF32) for both types.
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| self.err("a cuBLAS matrix product", e))
+    }
+
+    fn free_memory(&self) -> Result<usize> {
+        self.bind("reading free memory")?;
+        drv::mem_get_info()
+            .map(|(free, _)| free)
+            .map_err(|e| self.err("reading free memory", e))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.bind("waiting for the GPU")?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.err("waiting for the GPU (a kernel failed)", e))
+    }
+}

@@ -1,0 +1,232 @@
+//! The GPU path (DESIGN.md §4b): the same forward pass and fused scorer as
+//! the CPU, on an NVIDIA GPU, with no ML framework.
+//!
+//! - [`backend`]: the device as a small trait; `driver` is the real GPU
+//!   (feature `cuda`: cudarc's driver API, NVRTC, cuBLAS, loaded at run
+//!   time), `emulator` runs the same kernels on the CPU in tests.
+//! - `kernels.cu`: the CUDA C kernels, compiled by NVRTC at load.
+//! - [`forward`]: weights on the device and the packed forward pass.
+//! - [`GpuSide`] (here): many views of one model packed without padding
+//!   into batches sized to the device's free memory, continuing a prompt
+//!   prefix computed once; what `scorer::Scorer` calls on a GPU.
+
+pub mod backend;
+#[cfg(feature = "cuda")]
+pub mod driver;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+pub mod emulator;
+pub mod forward;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests;
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::matmul::Precision;
+use crate::model::Model;
+use backend::{Backend, Buf};
+use forward::GpuModel;
+
+/// The kernel source, compiled at load for the device's architecture.
+pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
+
+/// Every `extern "C"` kernel of `kernels.cu`: loaded at start, so a missing
+/// one fails at load rather than mid-run.
+pub const KERNELS: &[&str] = &[
+    "dequant_q4_0_f32",
+    "dequant_q4_0_bf16",
+    "dequant_q4_1_f32",
+    "dequant_q4_1_bf16",
+    "dequant_q8_0_f32",
+    "dequant_q8_0_bf16",
+    "dequant_q4_k_f32",
+    "dequant_q4_k_bf16",
+    "dequant_q5_k_f32",
+    "dequant_q5_k_bf16",
+    "dequant_q6_k_f32",
+    "dequant_q6_k_bf16",
+    "dequant_f32_f32",
+    "dequant_f32_bf16",
+    "dequant_f16_f32",
+    "dequant_f16_bf16",
+    "dequant_bf16_f32",
+    "dequant_bf16_bf16",
+    "embed_f32",
+    "embed_bf16",
+    "add_rmsnorm_f32",
+    "add_rmsnorm_bf16",
+    "rope",
+    "attention_f32",
+    "attention_bf16",
+    "swiglu_f32",
+    "swiglu_bf16",
+    "gather_rows_f32",
+    "gather_rows_bf16",
+    "logsumexp_init",
+    "logsumexp_chunk",
+];
+
+/// Opens GPU `ordinal`: loads the CUDA libraries, checks the architecture
+/// and compiles the kernels for it. Without the `cuda` feature, or without
+/// a driver or GPU, a clear error (never a panic).
+pub fn open(ordinal: usize) -> Result<Arc<dyn Backend>> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(Arc::new(driver::CudaDevice::open(ordinal)?))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(Error::gpu(
+            format!("cuda:{ordinal}"),
+            "opening the GPU",
+            "this build has no GPU support; build with `--features cuda` \
+             (cargo build --release --features cuda)",
+        ))
+    }
+}
+
+/// Most tokens in one packed batch, however much memory is free: beyond
+/// this, larger batches no longer make the matrix products faster.
+pub const MAX_BATCH_TOKENS: usize = 65_536;
+
+/// Vocabulary ids per chunk of the fused log-softmax.
+pub const HEAD_CHUNK: usize = 8192;
+
+/// One view to score: its token ids, how many of them are prompt, and how
+/// many leading ones the shared prefix covers (`shared < n_prompt`).
+#[derive(Clone, Copy, Debug)]
+pub struct GpuView<'a> {
+    pub ids: &'a [u32],
+    pub n_prompt: usize,
+    pub shared: usize,
+}
+
+/// One model on the GPU with its precomputed prompt prefix.
+pub struct GpuSide {
+    model: GpuModel,
+    /// `(layers, n_prefix, S)` f32 QKV rows of the shared prompt.
+    prefix: Buf,
+    n_prefix: usize,
+    /// Upper bound on tokens per batch, lowered when the device runs out of
+    /// memory mid-run; `None` until the first batch sizes it.
+    cap: Option<usize>,
+}
+
+impl GpuSide {
+    /// Uploads `model` and runs it once on `prefix_ids`.
+    pub fn new(
+        gpu: Arc<dyn Backend>,
+        model: &Model,
+        precision: Precision,
+        prefix_ids: &[u32],
+    ) -> Result<GpuSide> {
+        let mut model = GpuModel::upload(gpu.clone(), model, precision)?;
+        let p = prefix_ids.len();
+        let s = model.qkv_width();
+        let layers = model.config.n_layers;
+        let prefix = Buf::new(&gpu, layers * p * s * 4, "allocating the prompt prefix")?;
+        if p > 0 {
+            let ids: Vec<i32> = prefix_ids.iter().map(|&t| t as i32).collect();
+            let pos: Vec<i32> = (0..p as i32).collect();
+            model.forward(&ids, &pos, &vec![0; p], None, 0, Some(&prefix))?;
+        }
+        Ok(GpuSide {
+            model,
+            prefix,
+            n_prefix: p,
+            cap: None,
+        })
+    }
+
+    /// At most this many tokens per batch (tests: to compare packings).
+    pub fn set_max_batch_tokens(&mut self, n: usize) {
+        self.cap = Some(n.max(1));
+    }
+
+    /// Tokens per batch that fit the device's free memory, with a chunk of
+    /// head logits (`HEAD_CHUNK` ids per target row) beside each token.
+    /// The chunk is fixed, not sized to memory, so a view's numbers never
+    /// depend on what else was in its batch.
+    fn sizes(&mut self) -> Result<(usize, usize)> {
+        let free = self.model.backend().free_memory()?;
+        // Leave room for cuBLAS workspaces and the allocator's rounding.
+        let usable = free.saturating_sub((256usize << 20).min(free / 8));
+        let chunk = HEAD_CHUNK.min(self.model.config.vocab_size);
+        let per_token = self.model.bytes_per_token() + chunk * 4;
+        let fit = (usable / per_token).clamp(1, MAX_BATCH_TOKENS);
+        Ok((self.cap.map_or(fit, |c| c.min(fit)), chunk))
+    }
+
+    /// Target log-probs of every view, in order. Views are packed greedily
+    /// into batches; when the device runs out of memory the batch is split
+    /// and the cap lowered for the rest of the run.
+    pub fn run(&mut self, views: &[GpuView]) -> Result<Vec<Vec<f64>>> {
+        let mut out = Vec::with_capacity(views.len());
+        let mut start = 0;
+        while start < views.len() {
+            let (budget, chunk) = self.sizes()?;
+            let mut end = start;
+            let mut n_new = 0;
+            while end < views.len() {
+                let add = views[end].ids.len() - views[end].shared;
+                if end > start && n_new + add > budget {
+                    break;
+                }
+                n_new += add;
+                end += 1;
+            }
+            match self.run_batch(&views[start..end], chunk) {
+                Ok(lps) => {
+                    out.extend(lps);
+                    start = end;
+                }
+                Err(Error::GpuOutOfMemory { .. }) if end - start > 1 => {
+                    self.cap = Some((n_new / 2).max(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn run_batch(&mut self, views: &[GpuView], chunk: usize) -> Result<Vec<Vec<f64>>> {
+        let (mut tokens, mut pos, mut first) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rows, mut targets) = (Vec::new(), Vec::new());
+        for v in views {
+            assert!(
+                v.shared < v.n_prompt && v.n_prompt <= v.ids.len(),
+                "GpuView: bad split"
+            );
+            if v.shared > self.n_prefix {
+                return Err(Error::invalid_argument("shared", "longer than the prefix"));
+            }
+            let base = tokens.len();
+            for (i, &t) in v.ids[v.shared..].iter().enumerate() {
+                tokens.push(t as i32);
+                pos.push((v.shared + i) as i32);
+                first.push(base as i32);
+            }
+            for p in v.n_prompt - 1..v.ids.len() - 1 {
+                rows.push((base + p - v.shared) as i32);
+                targets.push(v.ids[p + 1]);
+            }
+        }
+        let hidden = self.model.forward(
+            &tokens,
+            &pos,
+            &first,
+            Some(&self.prefix),
+            self.n_prefix,
+            None,
+        )?;
+        let lps = self.model.head_logprobs(&hidden, &rows, &targets, chunk)?;
+        let mut out = Vec::with_capacity(views.len());
+        let mut at = 0;
+        for v in views {
+            let n = v.ids.len() - v.n_prompt;
+            out.push(lps[at..at + n].to_vec());
+            at += n;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,528 @@
+//! The GPU path against the CPU, on the CPU: every kernel and the whole
+//! packed forward pass run through `emulator::Emulator` (kernels.cu compiled
+//! as C++). `scripts/check-gpu` runs the same comparisons on a real GPU.
+
+use std::sync::Arc;
+
+use super::backend::{Arg, Backend, Buf, Elem};
+use super::emulator::Emulator;
+use super::forward::{decode_into, GpuModel};
+use super::{GpuSide, GpuView};
+use crate::error::Error;
+use crate::logprob::head_logprobs;
+use crate::matmul::{Precision, Weight};
+use crate::model::{Model, Runtime};
+use crate::quant::{dequantize_row, quantize_row, DType};
+
+const GIB: usize = 1 << 30;
+
+fn emulator(limit: usize) -> Arc<dyn Backend> {
+    Arc::new(Emulator::new(limit))
+}
+
+fn fixture(rel: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "skipped: {} is missing (run scripts/fetch-fixtures)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// Deterministic values in about [-2, 2] with some outliers.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|i| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (s >> 33) as f32 / (1u64 << 31) as f32;
+            let v = 4.0 * u - 2.0;
+            if i % 97 == 0 {
+                v * 8.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn bf16_round(v: f32) -> f32 {
+    let u = v.to_bits();
+    let r = u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16;
+    f32::from_bits(r << 16)
+}
+
+#[test]
+fn weight_decoders_equal_the_cpu_for_every_block_type() {
+    let gpu = emulator(GIB);
+    // Rows with a remainder of blocks per launch (n_out * blocks not a multiple of 256).
+    let (n_out, n_in) = (7, 512);
+    for dtype in [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
+        let x = values(n_out * n_in, dtype.ggml_id() as u64);
+        let mut bytes = vec![0u8; n_out * n_in / dtype.block_len() * dtype.block_bytes()];
+        quantize_row(dtype, &x, &mut bytes).unwrap();
+        let mut want = vec![0f32; n_out * n_in];
+        dequantize_row(dtype, &bytes, &mut want);
+        let w = Weight {
+            dtype,
+            n_out,
+            n_in,
+            data: &bytes,
+        };
+        for elem in [Elem::F32, Elem::Bf16] {
+            // Decoded into the middle of a fused matrix, as Q/K/V are.
+            let dst = Buf::new(&gpu, (n_out + 3) * n_in * elem.bytes(), "test").unwrap();
+            decode_into(&gpu, &w, "t", &dst, 2, elem).unwrap();
+            let mut raw = vec![0u8; n_out * n_in * elem.bytes()];
+            gpu.download(dst.at(2 * n_in * elem.bytes()), &mut raw)
+                .unwrap();
+            let got: Vec<f32> = match elem {
+                Elem::F32 => raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                Elem::Bf16 => raw
+                    .chunks_exact(2)
+                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                    .collect(),
+            };
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                let w = if elem == Elem::Bf16 { bf16_round(w) } else { w };
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{dtype:?} -> {elem:?}: element {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn swiglu_kernel_equals_the_cpu_bit_for_bit() {
+    let gpu = emulator(GIB);
+    let (t, f) = (3, 333);
+    let gu = values(t * 2 * f, 7);
+    let gub = Buf::from_f32(&gpu, &gu, "t").unwrap();
+    let out = Buf::new(&gpu, t * f * 4, "t").unwrap();
+    let n = t * f;
+    gpu.launch(
+        "swiglu_f32",
+        n.div_ceil(256) as u32,
+        256,
+        &[gub.arg(), out.arg(), Arg::I64(n as i64), Arg::I32(f as i32)],
+    )
+    .unwrap();
+    let got = out.to_f32(n).unwrap();
+    for r in 0..t {
+        let mut gate = gu[r * 2 * f..r * 2 * f + f].to_vec();
+        crate::kernels::activation::silu_mul(&mut gate, &gu[r * 2 * f + f..(r + 1) * 2 * f]);
+        for j in 0..f {
+            let g = got[r * f + j];
+            assert!(
+                (g - gate[j]).abs() <= 1e-6 * gate[j].abs().max(1.0),
+                "row {r} col {j}: {g} vs {}",
+                gate[j]
+            );
+        }
+    }
+}
+
+/// f64 attention of one query against keys/values `0..=p` (or the window).
+fn attention_ref(q: &[f32], keys: &[&[f32]], values: &[&[f32]], scale: f64) -> Vec<f64> {
+    let s: Vec<f64> = keys
+        .iter()
+        .map(|k| {
+            q.iter()
+                .zip(*k)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>()
+                * scale
+        })
+        .collect();
+    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+    let z: f64 = e.iter().sum();
+    let mut out = vec![0f64; q.len()];
+    for (w, v) in e.iter().zip(values) {
+        for (o, &x) in out.iter_mut().zip(*v) {
+            *o += w / z * x as f64;
+        }
+    }
+    out
+}
+
+#[test]
+fn packed_attention_with_a_prefix_gqa_and_a_window_matches_f64() {
+    let gpu = emulator(GIB);
+    // head_dim 40: a partial last lane group; 70 keys: chunks of 32 with a remainder.
+    let (h, hkv, hd) = (4usize, 2usize, 40usize);
+    let s = (h + 2 * hkv) * hd;
+    let n_prefix = 9;
+    // Two sequences: one continuing 5 prefix positions with 70 new tokens,
+    // one from scratch with 33.
+    let seqs = [(5usize, 70usize), (0, 33)];
+    let n: usize = seqs.iter().map(|x| x.1).sum();
+    let qkv = values(n * s, 11);
+    let prefix = values(n_prefix * s, 12);
+    let (mut pos, mut first) = (Vec::new(), Vec::new());
+    for &(shared, len) in &seqs {
+        let base = pos.len();
+        for i in 0..len {
+            pos.push((shared + i) as i32);
+            first.push(base as i32);
+        }
+    }
+    let scale = 1.0 / (hd as f32).sqrt();
+    for window in [0usize, 16] {
+        let qb = Buf::from_f32(&gpu, &qkv, "t").unwrap();
+        let pb = Buf::from_f32(&gpu, &prefix, "t").unwrap();
+        let posb = Buf::from_i32(&gpu, &pos, "t").unwrap();
+        let fb = Buf::from_i32(&gpu, &first, "t").unwrap();
+        let out = Buf::new(&gpu, n * h * hd * 4, "t").unwrap();
+        gpu.launch(
+            "attention_f32",
+            (n * h).div_ceil(4) as u32,
+            128,
+            &[
+                qb.arg(),
+                pb.arg(),
+                posb.arg(),
+                fb.arg(),
+                out.arg(),
+                Arg::I32(n as i32),
+                Arg::I32(h as i32),
+                Arg::I32(hkv as i32),
+                Arg::I32(hd as i32),
+                Arg::F32(scale),
+                Arg::I32(window as i32),
+            ],
+        )
+        .unwrap();
+        let got = out.to_f32(n * h * hd).unwrap();
+        let mut worst = 0f64;
+        for t in 0..n {
+            let (p, s0) = (pos[t] as usize, first[t] as usize);
+            let shared = pos[s0] as usize;
+            let row = |kp: usize| -> &[f32] {
+                if kp < shared {
+                    &prefix[kp * s..(kp + 1) * s]
+                } else {
+                    &qkv[(s0 + kp - shared) * s..(s0 + kp - shared + 1) * s]
+                }
+            };
+            let lo = if window > 0 {
+                (p + 1).saturating_sub(window)
+            } else {
+                0
+            };
+            for head in 0..h {
+                let kvh = head / (h / hkv);
+                let q = &qkv[t * s + head * hd..t * s + (head + 1) * hd];
+                let ks: Vec<&[f32]> = (lo..=p)
+                    .map(|kp| &row(kp)[h * hd + kvh * hd..][..hd])
+                    .collect();
+                let vs: Vec<&[f32]> = (lo..=p)
+                    .map(|kp| &row(kp)[(h + hkv) * hd + kvh * hd..][..hd])
+                    .collect();
+                let want = attention_ref(q, &ks, &vs, scale as f64);
+                for (i, w) in want.iter().enumerate() {
+                    let g = got[t * h * hd + head * hd + i] as f64;
+                    worst = worst.max((g - w).abs());
+                }
+            }
+        }
+        assert!(worst < 2e-5, "window {window}: worst difference {worst}");
+    }
+}
+
+/// Per-token target log-probs of each view on the CPU (`Precision::Exact`).
+fn cpu_view_logprobs(model: &Model, views: &[GpuView]) -> Vec<Vec<f64>> {
+    let rt = Runtime::new(2, Precision::Exact);
+    views
+        .iter()
+        .map(|v| {
+            let mut cache = model.new_cache(v.ids.len());
+            let hidden = model
+                .forward(&rt, std::slice::from_mut(&mut cache), &[v.ids])
+                .unwrap();
+            let d = model.config.d_model;
+            let rows: Vec<f32> = hidden[(v.n_prompt - 1) * d..(v.ids.len() - 1) * d].to_vec();
+            head_logprobs(&model.output_weight(), &rt, &rows, &v.ids[v.n_prompt..])
+        })
+        .collect()
+}
+
+/// A prefix, and views of 8..60 tokens that continue parts of it (including
+/// none), longer than Mistral's window of 16.
+/// A view as owned parts: ids, prompt length, tokens shared with the prefix.
+type OwnedView = (Vec<u32>, usize, usize);
+
+fn test_views(model: &Model) -> (Vec<u32>, Vec<OwnedView>) {
+    let tok = &model.tokenizer;
+    let prefix = tok
+        .encode(
+            "<|im_start|>system\nYou are a careful assistant.<|im_end|>\n<|im_start|>user\n",
+            false,
+            true,
+        )
+        .unwrap();
+    let texts = [
+        "Name three primary colours and say why mixing them gives brown.",
+        "Write a haiku about the sea.",
+        "What is 17 multiplied by 23? Explain each step of the calculation in detail, please, so a child could follow.",
+        "Hi.",
+    ];
+    let mut views = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let keep = [prefix.len(), 3, 0, prefix.len() - 1][i];
+        let mut ids = prefix[..keep].to_vec();
+        let body = tok.encode(text, false, true).unwrap();
+        let n_prompt = ids.len() + body.len() / 2 + 1;
+        ids.extend(body);
+        ids.extend(
+            tok.encode(
+                " The answer follows from the question as asked.",
+                false,
+                true,
+            )
+            .unwrap(),
+        );
+        let shared = keep.min(n_prompt - 1);
+        views.push((ids, n_prompt, shared));
+    }
+    (prefix, views)
+}
+
+fn as_views(v: &[OwnedView]) -> Vec<GpuView<'_>> {
+    v.iter()
+        .map(|(ids, n_prompt, shared)| GpuView {
+            ids,
+            n_prompt: *n_prompt,
+            shared: *shared,
+        })
+        .collect()
+}
+
+fn max_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The largest difference of per-view mean log-probs (what §3's scores use).
+fn max_mean_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (mean(x) - mean(y)).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The tiny Mistral (sliding window 16, GQA) from GGUF (interleaved RoPE)
+/// and from its Hugging Face folder (halves), both precisions, against the
+/// CPU's exact forward pass; and packing must not change a view's numbers.
+#[test]
+fn gpu_side_matches_the_cpu_on_both_rope_layouts() {
+    for rel in ["mistral-tiny/model.gguf", "mistral-tiny/hf"] {
+        let Some(path) = fixture(rel) else { return };
+        let model = Model::load(&path).unwrap();
+        let (prefix, owned) = test_views(&model);
+        let views = as_views(&owned);
+        let want = cpu_view_logprobs(&model, &views);
+        // bf16 on random weights: per token about 0.07 nats at worst (its
+        // logits are far less peaked than a trained model's), view means
+        // within the 0.02.
+        for (precision, tol, tol_mean) in [
+            (Precision::Exact, 1e-4, 1e-5),
+            (Precision::Bf16, 0.15, 0.02),
+        ] {
+            let mut side = GpuSide::new(emulator(GIB), &model, precision, &prefix).unwrap();
+            let packed = side.run(&views).unwrap();
+            let d = max_diff(&packed, &want);
+            let dm = max_mean_diff(&packed, &want);
+            eprintln!(
+                "{rel} {}: max |GPU - CPU| {d:.2e} nats per token, {dm:.2e} per view mean",
+                precision.name()
+            );
+            assert!(
+                d < tol && dm < tol_mean,
+                "{rel} {}: {d} {dm}",
+                precision.name()
+            );
+            // One view per batch gives the same numbers as the packed batch.
+            side.set_max_batch_tokens(1);
+            let single = side.run(&views).unwrap();
+            assert_eq!(
+                max_diff(&single, &packed),
+                0.0,
+                "{rel}: packing changed the results"
+            );
+        }
+    }
+}
+
+/// Real weights (SmolLM2, Q4_1 with a Q8_0/Q6_K head) through the GPU path
+/// in exact and bf16.
+#[test]
+fn gpu_side_matches_the_cpu_on_the_fixture_model() {
+    let Some(path) = fixture("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let model = Model::load(&path).unwrap();
+    let (prefix, mut owned) = test_views(&model);
+    owned.truncate(2);
+    let views = as_views(&owned);
+    let want = cpu_view_logprobs(&model, &views);
+    for (precision, tol) in [(Precision::Exact, 1e-4), (Precision::Bf16, 0.1)] {
+        let mut side = GpuSide::new(emulator(4 * GIB), &model, precision, &prefix).unwrap();
+        let got = side.run(&views).unwrap();
+        let d = max_diff(&got, &want);
+        let dm = max_mean_diff(&got, &want);
+        eprintln!(
+            "SmolLM2 {}: max per-token {d:.2e}, max per-view mean {dm:.2e}",
+            precision.name()
+        );
+        assert!(d < tol, "{}: {d}", precision.name());
+        assert!(
+            dm < if precision == Precision::Exact {
+                1e-4
+            } else {
+                0.02
+            },
+            "{}: {dm}",
+            precision.name()
+        );
+    }
+}
+
+#[test]
+fn memory_is_sized_and_running_out_is_an_error_not_a_crash() {
+    let Some(path) = fixture("mistral-tiny/model.gguf") else {
+        return;
+    };
+    let model = Model::load(&path).unwrap();
+    // Too little memory for the weights: a clear error naming the step.
+    let e = GpuSide::new(emulator(1 << 20), &model, Precision::Exact, &[1, 2, 3])
+        .err()
+        .expect("1 MiB cannot hold the model");
+    let msg = e.to_string();
+    assert!(matches!(e, Error::GpuOutOfMemory { .. }), "{msg}");
+    assert!(msg.contains("out of memory while allocating"), "{msg}");
+    // Little room for activations: batches shrink to fit instead of failing,
+    // with the same numbers.
+    let (prefix, owned) = test_views(&model);
+    let views = as_views(&owned);
+    let mut big = GpuSide::new(emulator(GIB), &model, Precision::Exact, &prefix).unwrap();
+    let want = big.run(&views).unwrap();
+    let emu = Arc::new(Emulator::new(GIB));
+    let mut small = GpuSide::new(emu.clone(), &model, Precision::Exact, &prefix).unwrap();
+    // Room for about 20 tokens of activations and logits: several batches.
+    let per_token = small.model.bytes_per_token() + 8192 * 4;
+    emu.set_limit(emu.used() + 20 * per_token * 8 / 7);
+    let total: usize = views.iter().map(|v| v.ids.len() - v.shared).sum();
+    let targets: usize = views.iter().map(|v| v.ids.len() - v.n_prompt).sum();
+    eprintln!(
+        "views: {total} new tokens, {targets} targets; room for 20 tokens ({} bytes)",
+        emu.free_memory().unwrap()
+    );
+    assert_eq!(max_diff(&small.run(&views).unwrap(), &want), 0.0);
+    assert!(small.cap.is_none(), "sizing alone should have fitted");
+    // A device that claims more than it has: batches fail, then shrink.
+    emu.set_overstate(1 << 30);
+    assert_eq!(max_diff(&small.run(&views).unwrap(), &want), 0.0);
+    assert!(
+        small.cap.is_some(),
+        "the out-of-memory retry should have lowered the cap"
+    );
+    // Not even one view fits: the error says so.
+    emu.set_limit(emu.used() + 1000);
+    let e = small.run(&views).unwrap_err();
+    assert!(matches!(e, Error::GpuOutOfMemory { .. }), "{e}");
+    let tiny_model = GpuModel::upload(emulator(GIB), &model, Precision::Exact).unwrap();
+    assert!(tiny_model.bytes_per_token() > 0);
+}
+
+#[test]
+fn gpu_precisions_are_checked() {
+    let Some(path) = fixture("mistral-tiny/model.gguf") else {
+        return;
+    };
+    let model = Model::load(&path).unwrap();
+    let e = GpuModel::upload(emulator(GIB), &model, Precision::Fast)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("fast is a CPU precision"), "{e}");
+}
+
+/// Asking for a GPU where there is none (or in a build without the `cuda`
+/// feature) is an error that says what to do, never a panic.
+#[test]
+fn a_missing_gpu_is_a_clear_error() {
+    if std::path::Path::new("/dev/nvidia0").exists() {
+        eprintln!("skipped: this machine has a GPU (scripts/check-gpu tests it)");
+        return;
+    }
+    let e = match super::open(0) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened a GPU on a machine without /dev/nvidia0"),
+    };
+    eprintln!("{e}");
+    assert!(e.starts_with("GPU cuda:0: "), "{e}");
+    if cfg!(feature = "cuda") {
+        assert!(e.contains("not found") || e.contains("CUDA"), "{e}");
+    } else {
+        assert!(e.contains("--features cuda"), "{e}");
+    }
+}
+
+/// The kernel source compiles with NVRTC for the GPUs MAIN targets, so a
+/// syntax error in kernels.cu is caught on a machine without a GPU.
+/// NVRTC comes from PyPI's nvidia-cuda-nvrtc (scripts/test puts it on
+/// LD_LIBRARY_PATH); without it the test says so and passes.
+#[cfg(feature = "cuda")]
+#[test]
+fn kernels_compile_with_nvrtc() {
+    if !super::driver::nvrtc_present() {
+        eprintln!("skipped: libnvrtc was not found (pip install nvidia-cuda-nvrtc, then put its lib/ on LD_LIBRARY_PATH)");
+        return;
+    }
+    // Ampere, Hopper (H100/H200) as cubins, and portable PTX.
+    for arch in ["sm_80", "sm_90", "compute_80"] {
+        let image = super::driver::compile_kernels(arch, "test").unwrap_or_else(|e| panic!("{e}"));
+        assert!(image.len() > 1000, "{arch}: {} bytes", image.len());
+        if arch.starts_with("compute") {
+            let ptx = String::from_utf8_lossy(&image);
+            for k in super::KERNELS {
+                assert!(ptx.contains(&format!(".entry {k}(")), "{arch}: no entry {k}");
+            }
+        }
+        eprintln!("{arch}: {} bytes", image.len());
+    }
+    let e = super::driver::compile_kernels("sm_1", "test").unwrap_err().to_string();
+    assert!(e.contains("compiling the kernels for sm_1"), "{e}");
+}
