@@ -26,6 +26,8 @@
 
 use std::sync::Arc;
 
+use crate::cuda::backend::Backend;
+use crate::cuda::{GpuSide, GpuView};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::logprob::head_logprobs;
@@ -33,6 +35,7 @@ use crate::matmul::Precision;
 use crate::model::{KvCache, Model, Runtime};
 use crate::score::{self, Combine, Pair, PairScore, TokenScore, ViewLogprobs};
 use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
 use crate::views::{build_view, pair_views, reverse_content, ViewTokens};
 
 /// Settings of a [`Scorer`].
@@ -71,42 +74,88 @@ impl Default for ScorerParams {
     }
 }
 
+/// How many leading tokens of a view the precomputed prefix covers. The
+/// last prompt token is always recomputed: its hidden state predicts the
+/// first target.
+fn shared_len(prefix_ids: &[u32], v: &ViewTokens) -> usize {
+    let lcp = v
+        .ids
+        .iter()
+        .zip(prefix_ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    lcp.min(v.n_prompt.saturating_sub(1))
+}
+
 /// One model with what the scorer precomputes for it.
 struct Side {
     model: Arc<Model>,
-    template: ChatTemplate,
+    template: Arc<ChatTemplate>,
     /// Tokens of the end-of-turn marker that closes every target.
     n_end_of_turn: usize,
-    /// The unconditional prompt and its keys/values, shared by every view.
+    /// The unconditional prompt, shared by every view.
     prefix_ids: Vec<u32>,
-    prefix: KvCache,
+    compute: Compute,
+}
+
+/// Where a side's forward passes run, with the prefix's keys and values there.
+enum Compute {
+    Cpu { prefix: KvCache },
+    Gpu(Box<GpuSide>),
 }
 
 impl Side {
-    fn new(model: Arc<Model>, rt: &Runtime) -> Result<Side> {
-        let template = ChatTemplate::for_model(&model)?;
+    /// `gpu`: run on this device in this precision (else on the CPU with `rt`).
+    fn new(
+        model: Arc<Model>,
+        rt: &Runtime,
+        gpu: Option<(&Arc<dyn Backend>, Precision)>,
+    ) -> Result<Side> {
+        let template = Arc::new(ChatTemplate::for_model(&model)?);
         let prompt = template.render_prompt("")?;
         let tok = &model.tokenizer;
         let prefix_ids = tok.encode(&prompt, tok.add_bos_default(), true)?;
         let n_end_of_turn = tok.encode(template.end_of_turn(), false, true)?.len();
-        let mut prefix = model.new_cache(prefix_ids.len());
-        model.forward(rt, std::slice::from_mut(&mut prefix), &[&prefix_ids])?;
+        let compute = match gpu {
+            Some((backend, precision)) => Compute::Gpu(Box::new(GpuSide::new(
+                backend.clone(),
+                &model,
+                precision,
+                &prefix_ids,
+            )?)),
+            None => {
+                let mut prefix = model.new_cache(prefix_ids.len());
+                model.forward(rt, std::slice::from_mut(&mut prefix), &[&prefix_ids])?;
+                Compute::Cpu { prefix }
+            }
+        };
         Ok(Side {
             model,
             template,
             n_end_of_turn,
             prefix_ids,
-            prefix,
+            compute,
         })
     }
 
     /// Target log-probs of every view, in order.
     fn run(
-        &self,
+        &mut self,
         rt: &Runtime,
         views: &[&ViewTokens],
         batch_tokens: usize,
     ) -> Result<Vec<Vec<f64>>> {
+        if let Compute::Gpu(gpu) = &mut self.compute {
+            let gv: Vec<GpuView> = views
+                .iter()
+                .map(|v| GpuView {
+                    ids: &v.ids,
+                    n_prompt: v.n_prompt,
+                    shared: shared_len(&self.prefix_ids, v),
+                })
+                .collect();
+            return gpu.run(&gv);
+        }
         let mut out = Vec::with_capacity(views.len());
         let mut start = 0;
         while start < views.len() {
@@ -114,7 +163,7 @@ impl Side {
             let mut end = start;
             let mut n_new = 0;
             while end < views.len() {
-                let add = views[end].ids.len() - self.shared_len(views[end]);
+                let add = views[end].ids.len() - shared_len(&self.prefix_ids, views[end]);
                 if end > start && n_new + add > batch_tokens {
                     break;
                 }
@@ -127,26 +176,19 @@ impl Side {
         Ok(out)
     }
 
-    /// How many leading tokens of a view the precomputed prefix covers. The
-    /// last prompt token is always recomputed: its hidden state predicts the
-    /// first target.
-    fn shared_len(&self, v: &ViewTokens) -> usize {
-        let lcp = v
-            .ids
-            .iter()
-            .zip(&self.prefix_ids)
-            .take_while(|(a, b)| a == b)
-            .count();
-        lcp.min(v.n_prompt.saturating_sub(1))
-    }
-
     fn run_batch(&self, rt: &Runtime, views: &[&ViewTokens]) -> Result<Vec<Vec<f64>>> {
         let d = self.model.config.d_model;
-        let shared: Vec<usize> = views.iter().map(|v| self.shared_len(v)).collect();
+        let Compute::Cpu { prefix } = &self.compute else {
+            unreachable!("run_batch is the CPU path")
+        };
+        let shared: Vec<usize> = views
+            .iter()
+            .map(|v| shared_len(&self.prefix_ids, v))
+            .collect();
         let mut caches: Vec<KvCache> = views
             .iter()
             .zip(&shared)
-            .map(|(v, &s)| KvCache::from_prefix(&self.prefix, s, v.ids.len()))
+            .map(|(v, &s)| KvCache::from_prefix(prefix, s, v.ids.len()))
             .collect();
         let new_tokens: Vec<&[u32]> = views
             .iter()
@@ -217,16 +259,25 @@ impl Scorer {
             ));
         }
         params.device.check_precision(params.precision)?;
-        if let Device::Cuda(_) = params.device {
-            return Err(Error::unsupported(
-                "device",
-                format!("{}: the GPU scorer is not built yet", params.device),
-            ));
-        }
+        let backend = match params.device {
+            Device::Cpu => None,
+            Device::Cuda(n) => Some(crate::cuda::open(n)?),
+        };
+        Scorer::with_backend(forward, reverse, params, backend)
+    }
+
+    /// [`Scorer::new`] on a given GPU backend (tests pass the emulator).
+    pub(crate) fn with_backend(
+        forward: Arc<Model>,
+        reverse: Option<Arc<Model>>,
+        params: ScorerParams,
+        backend: Option<Arc<dyn Backend>>,
+    ) -> Result<Scorer> {
         let rt = Runtime::new(params.n_threads, params.precision);
-        let forward = Side::new(forward, &rt)?;
+        let gpu = backend.as_ref().map(|b| (b, params.precision));
+        let forward = Side::new(forward, &rt, gpu)?;
         let reverse = match reverse {
-            Some(m) => Some(Side::new(m, &rt)?),
+            Some(m) => Some(Side::new(m, &rt, gpu)?),
             None => None,
         };
         Ok(Scorer {
@@ -257,19 +308,6 @@ impl Scorer {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
-        let (fwd, rev) = (&self.forward, self.reverse_side());
-        let max = self.params.max_tokens;
-        let mut views = Vec::with_capacity(pairs.len());
-        for (i, p) in pairs.iter().enumerate() {
-            let v = pair_views(
-                (&fwd.model.tokenizer, &fwd.template),
-                (&rev.model.tokenizer, &rev.template),
-                p,
-                max,
-            )
-            .map_err(|e| Error::Input(format!("pair {i}: {e}")))?;
-            views.push(v);
-        }
         let k = self.params.negatives;
         if k > 0 && pairs.len() < k + 1 {
             return Err(Error::invalid_argument(
@@ -281,9 +319,22 @@ impl Scorer {
                 ),
             ));
         }
+        let (views, mut fwd_lps, rev_lps) = if matches!(self.forward.compute, Compute::Gpu(_)) {
+            self.run_pipelined(pairs)?
+        } else {
+            let views = self.build_views(pairs, 0)?;
+            let (fwd_jobs, rev_jobs) = jobs(&views);
+            let bt = self.params.batch_tokens;
+            let fwd_lps = self.forward.run(&self.rt, &fwd_jobs, bt)?;
+            let rev = self.reverse.as_mut().unwrap_or(&mut self.forward);
+            let rev_lps = rev.run(&self.rt, &rev_jobs, bt)?;
+            (views, fwd_lps, rev_lps)
+        };
         // Conditional views of x_i with other responses y_j.
-        let mut negative_views = Vec::new();
         if k > 0 {
+            let max = self.params.max_tokens;
+            let fwd = &self.forward;
+            let mut negative_views = Vec::new();
             for (i, p) in pairs.iter().enumerate() {
                 for step in 1..=k {
                     let other = &pairs[(i + step) % pairs.len()];
@@ -296,20 +347,11 @@ impl Scorer {
                     )?);
                 }
             }
+            let jobs: Vec<&ViewTokens> = negative_views.iter().collect();
+            let bt = self.params.batch_tokens;
+            fwd_lps.extend(self.forward.run(&self.rt, &jobs, bt)?);
         }
-
-        let mut fwd_jobs: Vec<&ViewTokens> = Vec::new();
-        let mut rev_jobs: Vec<&ViewTokens> = Vec::new();
-        for v in &views {
-            fwd_jobs.push(&v[0]);
-            fwd_jobs.push(&v[1]);
-            rev_jobs.push(&v[2]);
-            rev_jobs.push(&v[3]);
-        }
-        fwd_jobs.extend(negative_views.iter());
-        let bt = self.params.batch_tokens;
-        let fwd_lps = fwd.run(&self.rt, &fwd_jobs, bt)?;
-        let rev_lps = rev.run(&self.rt, &rev_jobs, bt)?;
+        let (fwd, rev) = (&self.forward, self.reverse_side());
 
         let mut out = Vec::with_capacity(pairs.len());
         for (i, v) in views.iter().enumerate() {
@@ -346,6 +388,70 @@ impl Scorer {
         Ok(out)
     }
 
+    /// The four views of `pairs`, built on the scorer's threads (tokenizing
+    /// is the CPU's share of the work). `offset`: index of `pairs[0]` in the
+    /// caller's batch, for messages.
+    fn build_views(&self, pairs: &[Pair], offset: usize) -> Result<Vec<[ViewTokens; 4]>> {
+        let (fwd, rev) = (&self.forward, self.reverse_side());
+        build_views(
+            &self.rt,
+            (&fwd.model.tokenizer, &fwd.template),
+            (&rev.model.tokenizer, &rev.template),
+            self.params.max_tokens,
+            pairs,
+            offset,
+        )
+    }
+
+    /// The GPU path: CPU threads build the views of the next chunk of pairs
+    /// while the GPU runs the forward and reverse views of this one, so
+    /// tokenizing never leaves the GPU waiting (except for the first chunk).
+    fn run_pipelined(&mut self, pairs: &[Pair]) -> Result<Batches> {
+        const CHUNK: usize = 256;
+        let Scorer {
+            rt,
+            params,
+            forward,
+            reverse,
+        } = self;
+        let bt = params.batch_tokens;
+        let max = params.max_tokens;
+        // The builder thread reads the models' tokenizers and templates
+        // through their own handles; the GPU state stays with this thread.
+        let fwd_text = (forward.model.clone(), forward.template.clone());
+        let rev_text = reverse
+            .as_ref()
+            .map(|r| (r.model.clone(), r.template.clone()))
+            .unwrap_or_else(|| fwd_text.clone());
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let rt = &*rt;
+            let builder = scope.spawn(move || {
+                let fwd = (&fwd_text.0.tokenizer, &*fwd_text.1);
+                let rev = (&rev_text.0.tokenizer, &*rev_text.1);
+                for (c, chunk) in pairs.chunks(CHUNK).enumerate() {
+                    let views = build_views(rt, fwd, rev, max, chunk, c * CHUNK);
+                    let failed = views.is_err();
+                    if tx.send(views).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut all = Vec::with_capacity(pairs.len());
+            let (mut fwd_lps, mut rev_lps) = (Vec::new(), Vec::new());
+            for views in rx {
+                let views = views?;
+                let (fwd_jobs, rev_jobs) = jobs(&views);
+                fwd_lps.extend(forward.run(rt, &fwd_jobs, bt)?);
+                let rev = reverse.as_mut().unwrap_or(&mut *forward);
+                rev_lps.extend(rev.run(rt, &rev_jobs, bt)?);
+                all.extend(views);
+            }
+            builder.join().expect("the view builder does not panic");
+            Ok((all, fwd_lps, rev_lps))
+        })
+    }
+
     /// The reverse model's guess of the instruction behind a response
     /// (greedy or sampled), for the annotation tool.
     pub fn guess_instruction(
@@ -371,6 +477,45 @@ impl Scorer {
             .unwrap_or(out.len());
         Ok(tok.decode(&out[..end]).trim().to_string())
     }
+}
+
+/// Views of a batch and the target log-probs of its forward views (two
+/// per pair, then any negatives) and reverse views (two per pair).
+type Batches = (Vec<[ViewTokens; 4]>, Vec<Vec<f64>>, Vec<Vec<f64>>);
+
+/// The forward (cond, uncond of each pair) and reverse jobs of `views`.
+fn jobs(views: &[[ViewTokens; 4]]) -> (Vec<&ViewTokens>, Vec<&ViewTokens>) {
+    let mut fwd = Vec::with_capacity(2 * views.len());
+    let mut rev = Vec::with_capacity(2 * views.len());
+    for v in views {
+        fwd.push(&v[0]);
+        fwd.push(&v[1]);
+        rev.push(&v[2]);
+        rev.push(&v[3]);
+    }
+    (fwd, rev)
+}
+
+/// The four views of each pair, on `rt`'s threads.
+fn build_views(
+    rt: &Runtime,
+    fwd: (&Tokenizer, &ChatTemplate),
+    rev: (&Tokenizer, &ChatTemplate),
+    max_tokens: usize,
+    pairs: &[Pair],
+    offset: usize,
+) -> Result<Vec<[ViewTokens; 4]>> {
+    let mut built: Vec<Option<Result<[ViewTokens; 4]>>> = (0..pairs.len()).map(|_| None).collect();
+    rt.threads.for_each_mut(&mut built, |i, out| {
+        *out = Some(
+            pair_views(fwd, rev, &pairs[i], max_tokens)
+                .map_err(|e| Error::Input(format!("pair {}: {e}", offset + i))),
+        );
+    });
+    built
+        .into_iter()
+        .map(|v| v.expect("every pair is built"))
+        .collect()
 }
 
 fn detail(ids: &[u32], pieces: Vec<String>, cond: &[f64], uncond: &[f64]) -> Vec<TokenScore> {

@@ -21,7 +21,7 @@ use main_engine::pairs::{self, Format};
 use main_engine::quant::DType;
 use main_engine::score::{Combine, Pair, PairScore};
 use main_engine::scorer::{Scorer, ScorerParams};
-use main_engine::{convert, Error, Result};
+use main_engine::{convert, Device, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -69,6 +69,10 @@ enum Command {
         /// Short for `--precision exact`.
         #[arg(long, conflicts_with = "precision")]
         exact: bool,
+        /// cpu, or cuda / cuda:N for an NVIDIA GPU (a build with `--features
+        /// cuda`; precision bf16 by default there, or exact).
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: Device,
         /// Print one JSON object: {"ids", "pieces", "logprobs", "perplexity"}.
         #[arg(long)]
         json: bool,
@@ -100,12 +104,20 @@ fn main() -> ExitCode {
             threads,
             precision,
             exact,
+            device,
             json,
             report_speed,
-        } => {
-            let precision = chosen_precision(exact, precision);
-            logprobs(&model, &text_file, threads, precision, json, report_speed)
-        }
+        } => chosen_precision(exact, precision, device).and_then(|precision| {
+            logprobs(
+                &model,
+                &text_file,
+                threads,
+                device,
+                precision,
+                json,
+                report_speed,
+            )
+        }),
         Command::Quantize {
             input,
             output,
@@ -238,23 +250,26 @@ fn logprobs(
     model_path: &Path,
     text_file: &Path,
     threads: usize,
+    device: Device,
     precision: Precision,
     json: bool,
     report_speed: bool,
 ) -> Result<()> {
     let text = read_text(text_file)?;
     let model = Model::load(model_path)?;
-    let rt = Runtime::new(threads, precision);
     let ids = model
         .tokenizer
         .encode(&text, model.tokenizer.add_bos_default(), false)?;
     let start = std::time::Instant::now();
-    let lps = sequence_logprobs(&model, &rt, &ids)?;
+    let lps = match device {
+        Device::Cpu => sequence_logprobs(&model, &Runtime::new(threads, precision), &ids)?,
+        Device::Cuda(n) => main_engine::cuda::sequence_logprobs(&model, n, precision, &ids)?,
+    };
     if report_speed {
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
             "{}",
-            serde_json::json!({ "tokens": ids.len(), "seconds": secs, "precision": precision.name() })
+            serde_json::json!({ "tokens": ids.len(), "seconds": secs, "precision": precision.name(), "device": device.to_string() })
         );
     }
     let ppl = perplexity(&lps);
@@ -359,6 +374,10 @@ struct ScoreArgs {
     /// Short for `--precision exact`.
     #[arg(long, conflicts_with = "precision")]
     exact: bool,
+    /// cpu, or cuda / cuda:N: score on an NVIDIA GPU (a build with
+    /// `--features cuda`), where the precision is bf16 by default, or exact.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: Device,
     /// How "alignment" joins the two directions.
     #[arg(long, default_value = "min", value_parser = ["min", "mean", "softmin"])]
     combine: String,
@@ -530,7 +549,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         Some(p) => p,
         None => default_model()?,
     };
-    let precision = chosen_precision(a.exact, a.precision);
+    let precision = chosen_precision(a.exact, a.precision, a.device)?;
     if !is_stdio(&staged) {
         let made_of = Provenance::of_run(&a, &model_path, precision)?;
         made_of.check_or_start(&staged, resumed)?;
@@ -556,6 +575,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         negatives: a.negatives,
         tokens: a.tokens,
         precision,
+        device: a.device,
         ..ScorerParams::default()
     };
     let scorer = Scorer::new(forward, reverse, params)?;
@@ -1122,6 +1142,7 @@ impl Provenance {
         let mut options = BTreeMap::new();
         let mut set = |k: &str, v: String| options.insert(k.to_string(), v);
         set("--precision", precision.name().to_string());
+        set("--device", a.device.to_string());
         set("--max-tokens", a.max_tokens.to_string());
         set("--combine", a.combine.clone());
         set("--negatives", a.negatives.to_string());
@@ -1500,14 +1521,28 @@ impl indicatif::TermLike for LogLines {
     }
 }
 
-/// `--exact`, else `--precision`, else the engine's default for this CPU.
-fn chosen_precision(exact: bool, precision: Option<Precision>) -> Precision {
-    match (exact, precision) {
+/// `--exact`, else `--precision`, else the device's default (the engine's
+/// choice for this CPU, bf16 on a GPU); checked against the device.
+fn chosen_precision(
+    exact: bool,
+    precision: Option<Precision>,
+    device: Device,
+) -> Result<Precision> {
+    let p = match (exact, precision) {
         (true, _) => Precision::Exact,
-        (false, p) => p.unwrap_or_default(),
-    }
+        (false, p) => p.unwrap_or_else(|| device.default_precision()),
+    };
+    device.check_precision(p)?;
+    Ok(p)
+}
+
+fn parse_device(s: &str) -> std::result::Result<Device, String> {
+    s.parse::<Device>().map_err(|e| match e {
+        Error::InvalidArgument { reason, .. } => reason,
+        e => e.to_string(),
+    })
 }
 
 fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
-    Precision::parse(s).ok_or_else(|| format!("{s:?}: expected exact, fast or int8"))
+    Precision::parse(s).ok_or_else(|| format!("{s:?}: expected exact, fast, int8 or bf16 (GPU)"))
 }

@@ -85,6 +85,30 @@ pub fn open(ordinal: usize) -> Result<Arc<dyn Backend>> {
     }
 }
 
+/// `out[i] = log p(ids[i] | ids[..i])` on GPU `ordinal` (`out[0]` is
+/// `None`), as `logprob::sequence_logprobs` computes on the CPU. The text
+/// runs as one sequence; batches are split only by memory.
+pub fn sequence_logprobs(
+    model: &Model,
+    ordinal: usize,
+    precision: Precision,
+    ids: &[u32],
+) -> Result<Vec<Option<f64>>> {
+    model.check_tokens(ids)?;
+    if ids.len() < 2 {
+        return Ok(ids.iter().map(|_| None).collect());
+    }
+    let mut side = GpuSide::new(open(ordinal)?, model, precision, &[])?;
+    let lps = side.run(&[GpuView {
+        ids,
+        n_prompt: 1,
+        shared: 0,
+    }])?;
+    let mut out = vec![None];
+    out.extend(lps.into_iter().flatten().map(Some));
+    Ok(out)
+}
+
 /// Most tokens in one packed batch, however much memory is free: beyond
 /// this, larger batches no longer make the matrix products faster.
 pub const MAX_BATCH_TOKENS: usize = 65_536;
