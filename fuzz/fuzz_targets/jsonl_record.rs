@@ -1,0 +1,27 @@
+//! One JSONL input line in every input format (`pairs::parse_line`: Alpaca,
+//! prompt/response and chat messages detected, and named fields): a pair or
+//! an error naming the line, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use main_engine::pairs::{parse_line, Format};
+
+fuzz_target!(|bytes: &[u8]| {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    let fields = Format::Fields {
+        instruction: "q".into(),
+        response: "a".into(),
+        input: Some("ctx".into()),
+    };
+    for format in [Format::Auto, fields] {
+        match parse_line(text, 7, &format) {
+            Ok((record, pair)) => {
+                assert!(!record.is_empty());
+                let _ = (pair.instruction.len(), pair.response.len());
+            }
+            Err(e) => assert_eq!(e.line, 7),
+        }
+    }
+});
