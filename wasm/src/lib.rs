@@ -7,6 +7,11 @@
 //!   `scorer.scoreBatch(...)` and `scorer.generate(...)` (the reverse model's
 //!   guess of the instruction behind a response).
 //! - `parseRecord(line, lineNumber)`: the engine's JSONL pair formats.
+//! - Threads: the `threads` feature (the build in `pkg-threads/`, with
+//!   atomics and shared memory) exports `initThreadPool(n)`, which starts `n`
+//!   Web Workers sharing this module's memory as rayon's global pool; the
+//!   engine's matmuls and attention then run on all of them. Other builds
+//!   score on the calling thread. `hasThreads()` says which build this is.
 //!
 //! Every fallible call returns `Result<_, JsError>`, so an engine error
 //! becomes a JS exception carrying the engine's message. Inputs are validated
@@ -65,6 +70,11 @@ export interface ScorerOptions {
   precision?: "exact" | "fast" | "int8";
   /** New tokens per forward call (default 2048): bounds activation memory. */
   batchTokens?: number;
+  /**
+   * Threads to score on: 0 (default) = every thread of the pool `initThreadPool` started,
+   * 1 = the calling thread only. Builds without threads always use 1.
+   */
+  threads?: number;
 }
 
 export interface ScoreOptions {
@@ -154,6 +164,44 @@ impl Model {
             inner: self.inner.clone(),
             n_bytes: self.n_bytes,
         }
+    }
+
+    /// The token ids of the four views a `Scorer` computes for this pair
+    /// (fwdCond, fwdUncond, revCond, revUncond; DESIGN.md §2), each as
+    /// `{ ids, nPrompt }` where the targets are `ids.slice(nPrompt)`: what
+    /// another engine must score to compute the same numbers (the browser
+    /// benchmark feeds them to its peers).
+    #[wasm_bindgen(js_name = viewTokens, unchecked_return_type = "{ ids: number[]; nPrompt: number }[]")]
+    pub fn view_tokens(
+        &self,
+        instruction: &str,
+        response: &str,
+        max_tokens: f64,
+    ) -> Result<JsValue, JsError> {
+        let context = self.inner.config.context_length as f64;
+        let max_tokens = whole(max_tokens, "maxTokens", 8.0, context)?;
+        let template = main_engine::template::ChatTemplate::for_model(&self.inner)?;
+        let side = (&self.inner.tokenizer, &template);
+        let views = main_engine::views::pair_views(
+            side,
+            side,
+            &Pair::new(instruction, response),
+            max_tokens,
+        )?;
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct View {
+            ids: Vec<u32>,
+            n_prompt: usize,
+        }
+        let out: Vec<View> = views
+            .into_iter()
+            .map(|v| View {
+                ids: v.ids,
+                n_prompt: v.n_prompt,
+            })
+            .collect();
+        to_js(&out)
     }
 
     /// Size of the model file in bytes.
@@ -269,6 +317,7 @@ struct ScorerOptions {
     negatives: Option<f64>,
     precision: Option<String>,
     batch_tokens: Option<f64>,
+    threads: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -398,6 +447,7 @@ pub struct Scorer {
     inner: main_engine::scorer::Scorer,
     /// The model that writes `generate`'s guesses (the reverse one, or the forward one).
     guesser: Arc<main_engine::model::Model>,
+    threads: usize,
 }
 
 #[wasm_bindgen]
@@ -417,6 +467,7 @@ impl Scorer {
                 "negatives",
                 "precision",
                 "batchTokens",
+                "threads",
             ],
         )?;
         let defaults = ScorerParams::default();
@@ -424,8 +475,12 @@ impl Scorer {
         // an allocation failure would abort (a trap), not raise.
         let context = forward.inner.config.context_length as f64;
         let params = ScorerParams {
-            // wasm runs the engine on the calling thread whatever this says.
-            n_threads: 1,
+            // At most the page's pool (the engine caps it); the build without
+            // threads runs on the calling thread whatever this says.
+            n_threads: match o.threads {
+                Some(v) => whole(v, "threads", 0.0, 1024.0)?,
+                None => 0,
+            },
             max_tokens: match o.max_tokens {
                 Some(v) => whole(v, "maxTokens", 8.0, context)?,
                 None => defaults.max_tokens,
@@ -458,11 +513,23 @@ impl Scorer {
                 Some(v) => whole(v, "batchTokens", 1.0, 8192.0)?,
                 None => defaults.batch_tokens,
             },
+            device: main_engine::Device::Cpu,
         };
         let reverse = reverse.map(|m| m.inner);
         let guesser = reverse.clone().unwrap_or_else(|| forward.inner.clone());
+        let threads = main_engine::threads::Threads::new(params.n_threads).n_threads();
         let inner = main_engine::scorer::Scorer::new(forward.inner.clone(), reverse, params)?;
-        Ok(Scorer { inner, guesser })
+        Ok(Scorer {
+            inner,
+            guesser,
+            threads,
+        })
+    }
+
+    /// The threads this scorer computes on (1 without a thread pool).
+    #[wasm_bindgen(getter)]
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Scores one pair: DESIGN.md §3's fields in camelCase, plus per-token
@@ -513,7 +580,6 @@ impl Scorer {
             .collect();
         to_js(&scores)
     }
-            device: main_engine::Device::Cpu,
 
     /// The reverse model's guess of the instruction that `response` answers.
     pub fn generate(
@@ -554,6 +620,24 @@ impl Scorer {
             .inner
             .guess_instruction(response, max_new, &mut sampler)?)
     }
+}
+
+// ---------------------------------------------------------------------------
+// Threads
+// ---------------------------------------------------------------------------
+
+/// Starts `n` Web Workers that share this module's memory as the engine's
+/// thread pool (once per module instance; the page must be cross-origin
+/// isolated for shared memory). Only in the threaded build.
+#[cfg(all(feature = "threads", target_arch = "wasm32"))]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// Whether this is the threaded build (the one with `initThreadPool`).
+/// Start the pool before creating a `Scorer`: a scorer made first fixes
+/// rayon's global pool at one thread.
+#[wasm_bindgen(js_name = hasThreads)]
+pub fn has_threads() -> bool {
+    cfg!(all(feature = "threads", target_arch = "wasm32"))
 }
 
 // ---------------------------------------------------------------------------

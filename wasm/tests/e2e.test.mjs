@@ -4,6 +4,10 @@
 // compare the shown values with the native CLI's, label with the keyboard,
 // reload (work must survive), export and check the exported file. Saves a
 // screenshot and the renderer's peak memory under target/wasm-e2e/.
+// Threads: the page served with COOP/COEP is cross-origin isolated and scores
+// on a pool of Web Workers; 2 threads must score at least 1.7x as many pairs/s
+// as 1 thread, with the same scores. Served without those headers it falls
+// back to one thread and says so.
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,12 +28,15 @@ const lines = [...samplePairs(3, 300), JSON.stringify({ prompt: 'What is the cap
 let server;
 let base;
 let browser;
+let plainServer;
+let plainBase;
 
 before(async () => {
   requireFile(join(root, 'wasm', 'pkg', 'main_wasm.js'), 'run scripts/build-wasm');
   requireFile(modelPath, 'run scripts/fetch-fixtures');
   mkdirSync(e2eDir, { recursive: true });
   ({ server, url: base } = await serve({ port: 0, fixtures }));
+  ({ server: plainServer, url: plainBase } = await serve({ port: 0, fixtures, isolate: false }));
   browser = await chromium.launch({
     executablePath: requireFile(chromiumPath, 'install it: apt-get install -y chromium'),
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage'],
@@ -39,6 +46,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   server?.close();
+  plainServer?.close();
 });
 
 /** Resident memory now (VmRSS) and at its peak (VmHWM), bytes, of each live Chromium renderer process by pid. */
@@ -69,6 +77,7 @@ test('annotate in the browser: load, score, compare with native, label, reload, 
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   await page.goto(`${base}/www/`);
   await page.waitForSelector('body[data-worker="ready"]');
+  assert.equal(await page.evaluate(() => crossOriginIsolated), true, 'the page is cross-origin isolated');
   // What Chromium itself holds for this page (and the wasm module, compiled), before any model.
   const baseline = rendererMemory();
 
@@ -185,5 +194,92 @@ test('annotate in the browser: load, score, compare with native, label, reload, 
   console.log(`# screenshot: ${join(e2eDir, 'screenshot.png')}`);
   assert.ok(wasmBytes < 2 * fileBytes, `wasm memory ${mb(wasmBytes)} under 2x the model file`);
   assert.ok(added < 2 * fileBytes, `peak memory the tool added (${mb(added)}) under 2x the model file`);
+  await context.close();
+});
+
+/** Loads the fixture model by URL in a fresh page of `origin`; resolves to the page. */
+async function pageWithModel(context, origin, pageErrors) {
+  const page = await context.newPage();
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.on('dialog', (d) => d.accept()); // "Clear all" asks first
+  await page.goto(`${origin}/www/`);
+  await page.waitForSelector('body[data-worker="ready"]');
+  await page.fill('#model-url', '/fixtures/SmolLM2-135M-Instruct.Q4_1.gguf');
+  await page.click('#model-load');
+  await page.waitForSelector('body[data-model="ready"]', { timeout: 120_000 });
+  return page;
+}
+
+/** Clears the list, opens the JSONL `lines` as a file and waits for their scores. */
+async function scoreAll(page, lines, name) {
+  const path = join(e2eDir, `${name}.jsonl`);
+  writeFileSync(path, lines.join('\n') + '\n');
+  await page.click('#clear');
+  await page.evaluate(() => delete document.body.dataset.scoring); // the last run's
+  await page.setInputFiles('#pairs-file', path);
+  await page.waitForSelector('body[data-scoring="done"]', { timeout: 300_000 });
+  const body = await page.$eval('body', (b) => ({ ...b.dataset }));
+  const rows = await page.$$eval('#pairs tbody tr', (trs) => trs.map((tr) => [Number(tr.dataset.alignment), Number(tr.dataset.fwd), Number(tr.dataset.rev)]));
+  return { pairsPerSecond: Number(body.pairsPerSecond), threads: Number(body.scoreThreads), rows, status: await page.textContent('#score-status') };
+}
+
+test('threads: the isolated page scores on every core, 2 threads >= 1.7x one, same scores', async (t) => {
+  // Short real pairs: the runs measure throughput, the scores are checked too.
+  const speedLines = samplePairs(6, 400);
+  const native = nativeScores(speedLines, 'e2e-threads').scores;
+  const context = await browser.newContext();
+  const pageErrors = [];
+  const page = await pageWithModel(context, base, pageErrors);
+  const body = await page.$eval('body', (b) => ({ ...b.dataset }));
+  assert.equal(body.isolated, 'true');
+  const pool = Number(body.poolThreads);
+  assert.equal(pool, await page.evaluate(() => navigator.hardwareConcurrency), 'one pool thread per core');
+  assert.equal(Number(body.threads), pool, 'scorers use the whole pool by default');
+  assert.match(await page.textContent('#threads-status'), new RegExp(`Scoring on ${pool} thread`));
+  if (pool < 2) {
+    t.skip(`this browser reports ${pool} core: no second thread to measure`);
+    return;
+  }
+  const best = new Map();
+  // Alternating runs, best of two per thread count: the machine may be shared.
+  for (const threads of [2, 1, 2, 1]) {
+    await page.selectOption('#threads', String(threads));
+    await page.waitForSelector(`body[data-threads="${threads}"]`);
+    const run = await scoreAll(page, speedLines, 'threads');
+    assert.equal(run.threads, threads);
+    assert.match(run.status, new RegExp(`pairs/s on ${threads} thread`), 'the status shows pairs/s and the thread count');
+    run.rows.forEach((r, i) => {
+      const n = native[i];
+      [n.alignment, n.fwd_pmi, n.rev_pmi].forEach((v, j) => assert.ok(Math.abs(r[j] - v) <= TOL, `${threads} threads, pair ${i + 1}, value ${j}: ${r[j]} vs native ${v}`));
+    });
+    const prev = best.get(threads);
+    if (prev) assert.deepEqual(run.rows, prev.rows, 'the same scores on every run');
+    if (!prev || run.pairsPerSecond > prev.pairsPerSecond) best.set(threads, run);
+    console.log(`# ${threads} thread(s): ${run.pairsPerSecond.toFixed(3)} pairs/s`);
+  }
+  assert.deepEqual(best.get(2).rows, best.get(1).rows, 'threads change no score');
+  const ratio = best.get(2).pairsPerSecond / best.get(1).pairsPerSecond;
+  console.log(`# threads: ${best.get(1).pairsPerSecond.toFixed(3)} pairs/s on 1, ${best.get(2).pairsPerSecond.toFixed(3)} on 2: ${ratio.toFixed(2)}x`);
+  assert.ok(ratio >= 1.7, `2 threads score ${ratio.toFixed(2)}x the pairs/s of 1 (at least 1.7x)`);
+  assert.deepEqual(pageErrors, []);
+  await context.close();
+});
+
+test('without COOP/COEP the page falls back to one thread and says so', async () => {
+  const line = samplePairs(1, 300);
+  const native = nativeScores(line, 'e2e-plain').scores;
+  const context = await browser.newContext();
+  const pageErrors = [];
+  const page = await pageWithModel(context, plainBase, pageErrors);
+  assert.equal(await page.evaluate(() => crossOriginIsolated), false);
+  const body = await page.$eval('body', (b) => ({ ...b.dataset }));
+  assert.equal(body.isolated, 'false');
+  assert.equal(body.poolThreads, '1');
+  assert.equal(await page.isDisabled('#threads'), true, 'no thread choice');
+  assert.match(await page.textContent('#threads-status'), /One thread only: this page is not cross-origin isolated/);
+  const run = await scoreAll(page, line, 'plain');
+  assert.equal(run.threads, 1);
+  assert.ok(Math.abs(run.rows[0][0] - native[0].alignment) <= TOL, `alignment ${run.rows[0][0]} vs native ${native[0].alignment}`);
+  assert.deepEqual(pageErrors, []);
   await context.close();
 });

@@ -104,6 +104,8 @@ function scorePending() {
   const items = state.pairs.filter((p) => !p.score && !p.failed).map(({ key, instruction, response }) => ({ key, instruction, response }));
   if (!items.length) return;
   scoring = true;
+  $('threads').disabled = true; // a new thread count applies between runs
+  delete document.body.dataset.scoring;
   $('score-progress').max = items.length;
   $('score-progress').value = 0;
   $('score-status').textContent = `Scoring ${items.length} pairs…`;
@@ -119,7 +121,12 @@ const stripDetail = ({ responseDetail, instructionDetail, ...rest }) => rest;
 worker.onmessage = ({ data }) => {
   switch (data.type) {
     case 'ready':
+      showThreads(data);
       document.body.dataset.worker = 'ready';
+      break;
+    case 'threads':
+      document.body.dataset.threads = data.threads;
+      $('threads').disabled = poolThreads === 1;
       break;
     case 'parsed':
       addParsed(data);
@@ -134,6 +141,7 @@ worker.onmessage = ({ data }) => {
       $('model-progress').max = 1;
       $('model-progress').value = 1;
       $('model-status').textContent = `Model ready: ${data.description}`;
+      document.body.dataset.threads = data.threads;
       document.body.dataset.model = 'ready';
       scorePending();
       renderDetail();
@@ -150,11 +158,14 @@ worker.onmessage = ({ data }) => {
     }
     case 'score-progress':
       $('score-progress').value = data.done;
-      $('score-status').textContent = `Scored ${data.done} / ${data.total} (${(data.done / data.seconds).toFixed(2)} pairs/s)`;
+      $('score-status').textContent = `Scored ${data.done} / ${data.total}: ${(data.done / data.seconds).toFixed(2)} pairs/s on ${plural(data.threads, 'thread')}`;
       break;
     case 'score-done':
       scoring = false;
-      $('score-status').textContent = `Scored ${data.pairs} pairs in ${data.seconds.toFixed(1)} s.`;
+      $('threads').disabled = poolThreads === 1;
+      $('score-status').textContent = `Scored ${data.pairs} pairs in ${data.seconds.toFixed(1)} s: ${(data.pairs / data.seconds).toFixed(2)} pairs/s on ${plural(data.threads, 'thread')}.`;
+      document.body.dataset.pairsPerSecond = data.pairs / data.seconds;
+      document.body.dataset.scoreThreads = data.threads;
       document.body.dataset.scoring = 'done';
       render();
       scorePending(); // pairs added while scoring
@@ -182,6 +193,36 @@ worker.onmessage = ({ data }) => {
   }
 };
 worker.onerror = (e) => showError(`worker: ${e.message}`);
+
+const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
+/** The thread choice, and why there is none when the page is not cross-origin isolated. */
+let poolThreads = 1;
+function showThreads({ isolated, poolThreads: pool }) {
+  poolThreads = pool;
+  document.body.dataset.isolated = isolated;
+  document.body.dataset.poolThreads = poolThreads;
+  const select = $('threads');
+  select.replaceChildren(
+    ...Array.from({ length: poolThreads }, (_, i) => {
+      const n = poolThreads - i;
+      const o = new Option(n === poolThreads ? `${n} (all cores)` : String(n), String(n));
+      return o;
+    }),
+  );
+  select.disabled = poolThreads === 1;
+  $('threads-status').textContent = isolated
+    ? `Scoring on ${plural(poolThreads, 'thread')}, one per core.`
+    : 'One thread only: this page is not cross-origin isolated (its server sends no COOP/COEP headers), ' +
+      'so the browser allows no shared-memory threads. Serve it with scripts/annotate to score on every core.';
+  $('threads-status').classList.toggle('warning', !isolated);
+}
+
+$('threads').addEventListener('change', (e) => {
+  e.target.disabled = true; // until the worker has its new scorer
+  delete document.body.dataset.threads;
+  worker.postMessage({ type: 'threads', threads: Number(e.target.value) });
+});
 
 // ---------------------------------------------------------------------------
 // List

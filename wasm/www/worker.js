@@ -1,21 +1,45 @@
 // The scoring worker: owns the wasm module, the one loaded model and the
 // scorer, so the page stays responsive while pairs are scored.
 //
+// Threads: when the page is cross-origin isolated (scripts/annotate sends the
+// COOP/COEP headers), the threaded build (pkg-threads) is loaded and starts
+// one Web Worker per core sharing its memory; otherwise the single-threaded
+// build (pkg) scores on this worker alone, and 'ready' says why.
+//
 // Messages in:  {type:'parse', id, text, source}
 //               {type:'load', file?: File, url?: string}
+//               {type:'threads', threads}  (scorers from now on use that many; 0 = all)
 //               {type:'score', items: [{key, instruction, response}]}
 //               {type:'detail', key, instruction, response}
 //               {type:'guess', key, response}
-// Messages out: {type:'parsed', id, pairs: [{record, instruction, response}], errors: [string]}
+// Messages out: {type:'ready', isolated, poolThreads} {type:'threads', threads}
+//               {type:'parsed', id, pairs: [{record, instruction, response}], errors: [string]}
 //               {type:'load-progress', loaded, total} {type:'model', description, fileBytes}
-//               {type:'scored', key, score} {type:'score-progress', done, total, seconds} {type:'score-done', seconds}
+//               {type:'scored', key, score} {type:'score-progress', done, total, seconds, threads} {type:'score-done', seconds, threads}
 //               {type:'detail', key, score} {type:'guess', key, text}
 //               {type:'memory', wasmBytes} {type:'error', during, message, key?}
-import init, { ModelLoader, Scorer, parseRecord } from '../pkg/main_wasm.js';
+const isolated = self.crossOriginIsolated === true;
+/** The threaded build's pool: every core the browser reports. */
+const poolThreads = isolated ? Math.max(1, navigator.hardwareConcurrency || 1) : 1;
+let ModelLoader;
+let Scorer;
+let parseRecord;
 
-const ready = init();
-ready.then(() => postMessage({ type: 'ready' }), (e) => fail('init', e));
+async function start() {
+  const pkg = await import(isolated ? '../pkg-threads/main_wasm.js' : '../pkg/main_wasm.js');
+  const exports = await pkg.default();
+  // The pool must exist before the first Scorer (which would fix it at one thread).
+  if (isolated) await pkg.initThreadPool(poolThreads);
+  ({ ModelLoader, Scorer, parseRecord } = pkg);
+  return exports;
+}
+
+const ready = start();
+ready.then(() => postMessage({ type: 'ready', isolated, poolThreads }), (e) => fail('init', e));
+let model = null;
 let scorer = null;
+/** Threads of new scorers: 0 = the whole pool. */
+let threads = 0;
 let fileBytes = 0;
 /** Pairs per fused scoring call: fused batches are faster, small ones keep the bar moving. */
 const BATCH = 4;
@@ -45,6 +69,8 @@ async function loadModel({ file, url }) {
   }
   scorer?.free();
   scorer = null;
+  model?.free();
+  model = null;
   const loader = new ModelLoader(total);
   const report = () => postMessage({ type: 'load-progress', loaded: loader.written, total });
   let last = 0;
@@ -78,12 +104,12 @@ async function loadModel({ file, url }) {
       write(value);
     }
   }
-  const model = loader.finish();
+  model = loader.finish();
   fileBytes = model.fileBytes;
   const description = model.description;
-  scorer = new Scorer(model, null, {});
-  model.free(); // the scorer holds its own reference to the weights
-  postMessage({ type: 'model', description, fileBytes });
+  // The scorer shares the weights; the handle stays to make scorers of other thread counts.
+  scorer = new Scorer(model, null, { threads });
+  postMessage({ type: 'model', description, fileBytes, threads: scorer.threads });
   reportMemory(exports);
 }
 
@@ -107,9 +133,9 @@ async function score(items) {
       });
     }
     chunk.forEach((p, j) => scores[j] && postMessage({ type: 'scored', key: p.key, score: scores[j] }));
-    postMessage({ type: 'score-progress', done: Math.min(i + BATCH, items.length), total: items.length, seconds: (performance.now() - t0) / 1000 });
+    postMessage({ type: 'score-progress', done: Math.min(i + BATCH, items.length), total: items.length, seconds: (performance.now() - t0) / 1000, threads: scorer.threads });
   }
-  postMessage({ type: 'score-done', seconds: (performance.now() - t0) / 1000, pairs: items.length });
+  postMessage({ type: 'score-done', seconds: (performance.now() - t0) / 1000, pairs: items.length, threads: scorer.threads });
   reportMemory(exports);
 }
 
@@ -134,6 +160,15 @@ onmessage = async ({ data }) => {
   try {
     if (data.type === 'parse') return await parse(data);
     if (data.type === 'load') return await loadModel(data);
+    if (data.type === 'threads') {
+      await ready;
+      threads = data.threads;
+      if (model) {
+        scorer?.free();
+        scorer = new Scorer(model, null, { threads });
+      }
+      return postMessage({ type: 'threads', threads: scorer ? scorer.threads : Math.min(threads || poolThreads, poolThreads) });
+    }
     if (!scorer) throw new Error('load a model first');
     if (data.type === 'score') return await score(data.items);
     if (data.type === 'detail') {
