@@ -20,6 +20,22 @@ pub fn select() -> Result<(Device, DType)> {
     Ok((Device::Cpu, DType::F32))
 }
 
+/// Where the pipeline's scorer runs, and in which precision: the GPU (bf16,
+/// its default) when training runs on one, else the CPU in exact.
+pub fn scoring() -> (main_engine::Device, main_engine::matmul::Precision) {
+    #[cfg(feature = "cuda")]
+    {
+        if candle_core::utils::cuda_is_available() {
+            let d = main_engine::Device::Cuda(0);
+            return (d, d.default_precision());
+        }
+    }
+    (
+        main_engine::Device::Cpu,
+        main_engine::matmul::Precision::Exact,
+    )
+}
+
 /// CPU threads for candle's kernels (0: one per core). candle reads
 /// `RAYON_NUM_THREADS` once, so this must run before any tensor work.
 pub fn set_threads(n: usize) {

@@ -360,10 +360,13 @@ fn synthesize(
 ) -> Result<Vec<Candidate>> {
     let fwd = Arc::new(EngineModel::load(fwd_dir)?);
     let rev = Arc::new(EngineModel::load(rev_dir)?);
+    // On the GPU when training runs there (the mutual filter's scores).
+    let (device, precision) = crate::device::scoring();
     let params = ScorerParams {
         n_threads: cfg.threads,
         max_tokens: cfg.filter.max_tokens,
-        precision: Precision::Exact,
+        precision,
+        device,
         ..Default::default()
     };
     let mut scorer = Scorer::new(fwd.clone(), Some(rev), params)?;

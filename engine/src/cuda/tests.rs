@@ -1,6 +1,7 @@
-//! The GPU path against the CPU, on the CPU: every kernel and the whole
-//! packed forward pass run through `emulator::Emulator` (kernels.cu compiled
-//! as C++). `scripts/check-gpu` runs the same comparisons on a real GPU.
+//! The GPU path against the CPU: every kernel and the whole packed forward
+//! pass, through `emulator::Emulator` (kernels.cu compiled as C++) here, and
+//! on a real GPU (device 0) when `MAIN_GPU_TESTS=1` (`scripts/check-gpu`,
+//! which builds with `--features cuda` and runs these one at a time).
 
 use std::sync::Arc;
 
@@ -18,6 +19,41 @@ const GIB: usize = 1 << 30;
 
 fn emulator(limit: usize) -> Arc<dyn Backend> {
     Arc::new(Emulator::new(limit))
+}
+
+/// Whether these tests run on a real GPU (`MAIN_GPU_TESTS=1`).
+fn on_gpu() -> bool {
+    std::env::var_os("MAIN_GPU_TESTS").is_some_and(|v| v == "1")
+}
+
+/// The device under test: GPU 0 with `MAIN_GPU_TESTS=1` (opened once per
+/// process: compiling the kernels takes seconds), else an emulator of
+/// `limit` bytes.
+fn device(limit: usize) -> Arc<dyn Backend> {
+    if !on_gpu() {
+        return emulator(limit);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        static GPU: std::sync::OnceLock<Arc<dyn Backend>> = std::sync::OnceLock::new();
+        GPU.get_or_init(|| {
+            Arc::new(super::driver::CudaDevice::open(0).unwrap_or_else(|e| panic!("{e}")))
+        })
+        .clone()
+    }
+    #[cfg(not(feature = "cuda"))]
+    panic!("MAIN_GPU_TESTS=1 needs a build with --features cuda")
+}
+
+/// How far packing may move a view's numbers: nowhere on the emulator;
+/// on a GPU cuBLAS may pick another kernel (another summation order) for
+/// another batch shape.
+fn packing_tolerance(p: Precision) -> f64 {
+    match (on_gpu(), p) {
+        (false, _) => 0.0,
+        (true, Precision::Bf16) => 5e-3,
+        (true, _) => 1e-5,
+    }
 }
 
 fn fixture(rel: &str) -> Option<std::path::PathBuf> {
@@ -64,7 +100,7 @@ fn bf16_round(v: f32) -> f32 {
 
 #[test]
 fn weight_decoders_equal_the_cpu_for_every_block_type() {
-    let gpu = emulator(GIB);
+    let gpu = device(GIB);
     // Rows with a remainder of blocks per launch (n_out * blocks not a multiple of 256).
     let (n_out, n_in) = (7, 512);
     for dtype in [
@@ -120,7 +156,7 @@ fn weight_decoders_equal_the_cpu_for_every_block_type() {
 
 #[test]
 fn swiglu_kernel_equals_the_cpu_bit_for_bit() {
-    let gpu = emulator(GIB);
+    let gpu = device(GIB);
     let (t, f) = (3, 333);
     let gu = values(t * 2 * f, 7);
     let gub = Buf::from_f32(&gpu, &gu, "t").unwrap();
@@ -174,7 +210,7 @@ fn attention_ref(q: &[f32], keys: &[&[f32]], values: &[&[f32]], scale: f64) -> V
 
 #[test]
 fn packed_attention_with_a_prefix_gqa_and_a_window_matches_f64() {
-    let gpu = emulator(GIB);
+    let gpu = device(GIB);
     // head_dim 40: a partial last lane group; 70 keys: chunks of 32 with a remainder.
     let (h, hkv, hd) = (4usize, 2usize, 40usize);
     let s = (h + 2 * hkv) * hd;
@@ -361,7 +397,7 @@ fn gpu_side_matches_the_cpu_on_both_rope_layouts() {
             (Precision::Exact, 1e-4, 1e-5),
             (Precision::Bf16, 0.15, 0.02),
         ] {
-            let mut side = GpuSide::new(emulator(GIB), &model, precision, &prefix).unwrap();
+            let mut side = GpuSide::new(device(GIB), &model, precision, &prefix).unwrap();
             let packed = side.run(&views).unwrap();
             let d = max_diff(&packed, &want);
             let dm = max_mean_diff(&packed, &want);
@@ -399,7 +435,7 @@ fn gpu_side_matches_the_cpu_on_the_fixture_model() {
     let views = as_views(&owned);
     let want = cpu_view_logprobs(&model, &views);
     for (precision, tol) in [(Precision::Exact, 1e-4), (Precision::Bf16, 0.1)] {
-        let mut side = GpuSide::new(emulator(4 * GIB), &model, precision, &prefix).unwrap();
+        let mut side = GpuSide::new(device(4 * GIB), &model, precision, &prefix).unwrap();
         let got = side.run(&views).unwrap();
         let d = max_diff(&got, &want);
         let dm = max_mean_diff(&got, &want);
@@ -421,7 +457,29 @@ fn gpu_side_matches_the_cpu_on_the_fixture_model() {
 }
 
 #[test]
+fn an_impossible_allocation_is_an_error() {
+    let gpu = device(GIB);
+    let e = Buf::new(&gpu, 1 << 50, "allocating a petabyte")
+        .err()
+        .expect("no device has 1 PiB");
+    let msg = e.to_string();
+    eprintln!("{msg}");
+    assert!(matches!(e, Error::GpuOutOfMemory { .. }), "{msg}");
+    assert!(
+        msg.contains("out of memory while allocating a petabyte"),
+        "{msg}"
+    );
+    // The device is still usable afterwards.
+    let b = Buf::from_f32(&gpu, &[1.0, 2.0], "t").unwrap();
+    assert_eq!(b.to_f32(2).unwrap(), vec![1.0, 2.0]);
+}
+
+#[test]
 fn memory_is_sized_and_running_out_is_an_error_not_a_crash() {
+    if on_gpu() {
+        eprintln!("skipped on a GPU: the emulator sets the memory size (an_impossible_allocation_is_an_error runs there)");
+        return;
+    }
     let Some(path) = fixture("mistral-tiny/model.gguf") else {
         return;
     };
@@ -437,7 +495,7 @@ fn memory_is_sized_and_running_out_is_an_error_not_a_crash() {
     // with the same numbers.
     let (prefix, owned) = test_views(&model);
     let views = as_views(&owned);
-    let mut big = GpuSide::new(emulator(GIB), &model, Precision::Exact, &prefix).unwrap();
+    let mut big = GpuSide::new(device(GIB), &model, Precision::Exact, &prefix).unwrap();
     let want = big.run(&views).unwrap();
     let emu = Arc::new(Emulator::new(GIB));
     let mut small = GpuSide::new(emu.clone(), &model, Precision::Exact, &prefix).unwrap();
@@ -463,7 +521,7 @@ fn memory_is_sized_and_running_out_is_an_error_not_a_crash() {
     emu.set_limit(emu.used() + 1000);
     let e = small.run(&views).unwrap_err();
     assert!(matches!(e, Error::GpuOutOfMemory { .. }), "{e}");
-    let tiny_model = GpuModel::upload(emulator(GIB), &model, Precision::Exact).unwrap();
+    let tiny_model = GpuModel::upload(device(GIB), &model, Precision::Exact).unwrap();
     assert!(tiny_model.bytes_per_token() > 0);
 }
 
@@ -473,7 +531,7 @@ fn gpu_precisions_are_checked() {
         return;
     };
     let model = Model::load(&path).unwrap();
-    let e = GpuModel::upload(emulator(GIB), &model, Precision::Fast)
+    let e = GpuModel::upload(device(GIB), &model, Precision::Fast)
         .err()
         .unwrap();
     assert!(e.to_string().contains("fast is a CPU precision"), "{e}");
@@ -564,7 +622,7 @@ fn scorer_on_the_gpu_path_gives_the_cpu_scores() {
     };
     let mut cpu = Scorer::new(model.clone(), None, params.clone()).unwrap();
     let want = cpu.score_batch(&pairs).unwrap();
-    let mut gpu = Scorer::with_backend(model, None, params, Some(emulator(GIB))).unwrap();
+    let mut gpu = Scorer::with_backend(model, None, params, Some(device(GIB))).unwrap();
     let got = gpu.score_batch(&pairs).unwrap();
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let fields = |s: &crate::score::PairScore| {
