@@ -56,10 +56,14 @@ fn packing_tolerance(p: Precision) -> f64 {
     }
 }
 
+/// A fixture file: under `$MAIN_FIXTURES` (as scripts/fetch-fixtures and
+/// scripts/check-gpu name it), else the checkout's fixtures/.
 fn fixture(rel: &str) -> Option<std::path::PathBuf> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .join(rel);
+    let dir = std::env::var_os("MAIN_FIXTURES").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
+        std::path::PathBuf::from,
+    );
+    let p = dir.join(rel);
     if p.exists() {
         Some(p)
     } else {
