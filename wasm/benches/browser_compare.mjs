@@ -14,6 +14,7 @@
 // Needs: scripts/build-wasm, scripts/fetch-fixtures, wasm/benches/setup-peers (npm packages and
 // the ONNX export; never part of CI).
 // Usage: node wasm/benches/browser_compare.mjs [--pairs 20] [--threads 1,2] [--engines main,tjs-fp32,tjs-q8,wllama]
+//        [--wllama-views 8]   (wllama's rate from the first views only: it is slow here)
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +31,8 @@ const opt = (name, dflt) => {
 };
 const nPairs = Number(opt('--pairs', 20));
 const engines = opt('--engines', 'main,tjs-fp32,tjs-q8,wllama').split(',');
+// wllama processes prompts slowly here: its rate is measured on the first views only.
+const wllamaViews = Number(opt('--wllama-views', 8));
 const onnxDir = process.env.MAIN_ONNX_DIR ?? join(root, 'target', 'peers', 'onnx');
 const peersDir = join(root, 'wasm', 'benches', 'peers', 'node_modules');
 const outDir = join(root, 'target', 'wasm-bench');
@@ -93,7 +96,7 @@ for (const threads of threadCounts) {
   }
   if (engines.includes('wllama')) {
     if (!texts) throw new Error('wllama needs the views as text: run a transformers.js engine too');
-    const r = await page.evaluate((job) => window.bench.runWllama(job), { modelUrl, wasmUrl: '/peers/@wllama/wllama/esm/wasm/wllama.wasm', texts, threads });
+    const r = await page.evaluate((job) => window.bench.runWllama(job), { modelUrl, wasmUrl: '/peers/@wllama/wllama/esm/wasm/wllama.wasm', texts: texts.slice(0, wllamaViews), threads });
     results.push({
       engine: 'wllama (prompt only)',
       threads: r.multithread ? r.threadsUsed : 1,
