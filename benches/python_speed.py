@@ -6,11 +6,12 @@ Run it with the environment scripts/test-python makes (main_align, ray),
 after `cargo build --release -p main-engine --bin main-score`. It prints:
 
 1. main-score --threads 2 (one process, end to end) against main_align's
-   Scorer(threads=2) loading the model and scoring the same pairs in this
-   process (the pyarrow table built from the JSONL beforehand);
+   Scorer(threads=2) loading the model and scoring the same pairs in a fresh
+   interpreter (the pyarrow table built from the JSONL beforehand);
 2. the same main-score against Ray Data on a local cluster (ray.init(num_cpus=2),
-   started beforehand): read_json -> score_dataset on 2 actors with one
-   thread each -> write_parquet, actor start and model loads included.
+   started before the clock, stopped after each round): read_json ->
+   score_dataset on 2 actors with one thread each -> write_parquet, actor
+   starts and model loads included.
 
 Each measurement is repeated --rounds times, interleaved, and the fastest
 of each kept (the least disturbed by other load). It checks that all three
@@ -72,31 +73,53 @@ def run_main_score(pairs: Path, out: Path) -> tuple[float, dict]:
     return secs, scores
 
 
-def run_python(table) -> tuple[float, dict]:
-    from main_align import Scorer
+PYTHON_RUN = """
+import json, sys, time
+import pyarrow as pa
+from main_align import Scorer
+fields = json.loads(sys.argv[3])
+table = pa.Table.from_pylist([json.loads(l) for l in open(sys.argv[2], encoding="utf-8")])
+t0 = time.perf_counter()
+scored = Scorer(sys.argv[1], threads=2).score_table(table, input="input")
+secs = time.perf_counter() - t0
+print(json.dumps({"secs": secs, "scores": {r["id"]: {k: r[k] for k in fields} for r in scored.to_pylist()}}))
+"""
 
-    t0 = time.perf_counter()
-    scorer = Scorer(MODEL, threads=2)
-    scored = scorer.score_table(table, input="input")
-    secs = time.perf_counter() - t0
-    return secs, {r["id"]: {k: r[k] for k in FIELDS} for r in scored.to_pylist()}
+
+def run_python(pairs: Path) -> tuple[float, dict]:
+    """main_align in a fresh interpreter (no Ray in it), timed from loading
+    the model to the scored table, as main-score's run is."""
+    r = subprocess.run(
+        [sys.executable, "-c", PYTHON_RUN, MODEL, pairs, json.dumps(FIELDS)],
+        check=True, capture_output=True, text=True,
+    )
+    out = json.loads(r.stdout)
+    return out["secs"], {int(k): v for k, v in out["scores"].items()}
 
 
 def run_ray(pairs: Path, out: Path) -> tuple[float, dict]:
+    """A local cluster started for this round (not timed), then read ->
+    score on 2 one-thread actors -> write, timed, actor starts included."""
     import shutil
 
     import pyarrow.parquet as pq
+    import ray
     import ray.data
 
     from main_align.ray import score_dataset
 
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    io = dict(num_cpus=0)  # the actors hold both CPUs (see examples/curate_ray.py)
-    ds = ray.data.read_json(str(pairs), override_num_blocks=25, **io)
-    ds = score_dataset(ds, MODEL, input="input", concurrency=2, num_cpus=1, batch_size=8)
-    ds.write_parquet(str(out), ray_remote_args=io)
-    secs = time.perf_counter() - t0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        t0 = time.perf_counter()
+        io = dict(num_cpus=0)  # the actors hold both CPUs (see python/examples/curate_ray.py)
+        ds = ray.data.read_json(str(pairs), override_num_blocks=25, **io)
+        ds = score_dataset(ds, MODEL, input="input", concurrency=2, num_cpus=1, batch_size=8)
+        ds.write_parquet(str(out), ray_remote_args=io)
+        secs = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
     rows = pq.read_table(out).to_pylist()
     return secs, {r["id"]: {k: r[k] for k in FIELDS} for r in rows}
 
@@ -108,17 +131,10 @@ def main() -> None:
     p.add_argument("--no-ray", action="store_true")
     a = p.parse_args()
 
-    import pyarrow as pa
-    import ray
-
     records = real_pairs(a.pairs)
     tmp = Path(tempfile.mkdtemp(prefix="main-python-bench-"))
     pairs = tmp / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    table = pa.Table.from_pylist(records)
-    if not a.no_ray:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"load before: {os.getloadavg()}", flush=True)
@@ -129,7 +145,7 @@ def main() -> None:
         best["main-score"] = min(best["main-score"], secs)
         ref = ref or scores
         print(f"round {r + 1}: main-score {secs:.2f} s", flush=True)
-        secs, scores = run_python(table)
+        secs, scores = run_python(pairs)
         assert scores == ref, "Python scores differ from main-score's"
         best["python"] = min(best["python"], secs)
         print(f"round {r + 1}: python     {secs:.2f} s", flush=True)

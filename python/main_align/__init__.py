@@ -17,7 +17,7 @@ True
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import pyarrow as pa
 

@@ -83,17 +83,24 @@ def test_killed_job_resumes_with_every_id_once(model, records, reference, tmp_pa
         assert driver.poll() is None, "the job ended before it could be killed"
         assert time.monotonic() < deadline, "no rows written in 10 minutes"
         time.sleep(0.2)
+    # A file's rows count once its checkpoint is committed, just after the
+    # file is written: give that a moment, so some rows are surely kept.
+    time.sleep(2)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     assert driver.returncode == -signal.SIGKILL
     stop_leftovers(driver.pid)
     before = readable_ids(out)
     assert 0 < len(set(before)) < len(some), f"not midway: {len(before)} of {len(some)} rows written"
+    first_files = {f.name for f in out.glob("*.parquet")}
 
     # Second run, the same command: it skips what the first one wrote.
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     check_against_main_score(read_rows(out), some, reference)
+    # Resumed, not redone: files the first run finished are still there.
+    kept = first_files & {f.name for f in out.glob("*.parquet")}
+    assert kept, "the second run rewrote everything"
 
 
 def stop_leftovers(group: int) -> None:
