@@ -103,7 +103,11 @@ impl Error {
             reason: reason.into(),
         }
     }
-    pub fn gpu(device: impl Into<String>, what: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn gpu(
+        device: impl Into<String>,
+        what: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::Gpu {
             device: device.into(),
             what: what.into(),

@@ -20,10 +20,10 @@ use std::sync::Arc;
 
 use main_engine::logprob::{perplexity, sequence_logprobs};
 use main_engine::matmul::Precision;
-use main_engine::Device;
 use main_engine::model::{Model, Runtime};
 use main_engine::score::{Combine, Pair, PairScore, TokenScore};
 use main_engine::scorer::{Scorer, ScorerParams};
+use main_engine::Device;
 use main_engine::Error;
 
 pub use error::main_status;

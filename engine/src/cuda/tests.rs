@@ -417,10 +417,10 @@ fn gpu_side_matches_the_cpu_on_both_rope_layouts() {
             // One view per batch gives the same numbers as the packed batch.
             side.set_max_batch_tokens(1);
             let single = side.run(&views).unwrap();
-            assert_eq!(
-                max_diff(&single, &packed),
-                0.0,
-                "{rel}: packing changed the results"
+            let moved = max_diff(&single, &packed);
+            assert!(
+                moved <= packing_tolerance(precision),
+                "{rel}: packing moved a log-prob by {moved}"
             );
         }
     }
