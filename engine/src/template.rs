@@ -79,6 +79,10 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
+        env.set_formatter(|out, state, value| {
+            check_nesting(value)?;
+            minijinja::escape_formatter(out, state, value)
+        });
         let source = source.unwrap_or(ALPACA_TEMPLATE).to_string();
         env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(template_error)?;
@@ -216,6 +220,47 @@ impl std::io::Write for CappedWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Nesting levels and values a printed or serialized value may have. A
+/// namespace can be made to hold itself (`{% set ns.a = ns %}`), and
+/// MiniJinja prints and serializes such a value by endless recursion, which
+/// overflows the stack (found by fuzzing): such values are refused before.
+const MAX_NESTING: usize = 64;
+const MAX_NESTED_VALUES: usize = 100_000;
+
+/// An error for a value nested deeper than [`MAX_NESTING`] (a cycle) or
+/// holding more than [`MAX_NESTED_VALUES`] values.
+fn check_nesting(value: &Value) -> std::result::Result<(), minijinja::Error> {
+    fn walk(v: &Value, depth: usize, seen: &mut usize) -> bool {
+        use minijinja::value::ValueKind;
+        *seen += 1;
+        if *seen > MAX_NESTED_VALUES || depth > MAX_NESTING {
+            return false;
+        }
+        match v.kind() {
+            ValueKind::Map => v.try_iter().is_ok_and(|keys| {
+                keys.into_iter()
+                    .all(|k| walk(&v.get_item(&k).unwrap_or_default(), depth + 1, seen))
+            }),
+            // Not `Iterable`: a one-shot iterator would be used up.
+            ValueKind::Seq => v
+                .try_iter()
+                .is_ok_and(|items| items.into_iter().all(|x| walk(&x, depth + 1, seen))),
+            _ => true,
+        }
+    }
+    if walk(value, 0, &mut 0) {
+        Ok(())
+    } else {
+        Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "a value nested more than {MAX_NESTING} levels deep or holding more than \
+                 {MAX_NESTED_VALUES} values (a namespace that contains itself?)"
+            ),
+        ))
     }
 }
 
@@ -364,6 +409,7 @@ fn tojson(
         None => kwargs.get::<Option<Value>>("indent")?,
     };
     kwargs.assert_all_used()?;
+    check_nesting(value)?;
     let indent = match indent {
         None => None,
         Some(v) if v.is_none() => None,

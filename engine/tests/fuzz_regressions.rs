@@ -39,3 +39,21 @@ fn hf_tokenizer() {
         }
     }
 }
+
+/// fuzz_targets/chat_template.rs: the template up to a 0xFF byte, then the
+/// user content.
+#[test]
+fn chat_template() {
+    use main_engine::template::ChatTemplate;
+    for (name, bytes) in inputs("chat_template") {
+        let mut parts = bytes.splitn(2, |&b| b == 0xFF);
+        let source = std::str::from_utf8(parts.next().unwrap()).unwrap();
+        let content = String::from_utf8_lossy(parts.next().unwrap_or_default());
+        match ChatTemplate::new(Some(source), Some("<s>".into()), Some("</s>".into())) {
+            Ok(t) => {
+                let _ = t.render_prompt(&content);
+            }
+            Err(e) => eprintln!("{name}: {e}"),
+        }
+    }
+}

@@ -303,6 +303,18 @@ const HOSTILE: &[(&str, &str, &str)] = &[
         "bytes",
     ),
     ("one huge string", "{{ 'x' * 99999999 }}", "bytes"),
+    // Found by the chat_template fuzzer: printing or serializing a namespace
+    // that holds itself recursed until the stack overflowed.
+    (
+        "namespace holding itself",
+        "{% set ns = namespace(n=0) %}{% set ns.n = ns %}{{ ns.n }}",
+        "contains itself",
+    ),
+    (
+        "namespace cycle to JSON",
+        "{% set a = namespace() %}{% set b = namespace(a=a) %}{% set a.b = b %}{{ a | tojson }}",
+        "contains itself",
+    ),
 ];
 
 fn template_error<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
