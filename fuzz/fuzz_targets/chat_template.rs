@@ -23,5 +23,8 @@ fuzz_target!(|bytes: &[u8]| {
     };
     let _ = t.end_of_turn();
     let _ = t.render_prompt(&content);
-    let _ = t.render(&[("system", &content), ("user", "x"), ("assistant", &content)], false);
+    let _ = t.render(
+        &[("system", &content), ("user", "x"), ("assistant", &content)],
+        false,
+    );
 });

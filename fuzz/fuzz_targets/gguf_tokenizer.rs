@@ -13,8 +13,16 @@ use main_engine::gguf::{Gguf, GgufWriter, Value};
 use main_engine::tokenizer::Tokenizer;
 
 const PRE: [&str; 10] = [
-    "default", "llama-bpe", "smollm", "qwen2", "gpt-2", "deepseek-llm", "tekken", "gpt-4o",
-    "starcoder", "no-such-pre",
+    "default",
+    "llama-bpe",
+    "smollm",
+    "qwen2",
+    "gpt-2",
+    "deepseek-llm",
+    "tekken",
+    "gpt-4o",
+    "starcoder",
+    "no-such-pre",
 ];
 
 fuzz_target!(|bytes: &[u8]| {
@@ -32,17 +40,29 @@ fuzz_target!(|bytes: &[u8]| {
     let mut w = GgufWriter::new();
     let spm = flags & 1 == 0;
     let add = |w: &mut GgufWriter, k: &str, v: Value| w.add(k, v).is_ok();
-    let model = if flags & 0x80 != 0 { "bert" } else if spm { "llama" } else { "gpt2" };
+    let model = if flags & 0x80 != 0 {
+        "bert"
+    } else if spm {
+        "llama"
+    } else {
+        "gpt2"
+    };
     add(&mut w, "tokenizer.ggml.model", Value::from(model));
     if flags & 2 != 0 {
-        add(&mut w, "tokenizer.ggml.pre", Value::from(PRE[pre as usize % PRE.len()]));
+        add(
+            &mut w,
+            "tokenizer.ggml.pre",
+            Value::from(PRE[pre as usize % PRE.len()]),
+        );
     }
     let tokens: Vec<Value> = lines.iter().map(|&t| Value::from(t)).collect();
     if !tokens.is_empty() {
         add(&mut w, "tokenizer.ggml.tokens", Value::Array(tokens));
     }
     if flags & 4 != 0 && n > 0 {
-        let scores: Vec<Value> = (0..n).map(|i| Value::F32(-(i as f32) * (pre as f32))).collect();
+        let scores: Vec<Value> = (0..n)
+            .map(|i| Value::F32(-(i as f32) * (pre as f32)))
+            .collect();
         add(&mut w, "tokenizer.ggml.scores", Value::Array(scores));
     }
     if flags & 8 != 0 && n > 0 {
@@ -61,12 +81,28 @@ fuzz_target!(|bytes: &[u8]| {
         add(&mut w, "tokenizer.ggml.merges", Value::Array(merges));
     }
     if flags & 32 != 0 {
-        add(&mut w, "tokenizer.ggml.bos_token_id", Value::U32(bos as u32));
-        add(&mut w, "tokenizer.ggml.eos_token_id", Value::U32(eos as u32));
+        add(
+            &mut w,
+            "tokenizer.ggml.bos_token_id",
+            Value::U32(bos as u32),
+        );
+        add(
+            &mut w,
+            "tokenizer.ggml.eos_token_id",
+            Value::U32(eos as u32),
+        );
     }
     if flags & 64 != 0 {
-        add(&mut w, "tokenizer.ggml.add_bos_token", Value::Bool(bos & 1 == 1));
-        add(&mut w, "tokenizer.ggml.add_space_prefix", Value::Bool(eos & 1 == 1));
+        add(
+            &mut w,
+            "tokenizer.ggml.add_bos_token",
+            Value::Bool(bos & 1 == 1),
+        );
+        add(
+            &mut w,
+            "tokenizer.ggml.add_space_prefix",
+            Value::Bool(eos & 1 == 1),
+        );
     }
     let file = w.to_bytes();
     let g = Gguf::parse(&file).expect("the writer's output parses");
@@ -78,7 +114,10 @@ fuzz_target!(|bytes: &[u8]| {
             continue;
         };
         for &id in &ids {
-            assert!((id as usize) < tok.vocab_size(), "id {id} outside the vocabulary");
+            assert!(
+                (id as usize) < tok.vocab_size(),
+                "id {id} outside the vocabulary"
+            );
             let _ = tok.piece_bytes(id);
         }
         let _ = tok.decode(&ids);

@@ -41,10 +41,18 @@ fn exercise(tok: &Tokenizer, text: &str) {
             continue;
         };
         for &id in &ids {
-            assert!((id as usize) < tok.vocab_size(), "id {id} outside the vocabulary");
+            assert!(
+                (id as usize) < tok.vocab_size(),
+                "id {id} outside the vocabulary"
+            );
             let _ = tok.piece(id);
         }
         let _ = tok.decode(&ids);
     }
-    let _ = (tok.bos_id(), tok.eos_id(), tok.eot_id(), tok.add_bos_default());
+    let _ = (
+        tok.bos_id(),
+        tok.eos_id(),
+        tok.eot_id(),
+        tok.add_bos_default(),
+    );
 }

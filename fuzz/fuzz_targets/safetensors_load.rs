@@ -24,7 +24,11 @@ fuzz_target!(|bytes: &[u8]| {
     };
     assert!(config.validate().is_ok());
     for t in store.tensors.values() {
-        assert!(t.offset + t.n_bytes <= shard.len(), "tensor '{}' escapes", t.name);
+        assert!(
+            t.offset + t.n_bytes <= shard.len(),
+            "tensor '{}' escapes",
+            t.name
+        );
         assert_eq!(Some(t.n_bytes), t.dtype.row_bytes(t.n_elements()));
     }
 });
