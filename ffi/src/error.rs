@@ -199,6 +199,16 @@ mod tests {
             ),
             (Error::invalid_argument("a", "b"), MAIN_ERR_INVALID_ARGUMENT),
             (Error::Input("x".into()), MAIN_ERR_INVALID_ARGUMENT),
+            (Error::gpu("cuda:0", "opening the GPU", "no driver"), MAIN_ERR_DEVICE),
+            (
+                Error::GpuOutOfMemory {
+                    device: "cuda:0".into(),
+                    what: "x".into(),
+                    bytes: 1,
+                    free: 0,
+                },
+                MAIN_ERR_OUT_OF_MEMORY,
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(status_of(&e), want, "{e}");
@@ -209,7 +219,8 @@ mod tests {
     fn status_names() {
         assert_eq!(status_name(0), c"MAIN_OK");
         assert_eq!(status_name(MAIN_ERR_INTERNAL as i32), c"MAIN_ERR_INTERNAL");
-        assert_eq!(status_name(7), c"unknown main_status");
+        assert_eq!(status_name(MAIN_ERR_DEVICE as i32), c"MAIN_ERR_DEVICE");
+        assert_eq!(status_name(8), c"unknown main_status");
         assert_eq!(status_name(-1), c"unknown main_status");
     }
 }
