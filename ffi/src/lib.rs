@@ -885,7 +885,10 @@ mod tests {
             assert_eq!(combine_value(c), v);
         }
         let e = precision_arg(4, "precision").unwrap_err().to_string();
-        assert_eq!(e, "invalid argument 'precision': 4 is not one of 0, 1, 2, 3");
+        assert_eq!(
+            e,
+            "invalid argument 'precision': 4 is not one of 0, 1, 2, 3"
+        );
         let mut p = main_scorer_default_params();
         p.device = 2;
         let e = engine_params(&p).unwrap_err().to_string();
