@@ -199,7 +199,10 @@ mod tests {
             ),
             (Error::invalid_argument("a", "b"), MAIN_ERR_INVALID_ARGUMENT),
             (Error::Input("x".into()), MAIN_ERR_INVALID_ARGUMENT),
-            (Error::gpu("cuda:0", "opening the GPU", "no driver"), MAIN_ERR_DEVICE),
+            (
+                Error::gpu("cuda:0", "opening the GPU", "no driver"),
+                MAIN_ERR_DEVICE,
+            ),
             (
                 Error::GpuOutOfMemory {
                     device: "cuda:0".into(),
