@@ -107,17 +107,7 @@ fn weight_decoders_equal_the_cpu_for_every_block_type() {
     let gpu = device(GIB);
     // Rows with a remainder of blocks per launch (n_out * blocks not a multiple of 256).
     let (n_out, n_in) = (7, 512);
-    for dtype in [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q8_0,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-    ] {
+    for dtype in DType::WEIGHT_TYPES {
         let x = values(n_out * n_in, dtype.ggml_id() as u64);
         let mut bytes = vec![0u8; n_out * n_in / dtype.block_len() * dtype.block_bytes()];
         quantize_row(dtype, &x, &mut bytes).unwrap();

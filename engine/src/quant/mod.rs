@@ -59,6 +59,20 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every type a weight matrix may be stored in (the others are
+    /// activation formats of dot products).
+    pub const WEIGHT_TYPES: [DType; 9] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ];
+
     /// ggml's `enum ggml_type` value.
     pub const fn ggml_id(self) -> u32 {
         match self {
@@ -112,19 +126,7 @@ impl DType {
     /// Parses a user-facing name such as "q4_k" or "F16".
     pub fn from_name(name: &str) -> Option<DType> {
         let upper = name.to_ascii_uppercase();
-        [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q8_0,
-            DType::Q4_K,
-            DType::Q5_K,
-            DType::Q6_K,
-        ]
-        .into_iter()
-        .find(|t| t.name() == upper)
+        DType::WEIGHT_TYPES.into_iter().find(|t| t.name() == upper)
     }
 
     /// Elements per block.

@@ -16,17 +16,7 @@ const QUANTIZED: [DType; 8] = [
     DType::Q8_K,
 ];
 
-const WEIGHTS: [DType; 9] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q8_0,
-    DType::Q4_K,
-    DType::Q5_K,
-    DType::Q6_K,
-];
+const WEIGHTS: [DType; 9] = DType::WEIGHT_TYPES;
 
 /// Normally distributed values (Box-Muller), times `scale`.
 fn gaussian(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
