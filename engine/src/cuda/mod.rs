@@ -13,10 +13,12 @@
 pub mod backend;
 #[cfg(feature = "cuda")]
 pub mod driver;
-#[cfg(all(test, not(target_arch = "wasm32")))]
+// Tests load models from files and build the emulator with the host's C++
+// compiler: native builds with file access only.
+#[cfg(all(test, feature = "std-fs", not(target_arch = "wasm32")))]
 pub mod emulator;
 pub mod forward;
-#[cfg(all(test, not(target_arch = "wasm32")))]
+#[cfg(all(test, feature = "std-fs", not(target_arch = "wasm32")))]
 mod tests;
 
 use std::sync::Arc;
