@@ -109,6 +109,19 @@ pub fn sequence_logprobs(
     Ok(out)
 }
 
+/// `values` cut into consecutive runs of the given lengths (the target
+/// log-probs of a packed batch, back to one vector per view).
+pub fn split_runs(values: &[f64], lengths: impl Iterator<Item = usize>) -> Vec<Vec<f64>> {
+    let mut at = 0;
+    lengths
+        .map(|n| {
+            let run = values[at..at + n].to_vec();
+            at += n;
+            run
+        })
+        .collect()
+}
+
 /// exp of the mean negative log-prob over the scored tokens.
 pub fn perplexity(logprobs: &[Option<f64>]) -> f64 {
     let scored: Vec<f64> = logprobs.iter().flatten().copied().collect();

@@ -212,14 +212,10 @@ impl Side {
         }
         drop(hidden);
         let lps = head_logprobs(&self.model.output_weight(), rt, &rows, &targets);
-        let mut out = Vec::with_capacity(views.len());
-        let mut at = 0;
-        for v in views {
-            let n = v.ids.len() - v.n_prompt;
-            out.push(lps[at..at + n].to_vec());
-            at += n;
-        }
-        Ok(out)
+        Ok(crate::logprob::split_runs(
+            &lps,
+            views.iter().map(|v| v.ids.len() - v.n_prompt),
+        ))
     }
 
     fn pieces(&self, ids: &[u32]) -> Vec<String> {

@@ -246,13 +246,9 @@ impl GpuSide {
             None,
         )?;
         let lps = self.model.head_logprobs(&hidden, &rows, &targets, chunk)?;
-        let mut out = Vec::with_capacity(views.len());
-        let mut at = 0;
-        for v in views {
-            let n = v.ids.len() - v.n_prompt;
-            out.push(lps[at..at + n].to_vec());
-            at += n;
-        }
-        Ok(out)
+        Ok(crate::logprob::split_runs(
+            &lps,
+            views.iter().map(|v| v.ids.len() - v.n_prompt),
+        ))
     }
 }
