@@ -109,6 +109,9 @@ def run_ray(pairs: Path, out: Path) -> tuple[float, dict]:
     from main_align.ray import score_dataset
 
     shutil.rmtree(out, ignore_errors=True)
+    # As python/examples/curate_ray.py: workers kept for the read and write
+    # tasks, instead of a process started and killed per task.
+    os.environ.setdefault("RAY_num_workers_soft_limit", "4")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False

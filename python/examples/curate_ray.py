@@ -18,6 +18,7 @@ on the other machines); without it a local one with ``--num-cpus`` starts.
 from __future__ import annotations
 
 import argparse
+import os
 
 import ray
 import ray.data
@@ -47,6 +48,12 @@ def main() -> None:
     if a.address:
         ray.init(address=a.address)
     else:
+        # The actors hold every CPU, so the raylet would start a fresh worker
+        # process for each read and write task and kill it when it is done
+        # (its idle-worker limit is the CPU count): ~25% of a 2-core machine.
+        # Two more kept workers serve them all (RAY_* is Ray's configuration,
+        # read when the local cluster starts).
+        os.environ.setdefault("RAY_num_workers_soft_limit", str(a.num_cpus + 2))
         ray.init(num_cpus=a.num_cpus, include_dashboard=False)
     if a.checkpoint:
         checkpoint_config(a.id, a.checkpoint)

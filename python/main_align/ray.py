@@ -66,6 +66,7 @@ def score_dataset(
     response: str = "output",
     input: Optional[str] = None,
     concurrency: Union[int, tuple] = 1,
+    tasks_per_actor: int = 1,
     num_cpus: float = 1,
     num_gpus: float = 0,
     batch_size: int = 64,
@@ -95,6 +96,10 @@ def score_dataset(
         batch_size: rows per ``map_batches`` call. The engine scores them
             16 at a time, as ``main-score``; the scores do not depend on
             either.
+        tasks_per_actor: blocks queued on each actor at a time (Ray's
+            ``max_tasks_in_flight_per_actor``). 1, the default, keeps the
+            actors evenly busy to the end of the job; more only helps where
+            fetching a block takes as long as scoring it.
         prefix: put before each score column's name.
 
     Returns:
@@ -117,6 +122,34 @@ def score_dataset(
     # Type-checked here, in the driver; the model loads on the actors only
     # (the driver need not have it).
     args = _scorer_args(model, reverse_model, threads, precision, device, max_tokens, combine, 0)
+    if isinstance(concurrency, bool) or not (
+        (isinstance(concurrency, int) and concurrency >= 1)
+        or (
+            isinstance(concurrency, tuple)
+            and len(concurrency) == 2
+            and all(isinstance(c, int) and not isinstance(c, bool) for c in concurrency)
+            and 1 <= concurrency[0] <= concurrency[1]
+        )
+    ):
+        raise ArgumentError(
+            f"invalid argument 'concurrency': {concurrency!r} is not an int >= 1 "
+            "or a (min, max) pair of them"
+        )
+    if isinstance(tasks_per_actor, bool) or not isinstance(tasks_per_actor, int) or tasks_per_actor < 1:
+        raise ArgumentError(
+            f"invalid argument 'tasks_per_actor': {tasks_per_actor!r} is not an int >= 1"
+        )
+    from ray.data import ActorPoolStrategy
+
+    if isinstance(concurrency, int):
+        sizes = dict(size=concurrency)
+    else:
+        sizes = dict(min_size=concurrency[0], max_size=concurrency[1])
+    # One block queued per actor by default: a block takes seconds to score,
+    # so prefetching gains nothing, while blocks queued behind a busy actor
+    # leave the others idle at the end of the job (measured: 2 actors on
+    # 200 pairs finished ~10% later with Ray's default of 4).
+    compute = ActorPoolStrategy(**sizes, max_tasks_in_flight_per_actor=tasks_per_actor)
     return ds.map_batches(
         ScoreBatches,
         fn_constructor_kwargs=dict(
@@ -129,7 +162,7 @@ def score_dataset(
         ),
         batch_format="pyarrow",
         batch_size=batch_size,
-        concurrency=concurrency,
+        compute=compute,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
     )

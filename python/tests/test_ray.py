@@ -124,8 +124,17 @@ def test_score_dataset_checks_arguments_in_the_driver(model):
     from main_align import ArgumentError
     from main_align.ray import score_dataset
 
-    for kwargs in (dict(instruction=3), dict(batch_size=0), dict(threads="1")):
-        with pytest.raises(ArgumentError):
+    for kwargs in (
+        dict(instruction=3),
+        dict(batch_size=0),
+        dict(threads="1"),
+        dict(concurrency=0),
+        dict(concurrency=(2, 1)),
+        dict(concurrency="2"),
+        dict(tasks_per_actor=0),
+        dict(tasks_per_actor=True),
+    ):
+        with pytest.raises(ArgumentError, match=f"'{next(iter(kwargs))}'"):
             score_dataset(object(), model, **kwargs)
     with pytest.raises(ArgumentError, match="'model'"):
         score_dataset(object(), 5)

@@ -57,6 +57,7 @@ def test_two_threads_score_in_parallel(model, records):
     for _ in range(3):
         one, two = alone(), together()
         ratios.append(two / one)
+        print(f"two scorers on two threads: {two:.2f} s; one alone: {one:.2f} s; ratio {two / one:.2f}")
         if ratios[-1] < 1.6:
             break
     if min(ratios) >= 1.6 and machine_scaling() > 1.3:
