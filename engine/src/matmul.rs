@@ -243,6 +243,7 @@ fn quantize_acts(
     });
     drop(groups);
     drop(rows);
+    k.finish_acts(&mut acts);
     acts
 }
 

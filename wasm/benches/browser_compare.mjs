@@ -14,6 +14,7 @@
 // Needs: scripts/build-wasm, scripts/fetch-fixtures, wasm/benches/setup-peers (npm packages and
 // the ONNX export; never part of CI).
 // Usage: node wasm/benches/browser_compare.mjs [--pairs 20] [--threads 1,2] [--engines main,tjs-fp32,tjs-q8,wllama]
+//        [--precisions exact,fast]   (MAIN's precisions: the first one's views and scores are the reference)
 //        [--wllama-views 8]   (wllama's rate from the first views only: it is slow here)
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -31,6 +32,7 @@ const opt = (name, dflt) => {
 };
 const nPairs = Number(opt('--pairs', 20));
 const engines = opt('--engines', 'main,tjs-fp32,tjs-q8,wllama').split(',');
+const precisions = opt('--precisions', 'exact,fast').split(',');
 // wllama processes prompts slowly here: its rate is measured on the first views only.
 const wllamaViews = Number(opt('--wllama-views', 8));
 const onnxDir = process.env.MAIN_ONNX_DIR ?? join(root, 'target', 'peers', 'onnx');
@@ -75,12 +77,20 @@ const rowOf = (engine, threads, r, tokens) => ({ engine, threads, seconds: r.sec
 console.error(`# ${nPairs} pairs, threads ${threadCounts.join(', ')}, ${cpus()[0].model}, load ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
 for (const threads of threadCounts) {
   // MAIN first: its views are what the peers score.
-  const m = await page.evaluate((job) => window.bench.runMain(job), { modelUrl, pairs, threads });
-  views ??= m.views;
-  mainScores ??= m.scores;
-  const viewTokens = views.flat().reduce((n, v) => n + v.ids.length, 0);
-  if (engines.includes('main')) results.push(rowOf('MAIN (exact)', m.threadsUsed, { seconds: m.seconds }, viewTokens));
-  console.error(`# MAIN, ${threads} threads: ${(nPairs / m.seconds).toFixed(3)} pairs/s`);
+  let viewTokens = 0;
+  for (const precision of precisions) {
+    const m = await page.evaluate((job) => window.bench.runMain(job), { modelUrl, pairs, threads, precision });
+    views ??= m.views;
+    mainScores ??= m.scores;
+    viewTokens = views.flat().reduce((n, v) => n + v.ids.length, 0);
+    let maxDiff = 0;
+    m.scores.forEach((s, i) => {
+      const r = mainScores[i];
+      for (const k of ['fwdCond', 'fwdUncond', 'revCond', 'revUncond']) maxDiff = Math.max(maxDiff, Math.abs(s[k] - r[k]));
+    });
+    if (engines.includes('main')) results.push(rowOf(`MAIN (${precision})`, m.threadsUsed, { seconds: m.seconds, extra: { maxViewDiffVsMain: maxDiff } }, viewTokens));
+    console.error(`# MAIN ${precision}, ${threads} threads: ${(nPairs / m.seconds).toFixed(3)} pairs/s, views within ${maxDiff.toExponential(2)} of MAIN ${precisions[0]}`);
+  }
   for (const [name, dtype] of [['tjs-fp32', 'fp32'], ['tjs-q8', 'q8']]) {
     if (!engines.includes(name)) continue;
     const r = await page.evaluate((job) => window.bench.runTransformers(job), { modelId: 'smollm2', dtype, views, threads, wantTexts: !texts });
@@ -115,12 +125,14 @@ server.close();
 const viewTokens = views.flat().reduce((n, v) => n + v.ids.length, 0);
 const f = (x, d = 2) => (x == null ? 'n/a' : x.toFixed(d));
 console.log(`\n${nPairs} real pairs (${viewTokens} view tokens), ${env.ua.match(/Chrome\/[\d.]+/)?.[0] ?? 'Chromium'}, ${cpus()[0].model}, load average now ${loadavg()[0].toFixed(2)}\n`);
-console.log('| engine | threads | pairs/s | view tokens/s | prompt tokens/s (own timer) | MAIN pairs/s ÷ this |');
-console.log('|---|---|---|---|---|---|');
+console.log(`| engine | threads | pairs/s | view tokens/s | prompt tokens/s (own timer) | largest view-mean difference from MAIN ${precisions[0]} | fastest MAIN ÷ this |`);
+console.log('|---|---|---|---|---|---|---|');
 for (const r of results) {
-  const main = results.find((x) => x.engine.startsWith('MAIN') && x.threads === r.threads);
+  const mains = results.filter((x) => x.engine.startsWith('MAIN') && x.threads === r.threads);
+  const main = mains.reduce((a, b) => (b.pairsPerSecond > a.pairsPerSecond ? b : a), mains[0]);
   const ratio = r.pairsPerSecond && main ? `${(main.pairsPerSecond / r.pairsPerSecond).toFixed(2)}x` : main && r.promptTokensPerSecond ? `tokens: ${(main.viewTokensPerSecond / r.promptTokensPerSecond).toFixed(2)}x` : '';
-  console.log(`| ${r.engine} | ${r.threads} | ${f(r.pairsPerSecond, 3)} | ${f(r.viewTokensPerSecond, 0)} | ${f(r.promptTokensPerSecond, 0)} | ${ratio} |`);
+  const diff = r.maxViewDiffVsMain == null ? 'n/a' : r.maxViewDiffVsMain.toExponential(1);
+  console.log(`| ${r.engine} | ${r.threads} | ${f(r.pairsPerSecond, 3)} | ${f(r.viewTokensPerSecond, 0)} | ${f(r.promptTokensPerSecond, 0)} | ${diff} | ${ratio} |`);
 }
 mkdirSync(outDir, { recursive: true });
 const out = join(outDir, 'browser_compare.json');

@@ -15,6 +15,7 @@ pub fn kernels() -> Kernels {
     Kernels {
         isa: Isa::Neon,
         tile_rows: TR,
+        wide_acts: false,
         quantize: scalar::quantize_row,
         pack_q: |rows, packed| scalar::pack_q_with(rows, TR, packed),
         // SAFETY: NEON is part of the aarch64 baseline.

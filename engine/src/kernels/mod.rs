@@ -426,6 +426,10 @@ pub struct QuantActs {
     pub da: Vec<f32>,
     pub sa: Vec<f32>,
     pub corr: Vec<i32>,
+    /// `[n_tok, n_in]` 16-bit codes `256 q + f` (or `q` without fine codes),
+    /// for kernels whose integer products are 16-bit ([`Kernels::wide_acts`]);
+    /// empty otherwise.
+    pub wide: Vec<i16>,
 }
 
 /// One token's share of a [`QuantActs`].
@@ -460,7 +464,23 @@ impl QuantActs {
             da: vec![0.0; n_tok * n_sub],
             sa: vec![0.0; n_tok * n_sub],
             corr: vec![0; n_tok * n_sub],
+            wide: Vec::new(),
         }
+    }
+
+    /// Fills [`QuantActs::wide`] from the codes: `256 q + f` is the value the
+    /// byte kernels form from their two sums, as one 16-bit number (it cannot
+    /// overflow: `q` is within ±127 and `f` within ±128).
+    pub fn widen(&mut self) {
+        self.wide = if self.has_fine() {
+            self.qs
+                .iter()
+                .zip(&self.fine)
+                .map(|(&q, &f)| 256 * q as i16 + f as i16)
+                .collect()
+        } else {
+            self.qs.iter().map(|&q| q as i16).collect()
+        };
     }
 
     pub fn n_sub(&self) -> usize {
@@ -681,6 +701,9 @@ pub struct Kernels {
     pub isa: Isa,
     /// Weight rows per tile (SIMD lanes of f32 / i32).
     pub tile_rows: usize,
+    /// Whether `dot_q` reads the activations as 16-bit codes
+    /// ([`QuantActs::wide`]), made once per matmul.
+    pub wide_acts: bool,
     quantize: QuantizeFn,
     pack_q: PackQFn,
     dot_q: DotQFn,
@@ -697,7 +720,15 @@ impl Kernels {
         for (x, mut row) in x.chunks_exact(n_in.max(1)).zip(acts.rows_mut()) {
             (self.quantize)(&scheme, x, &mut row);
         }
+        self.finish_acts(&mut acts);
         acts
+    }
+
+    /// What this kernel set needs beyond the codes, once they are all made.
+    pub fn finish_acts(&self, acts: &mut QuantActs) {
+        if self.wide_acts {
+            acts.widen();
+        }
     }
 
     pub fn quantize_row(&self, scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
@@ -716,6 +747,7 @@ impl Kernels {
         assert_eq!(packed.n_in, acts.n_in);
         assert_eq!(out.stripe.n_rows(), acts.n_tok);
         assert!(out.col + packed.n_rows <= out.stripe.width);
+        assert!(!self.wide_acts || acts.wide.len() == acts.qs.len());
         (self.dot_q)(packed, acts, out)
     }
 

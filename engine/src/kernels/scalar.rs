@@ -18,6 +18,7 @@ pub fn kernels() -> Kernels {
     Kernels {
         isa: Isa::Scalar,
         tile_rows: TILE_ROWS,
+        wide_acts: false,
         quantize: quantize_row,
         pack_q: |rows, packed| pack_q_with(rows, TILE_ROWS, packed),
         dot_q,

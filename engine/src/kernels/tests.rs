@@ -299,7 +299,8 @@ fn dot_q_matches_scalar() {
                 k.pack_q(&rows, &mut packed);
                 for (n_tok, fine) in N_TOKS.into_iter().flat_map(|n| [(n, false), (n, true)]) {
                     let x = random_f32(&mut rng, n_tok * n_in);
-                    let acts = scalar::kernels().quantize_acts(scheme, &x, n_tok, fine);
+                    let mut acts = scalar::kernels().quantize_acts(scheme, &x, n_tok, fine);
+                    k.finish_acts(&mut acts);
                     // The padded output width catches stores past the tile.
                     let got = with_out(n_tok, tr, |out| k.dot_q(&packed, &acts, out));
                     let want = with_out(n_tok, tr, |out| scalar::dot_q(&packed, &acts, out));

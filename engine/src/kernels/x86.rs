@@ -34,6 +34,7 @@ pub fn kernels() -> Vec<Kernels> {
     all.push(Kernels {
         isa: Isa::Avx2,
         tile_rows: 8,
+        wide_acts: false,
         // SAFETY (all closures below): this table exists only when the CPU
         // has the features the functions are compiled for.
         quantize: |s, x, row| unsafe { avx2::quantize(s, x, row) },
@@ -51,6 +52,7 @@ pub fn kernels() -> Vec<Kernels> {
     all.push(Kernels {
         isa: Isa::Avx512,
         tile_rows: 16,
+        wide_acts: false,
         // SAFETY: as above.
         quantize: |s, x, row| unsafe { avx512::quantize(s, x, row) },
         pack_q: |rows, packed| unsafe { avx512::pack_q(rows, packed) },
@@ -62,6 +64,7 @@ pub fn kernels() -> Vec<Kernels> {
         all.push(Kernels {
             isa: Isa::Avx512Vnni,
             tile_rows: 16,
+            wide_acts: false,
             // SAFETY: as above.
             quantize: |s, x, row| unsafe { avx512::quantize(s, x, row) },
             pack_q: |rows, packed| unsafe { avx512::pack_q(rows, packed) },

@@ -2,7 +2,7 @@
 // when the page is cross-origin isolated, else the one-thread package.
 const post = (m) => postMessage(m);
 
-onmessage = async ({ data: { modelUrl, pairs, threads, maxTokens = 1024, batch = 4 } }) => {
+onmessage = async ({ data: { modelUrl, pairs, threads, precision = 'exact', maxTokens = 1024, batch = 4 } }) => {
   try {
     const threaded = self.crossOriginIsolated && threads > 1;
     const pkg = await import(threaded ? '/pkg-threads/main_wasm.js' : '/pkg/main_wasm.js');
@@ -10,7 +10,7 @@ onmessage = async ({ data: { modelUrl, pairs, threads, maxTokens = 1024, batch =
     if (threaded) await pkg.initThreadPool(threads);
     const bytes = new Uint8Array(await (await fetch(modelUrl)).arrayBuffer());
     const model = pkg.Model.fromBytes(bytes);
-    const scorer = new pkg.Scorer(model, null, { threads, maxTokens });
+    const scorer = new pkg.Scorer(model, null, { threads, maxTokens, precision });
     const views = pairs.map((p) => model.viewTokens(p.instruction, p.response, maxTokens));
     // Warm-up: one pair, untimed (the other engines get the same).
     scorer.scorePair(pairs[0].instruction, pairs[0].response);
