@@ -258,18 +258,6 @@ mod tests {
     use crate::kernels::available;
     use crate::quant::quantize_row;
 
-    const TYPES: [DType; 9] = [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q8_0,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-    ];
-
     struct Case {
         dtype: DType,
         n_out: usize,
@@ -371,7 +359,7 @@ mod tests {
     fn exact_and_fast_match_f64_reference_on_every_isa() {
         let mut rng = StdRng::seed_from_u64(11);
         let threads = Threads::new(2);
-        for dtype in TYPES {
+        for dtype in DType::WEIGHT_TYPES {
             for k in available() {
                 // Ragged: neither a multiple of the tile nor of a task's stripe.
                 let c = case(&mut rng, dtype, 2 * k.tile_rows + 5);
@@ -415,7 +403,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(12);
         let threads = Threads::new(2);
         let scalar = crate::kernels::for_isa(crate::kernels::Isa::Scalar).unwrap();
-        for dtype in TYPES {
+        for dtype in DType::WEIGHT_TYPES {
             let c = case(&mut rng, dtype, 53);
             for n_tok in [1, 17] {
                 let x: Vec<f32> = (0..n_tok * c.n_in)
