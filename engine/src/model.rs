@@ -288,6 +288,9 @@ impl Model {
         chat_template: Option<String>,
         store: TensorStore,
     ) -> Result<Model> {
+        // Every interface loads a model first: a `MAIN_ISA` this CPU cannot
+        // honour is reported here rather than silently ignored.
+        crate::kernels::isa_cap::check()?;
         config.validate()?;
         let c = &config;
         let (d, hd) = (c.d_model, c.head_dim);

@@ -465,7 +465,7 @@ fn an_output_that_does_not_fit_the_input_is_refused() {
 }
 
 /// The report: a.jsonl (3 records) scored, then b.jsonl (5 records)
-/// with `--precision exact` into the same output "resumed after 3 records"
+/// with another `--precision` into the same output "resumed after 3 records"
 /// and mixed the two runs. Any change of input, model, reverse model or
 /// score-changing option is now refused, naming what differs.
 #[test]
@@ -497,8 +497,20 @@ fn resume_refuses_another_input_model_or_option() {
             "{args:?}: output changed"
         );
     };
+    // A precision other than this CPU's default (fast with AVX-512 VNNI,
+    // exact elsewhere, or what MAIN_ISA makes it): the same one would change
+    // nothing and the refusal could not name it.
+    let default = main_engine::matmul::Precision::default();
+    let other = match default {
+        main_engine::matmul::Precision::Exact => "fast",
+        _ => "exact",
+    };
+    eprintln!(
+        "default precision here: {}; asking for {other}",
+        default.name()
+    );
     refused(
-        &["--input", p(&b), "--precision", "exact"],
+        &["--input", p(&b), "--precision", other],
         &["its input was", "b.jsonl", "--precision was"],
     );
     // The same name with other content is another input.

@@ -269,7 +269,14 @@ fn logprobs(
         let secs = start.elapsed().as_secs_f64();
         eprintln!(
             "{}",
-            serde_json::json!({ "tokens": ids.len(), "seconds": secs, "precision": precision.name(), "device": device.to_string() })
+            serde_json::json!({
+                "tokens": ids.len(),
+                "seconds": secs,
+                "precision": precision.name(),
+                "device": device.to_string(),
+                // What MAIN_ISA and the CPU left the matmuls (the GPU ignores it).
+                "kernels": main_engine::kernels::isa_name(main_engine::kernels::best().isa),
+            })
         );
     }
     let ppl = perplexity(&lps);

@@ -180,6 +180,7 @@ pub mod activation;
 #[cfg(target_arch = "aarch64")]
 pub mod arm;
 pub mod attention;
+pub mod isa_cap;
 pub mod scalar;
 pub mod softmax;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -202,6 +203,18 @@ pub enum Isa {
     Avx512Vnni,
     Neon,
     Simd128,
+}
+
+/// The name of an ISA as `MAIN_ISA` and the reports spell it.
+pub fn isa_name(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Scalar => "scalar",
+        Isa::Avx2 => "avx2",
+        Isa::Avx512 => "avx512",
+        Isa::Avx512Vnni => "avx512vnni",
+        Isa::Neon => "neon",
+        Isa::Simd128 => "simd128",
+    }
 }
 
 /// How a weight format reduces to unsigned bytes for integer dot products.
@@ -696,7 +709,8 @@ pub type PackFFn = fn(&WeightRows, &mut PackedQ, &mut PackedF);
 pub type DotFFn = fn(&PackedF, &[f32], &mut OutTile);
 
 /// One instruction set's kernels. Only built where the CPU supports them, so
-/// the function pointers are safe to call.
+/// the function pointers are safe to call (a clone keeps that promise).
+#[derive(Clone)]
 pub struct Kernels {
     pub isa: Isa,
     /// Weight rows per tile (SIMD lanes of f32 / i32).
@@ -801,12 +815,19 @@ pub enum FloatSimd {
 pub fn float_simd() -> FloatSimd {
     static LEVEL: OnceLock<FloatSimd> = OnceLock::new();
     *LEVEL.get_or_init(|| {
+        // `MAIN_ISA` caps this level as it caps the matmul kernels.
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            if isa_cap::allows(Isa::Avx512)
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("fma")
+            {
                 return FloatSimd::Avx512;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if isa_cap::allows(Isa::Avx2)
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
                 return FloatSimd::Avx2;
             }
         }
@@ -814,8 +835,21 @@ pub fn float_simd() -> FloatSimd {
     })
 }
 
-/// Every kernel set this CPU can run, best last (tests force each one).
+/// Every kernel set this CPU can run and `MAIN_ISA` allows ([`isa_cap`]),
+/// best last (tests force each one).
 pub fn available() -> &'static [Kernels] {
+    static ALLOWED: OnceLock<Vec<Kernels>> = OnceLock::new();
+    ALLOWED.get_or_init(|| {
+        available_uncapped()
+            .iter()
+            .filter(|k| isa_cap::allows(k.isa))
+            .cloned()
+            .collect()
+    })
+}
+
+/// Every kernel set this CPU can run, whatever `MAIN_ISA` says.
+fn available_uncapped() -> &'static [Kernels] {
     static ALL: OnceLock<Vec<Kernels>> = OnceLock::new();
     ALL.get_or_init(|| {
         let mut all = vec![scalar::kernels()];
