@@ -377,3 +377,78 @@ fn main_score_refuses_a_gguf_whose_template_loops() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Golden renderings: 50-turn conversations, byte for byte as before the
+// memory bounds (engine/tests/data/templates/*.txt, written by the engine
+// before those bounds existed)
+// ---------------------------------------------------------------------------
+
+/// A conversation of `turns` user/assistant exchanges (with a system message
+/// first when `system`), in the texts real data has: leading and trailing
+/// spaces, newlines, non-ASCII, markup and a reasoning block.
+fn conversation(turns: usize, system: bool) -> Vec<(String, String)> {
+    let mut m = Vec::new();
+    if system {
+        m.push((
+            "system".to_string(),
+            "You are a careful assistant.\nAnswer briefly.".to_string(),
+        ));
+    }
+    for t in 0..turns {
+        m.push((
+            "user".to_string(),
+            format!("  Question {t}: what is {t} × 2? <b>bold</b> {{% raw %}} é ✓\n"),
+        ));
+        m.push((
+            "assistant".to_string(),
+            format!(
+                "<think>step {t}</think>\n{} is the answer.\n\n- item\n- `code`  ",
+                t * 2
+            ),
+        ));
+    }
+    m
+}
+
+fn golden_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/templates")
+        .join(format!("{name}.txt"))
+}
+
+/// Every family renders the conversation (whole, and up to its last user
+/// message with the generation prompt) exactly as the golden file says.
+/// `MAIN_BLESS_TEMPLATES=1` rewrites the files from the current code.
+#[test]
+fn real_templates_render_50_turn_conversations_as_before() {
+    let bless = std::env::var_os("MAIN_BLESS_TEMPLATES").is_some();
+    for &(name, source, _) in FAMILIES {
+        // Gemma refuses a system message.
+        let m = conversation(50, name != "gemma");
+        let t = ChatTemplate::new(Some(source), Some("<s>".into()), Some("</s>".into()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let all: Vec<(&str, &str)> = m.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+        let whole = t
+            .render(&all, false)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let prompt = t
+            .render(&all[..all.len() - 1], true)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = format!("{whole}\n=====PROMPT=====\n{prompt}");
+        let path = golden_path(name);
+        if bless {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &got).unwrap();
+            continue;
+        }
+        let want =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            got == want,
+            "{name}: the rendering differs from {}",
+            path.display()
+        );
+        assert!(whole.matches("is the answer.").count() >= 50, "{name}");
+    }
+}
