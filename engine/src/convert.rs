@@ -103,19 +103,10 @@ pub fn write_gguf_to(
     })
 }
 
-/// [`write_gguf_to`] a file, atomically (temporary file, fsync, rename).
+/// [`write_gguf_to`] a file, atomically ([`crate::atomic_write`]).
 #[cfg(feature = "std-fs")]
 pub fn write_gguf(model: &Model, ty: DType, path: &std::path::Path) -> Result<ConvertReport> {
-    let tmp = path.with_extension("gguf.tmp");
-    let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut out = std::io::BufWriter::new(file);
-    let report = write_gguf_to(model, ty, &mut out)?;
-    let file = out
-        .into_inner()
-        .map_err(|e| Error::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(report)
+    crate::atomic_write::write_atomic_with(path, |out| write_gguf_to(model, ty, out))
 }
 
 /// Writes an F32 Hugging Face folder (`config.json`, `model.safetensors`,

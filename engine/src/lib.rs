@@ -7,6 +7,8 @@
 //! (config + weights, immutable, shareable across threads) -> forward pass ->
 //! [`logprob`] (fused LM head + log-softmax + gather).
 
+#[cfg(feature = "std-fs")]
+pub mod atomic_write;
 pub mod config;
 pub mod convert;
 pub mod cuda;

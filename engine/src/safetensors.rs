@@ -1015,31 +1015,6 @@ pub fn write_bytes(
     Ok((config_json, file))
 }
 
-/// Writes `path` via a temporary name in the same folder and a rename, so a
-/// reader never sees a half-written file.
-#[cfg(feature = "std-fs")]
-fn write_atomic(
-    path: &std::path::Path,
-    fill: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
-) -> Result<()> {
-    use std::io::Write;
-    let file_name = path.file_name().expect("a file path").to_string_lossy();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::new(&file);
-        fill(&mut w)?;
-        w.flush()?;
-        drop(w);
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
 /// Writes a Hugging Face model folder: `config.json`, `model.safetensors`
 /// (F32, HF names and shapes) and, when given, `tokenizer.json`.
 ///
@@ -1057,20 +1032,19 @@ pub fn write_dir(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     tokenizer_json: Option<&str>,
 ) -> Result<()> {
-    use std::io::Write;
+    use crate::atomic_write::{write_atomic, write_atomic_with};
     config.validate()?;
     let (hf_tensors, tied) = to_hf_tensors(config, tensors)?;
     let config_json = config_to_hf_json(config, tied)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    write_atomic(&dir.join("model.safetensors"), |w| {
-        write_safetensors(w, &hf_tensors)
+    let st_path = dir.join("model.safetensors");
+    write_atomic_with(&st_path, |w| {
+        write_safetensors(w, &hf_tensors).map_err(|e| Error::io(&st_path, e))
     })?;
     if let Some(tok) = tokenizer_json {
-        write_atomic(&dir.join("tokenizer.json"), |w| w.write_all(tok.as_bytes()))?;
+        write_atomic(&dir.join("tokenizer.json"), tok.as_bytes())?;
     }
-    write_atomic(&dir.join("config.json"), |w| {
-        w.write_all(config_json.as_bytes())
-    })
+    write_atomic(&dir.join("config.json"), config_json.as_bytes())
 }
 
 // ---------------------------------------------------------------------------

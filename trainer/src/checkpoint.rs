@@ -11,7 +11,6 @@
 //! kill at any moment leaves `latest` naming a complete checkpoint.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -40,9 +39,7 @@ pub fn checkpoints_dir(run: &Path) -> PathBuf {
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(dir, e))
+    Ok(main_engine::atomic_write::fsync_dir(dir)?)
 }
 
 fn fsync_file(path: &Path) -> Result<()> {
@@ -51,30 +48,10 @@ fn fsync_file(path: &Path) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the folder.
+/// Writes `bytes` to `path` atomically: the engine's one way
+/// ([`main_engine::atomic_write`]), with the trainer's error type.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    // A bare file name has the empty path as parent: that is the current folder.
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    fsync_dir(dir)
+    Ok(main_engine::atomic_write::write_atomic(path, bytes)?)
 }
 
 /// Saves a checkpoint of `step` and points `latest` at it; keeps the newest

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use clap::{Parser, Subcommand};
+use main_engine::atomic_write::{write_atomic, write_atomic_with};
 use main_engine::logprob::{perplexity, sequence_logprobs};
 use main_engine::matmul::Precision;
 use main_engine::model::{Model, Runtime};
@@ -1180,7 +1181,7 @@ impl Provenance {
         if records == 0 {
             let text = serde_json::to_string_pretty(self)
                 .map_err(|e| Error::Input(format!("serializing provenance: {e}")))?;
-            return write_atomically(&path, format!("{text}\n").as_bytes());
+            return write_atomic(&path, format!("{text}\n").as_bytes());
         }
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -1277,19 +1278,6 @@ impl Provenance {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a
-/// kill leaves the old file or the new one, never half of one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    let tmp = PathBuf::from(name);
-    let io = |p: &Path, e| Error::io(p, e);
-    let mut file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
-}
-
 /// Writes the records of `scored` that pass the filters to `output`
 /// (atomically), in input order. Returns how many were kept.
 fn filter(
@@ -1338,34 +1326,27 @@ fn filter(
             top = Some((f64::INFINITY, 0));
         }
     }
-    let tmp = {
-        let mut name = output.as_os_str().to_owned();
-        name.push(".tmp");
-        PathBuf::from(name)
-    };
-    let mut out = std::io::BufWriter::new(File::create(&tmp).map_err(|e| io(&tmp, e))?);
     let mut kept = 0usize;
-    each_line(&mut |line, a| {
-        let keep = min_alignment.is_none_or(|m| a >= m)
-            && match &mut top {
-                None => true,
-                Some((threshold, ties)) => {
-                    a > *threshold
-                        || (a == *threshold && *ties > 0 && {
-                            *ties -= 1;
-                            true
-                        })
-                }
-            };
-        if keep {
-            kept += 1;
-            out.write_all(line).map_err(|e| io(&tmp, e))?;
-        }
-        Ok(())
+    write_atomic_with(output, |out| {
+        each_line(&mut |line, a| {
+            let keep = min_alignment.is_none_or(|m| a >= m)
+                && match &mut top {
+                    None => true,
+                    Some((threshold, ties)) => {
+                        a > *threshold
+                            || (a == *threshold && *ties > 0 && {
+                                *ties -= 1;
+                                true
+                            })
+                    }
+                };
+            if keep {
+                kept += 1;
+                out.write_all(line).map_err(|e| io(output, e))?;
+            }
+            Ok(())
+        })
     })?;
-    let file = out.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, output).map_err(|e| io(output, e))?;
     Ok(kept)
 }
 
