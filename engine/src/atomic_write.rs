@@ -57,6 +57,30 @@ pub fn write_atomic_with<T>(
     Ok(value)
 }
 
+/// Writes `path` atomically for a writer that creates its file itself, by
+/// name (the `safetensors` crate's `serialize_to_file`): `fill` gets a fresh
+/// temporary path beside `path` and may create or replace the file there;
+/// that file is then synced and renamed as in [`write_atomic_with`].
+pub fn write_atomic_by_path(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = parent_dir(path);
+    // Created (empty) only to reserve a name no other writer uses.
+    let (tmp, file) = create_temp(dir, path)?;
+    drop(file);
+    let result = (|| {
+        fill(&tmp)?;
+        // `fill` may have replaced the reserved file: sync the one there now.
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    fsync_dir(dir)
+}
+
 /// Flushes a folder's entries (a rename or a new file in it) to the disk.
 /// On non-Unix systems a folder cannot be opened as a file; there the rename
 /// is as durable as the OS makes it.
@@ -199,6 +223,27 @@ mod tests {
         .unwrap();
         assert_eq!(n, 5);
         assert_eq!(std::fs::read(&p).unwrap(), b"12345");
+    }
+
+    #[test]
+    fn by_path_publishes_what_fill_wrote_or_nothing() {
+        let dir = TempDir::new("by-path");
+        let p = dir.0.join("a.bin");
+        // A writer that replaces the reserved file, as a rename would.
+        write_atomic_by_path(&p, |tmp| {
+            let other = tmp.with_extension("other");
+            std::fs::write(&other, b"whole").map_err(|e| Error::io(&other, e))?;
+            std::fs::rename(&other, tmp).map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"whole");
+        let r = write_atomic_by_path(&p, |tmp| {
+            std::fs::write(tmp, b"half").unwrap();
+            Err(Error::Input("stop".into()))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"whole");
+        assert_eq!(entries(&dir.0), ["a.bin"]);
     }
 
     #[test]
