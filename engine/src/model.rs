@@ -327,7 +327,7 @@ impl Model {
             ));
         }
         let rope_inv_freqs = config.rope_inv_freqs();
-        Ok(Model {
+        let model = Model {
             config,
             tokenizer,
             chat_template,
@@ -338,7 +338,11 @@ impl Model {
             output_norm,
             layers,
             rope_inv_freqs,
-        })
+        };
+        // The chat template is a stranger's code: one that runs past its
+        // bounds is refused here, before any data is read.
+        crate::template::check_model(&model)?;
+        Ok(model)
     }
 
     pub(crate) fn weight(&self, t: &TensorRef) -> Weight<'_> {

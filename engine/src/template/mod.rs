@@ -11,16 +11,32 @@
 //! `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (none) and
 //! `documents` (none).
 //!
-//! Templates come from strangers, so rendering is bounded: at most
-//! [`FUEL`] MiniJinja steps and [`MAX_EXTRA_OUTPUT`] bytes beyond four times
-//! the messages' own text. A template that loops or inflates without bound
-//! is an error, not a hang, wherever the engine runs (CLI, libmain, Python,
-//! the browser).
+//! Templates come from strangers, so rendering is bounded in steps and in
+//! memory: at most [`FUEL`] MiniJinja steps; no string, and no text written
+//! (output and captures together), past a limit of [`MAX_EXTRA_OUTPUT`]
+//! bytes beyond four times the messages' own text; no list or map past
+//! [`bounds::MAX_ITEMS`] items or [`bounds::MAX_NESTING`] levels; no more
+//! than [`bounds::WORK_FACTOR`] times the limit allocated in all; no
+//! namespace inside a namespace (so no value contains itself) and a lowered
+//! recursion limit (so no stack overflow). The checks run while the
+//! template runs (`bounds`), so a template that loops, inflates or recurses
+//! without bound is an error, not a hang or a crash, wherever the engine
+//! runs (CLI, libmain, Python, the browser). [`check_model`] applies them
+//! once when a model loads.
 
+mod bounds;
+mod folding;
+
+use std::collections::BTreeMap;
+
+use minijinja::machinery::{self, CodeGenerator, WhitespaceConfig};
+use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, Value};
-use minijinja::{context, Environment, ErrorKind};
+use minijinja::{AutoEscape, Environment, ErrorKind};
 
 use crate::error::{Error, Result};
+
+pub use bounds::{MAX_ITEMS, MAX_NESTING, MAX_VISITS, RECURSION_LIMIT, WORK_FACTOR};
 
 /// The template for models that ship none (DESIGN.md §2): the prompt is
 /// `### Instruction:\n{x}\n\n### Response:\n`, and an assistant turn ends
@@ -53,7 +69,12 @@ const SENTINEL: &str = "MAINx7f3aSENTINELx91c2";
 /// threads like the model it comes from.
 #[derive(Debug)]
 pub struct ChatTemplate {
+    /// The filters, functions and checks the template runs with. The
+    /// template itself is not added to it: it is compiled for each
+    /// rendering with the checks woven in ([`bounds::rewrite`]), and an
+    /// `{% include %}` of itself would run it without them.
     env: Environment<'static>,
+    source: String,
     bos_token: Option<String>,
     eos_token: Option<String>,
     /// What the template writes after an assistant message, trailing
@@ -71,28 +92,42 @@ impl ChatTemplate {
         bos_token: Option<String>,
         eos_token: Option<String>,
     ) -> Result<ChatTemplate> {
+        ChatTemplate::build(source, bos_token, eos_token).map_err(RenderError::into_error)
+    }
+
+    fn build(
+        source: Option<&str>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> std::result::Result<ChatTemplate, RenderError> {
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL));
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.set_formatter(|out, state, value| {
-            check_nesting(value)?;
-            minijinja::escape_formatter(out, state, value)
-        });
+        // The formatter, `namespace`, the Python methods (pycompat) and the
+        // filters that can grow, with their checks.
+        bounds::install(&mut env);
         let source = source.unwrap_or(ALPACA_TEMPLATE).to_string();
-        env.add_template_owned(TEMPLATE_NAME, source)
-            .map_err(template_error)?;
+        // Syntax errors here, at construction, as before.
+        let ast = parse(&source).map_err(|e| RenderError::Other(template_error(e)))?;
+        // Constants are folded as the template compiles, before the checks
+        // that run with it: their sizes are checked here, once.
+        let folding = folding::Folding {
+            limit: MAX_EXTRA_OUTPUT,
+        };
+        folding
+            .stmt(&ast)
+            .map_err(|e| RenderError::Bound(bound_error(&e, 0)))?;
+        drop(ast);
         let mut t = ChatTemplate {
             env,
+            source,
             bos_token,
             eos_token,
             end_of_turn: String::new(),
         };
-        t.render_prompt("")?;
+        t.render_bounded(&[("user", "")], true)?;
         t.end_of_turn = t.derive_end_of_turn()?;
         Ok(t)
     }
@@ -100,9 +135,15 @@ impl ChatTemplate {
     /// The template of `model` (Alpaca when the file has none), with the
     /// texts of its tokenizer's BOS and EOS tokens.
     pub fn for_model(model: &crate::model::Model) -> Result<ChatTemplate> {
+        ChatTemplate::for_model_unchecked(model).map_err(RenderError::into_error)
+    }
+
+    fn for_model_unchecked(
+        model: &crate::model::Model,
+    ) -> std::result::Result<ChatTemplate, RenderError> {
         let tok = &model.tokenizer;
         let text_of = |id: Option<u32>| id.and_then(|id| tok.id_to_token(id));
-        ChatTemplate::new(
+        ChatTemplate::build(
             model.chat_template.as_deref(),
             text_of(tok.bos_id()),
             text_of(tok.eos_id()),
@@ -135,133 +176,190 @@ impl ChatTemplate {
         messages: &[(&str, &str)],
         add_generation_prompt: bool,
     ) -> Result<(String, u64)> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(template_error)?;
+        self.render_bounded(messages, add_generation_prompt)
+            .map_err(RenderError::into_error)
+    }
+
+    /// [`ChatTemplate::render_measured`], telling a bound that stopped the
+    /// rendering from the template's own errors.
+    fn render_bounded(
+        &self,
+        messages: &[(&str, &str)],
+        add_generation_prompt: bool,
+    ) -> std::result::Result<(String, u64), RenderError> {
         let content_bytes: usize = messages.iter().map(|(r, c)| r.len() + c.len()).sum();
+        let limit = content_bytes
+            .saturating_mul(4)
+            .saturating_add(MAX_EXTRA_OUTPUT);
+        let ast = parse(&self.source).map_err(|e| RenderError::Other(template_error(e)))?;
+        let mut g = CodeGenerator::new(TEMPLATE_NAME, &self.source);
+        g.compile_stmt(&ast);
+        let (instructions, blocks) = g.finish();
+        let instructions = bounds::rewrite(&instructions);
+        let blocks: BTreeMap<_, _> = blocks
+            .iter()
+            .map(|(name, b)| (*name, bounds::rewrite(b)))
+            .collect();
         let messages: Vec<Value> = messages
             .iter()
-            .map(|&(role, content)| context! { role => role, content => content })
+            .map(|&(role, content)| {
+                Value::from_iter([
+                    ("role", Value::from(role)),
+                    ("content", Value::from(content)),
+                ])
+            })
             .collect();
         // HF leaves a missing special token undefined rather than none, so
         // `bos_token is defined` behaves as in `transformers`.
         let token = |t: &Option<String>| t.as_deref().map_or(Value::UNDEFINED, Value::from);
-        let mut out = CappedWriter {
-            bytes: Vec::new(),
-            cap: content_bytes
-                .saturating_mul(4)
-                .saturating_add(MAX_EXTRA_OUTPUT),
-            over: false,
-        };
-        let rendered = template.render_captured_to(
-            context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => token(&self.bos_token),
-                eos_token => token(&self.eos_token),
-                tools => Value::from(()),
-                documents => Value::from(()),
-            },
+        let root = Value::from_iter([
+            ("messages", Value::from(messages)),
+            ("add_generation_prompt", Value::from(add_generation_prompt)),
+            ("bos_token", token(&self.bos_token)),
+            ("eos_token", token(&self.eos_token)),
+            ("tools", Value::from(())),
+            ("documents", Value::from(())),
+            // Where the checks find this rendering's limit; not a name a
+            // template can look up.
+            (bounds::LIMIT_KEY, Value::from(limit)),
+        ]);
+        let mut text = String::new();
+        let mut out = machinery::make_string_output(&mut text);
+        let rendered = machinery::Vm::new(&self.env).eval(
+            &instructions,
+            root,
+            &blocks,
             &mut out,
+            AutoEscape::None,
         );
         let steps = match rendered {
-            Ok(captured) => captured.state().fuel_levels().map_or(0, |(used, _)| used),
-            Err(_) if out.over => {
-                return Err(Error::Template(format!(
-                    "the rendered text passed {} bytes for {content_bytes} bytes of messages: \
-                     the template writes without bound",
-                    out.cap
-                )))
-            }
+            Ok((_, state)) => state.fuel_levels().map_or(0, |(used, _)| used),
             Err(e) if e.kind() == ErrorKind::OutOfFuel => {
-                return Err(Error::Template(format!(
-                    "rendering took more than {FUEL} steps, far more than any chat template \
-                     needs: the template loops without bound"
-                )))
+                return Err(RenderError::Bound(Error::Template(format!(
+                    "{TEMPLATE_NAME}: rendering took more than {FUEL} steps, far more than \
+                     any chat template needs: the template loops without bound"
+                ))))
             }
-            Err(e) => return Err(template_error(e)),
+            Err(e) => {
+                return Err(if bounds::exceeded_in(&e).is_some() || is_recursion(&e) {
+                    RenderError::Bound(bound_error(&e, content_bytes))
+                } else {
+                    RenderError::Other(template_error(e))
+                })
+            }
         };
-        // MiniJinja writes whole `str`s, so the bytes are UTF-8.
-        let text = String::from_utf8(out.bytes)
-            .map_err(|e| Error::Template(format!("rendered text is not UTF-8: {e}")))?;
+        if text.len() > limit {
+            return Err(RenderError::Bound(Error::Template(format!(
+                "{TEMPLATE_NAME}: the rendered text passed {limit} bytes for {content_bytes} \
+                 bytes of messages: the template writes without bound"
+            ))));
+        }
         Ok((text, steps))
     }
 
-    fn derive_end_of_turn(&self) -> Result<String> {
-        let text = self.render(&[("user", "u"), ("assistant", SENTINEL)], false)?;
+    fn derive_end_of_turn(&self) -> std::result::Result<String, RenderError> {
+        let (text, _) = self.render_bounded(&[("user", "u"), ("assistant", SENTINEL)], false)?;
         let Some(at) = text.rfind(SENTINEL) else {
-            return Err(Error::Template(format!(
+            return Err(RenderError::Other(Error::Template(format!(
                 "an assistant message's content does not appear in the rendered \
                  conversation, so its end-of-turn text cannot be found: {text:?}"
-            )));
+            ))));
         };
         Ok(text[at + SENTINEL.len()..].trim_end().to_string())
     }
 }
 
-/// The rendering's output, refused past `cap` bytes so a template cannot
-/// fill memory through its output.
-struct CappedWriter {
-    bytes: Vec<u8>,
-    cap: usize,
-    over: bool,
+/// A rendering's failure: a bound that stopped it (refused at model load,
+/// [`check_model`]) or the template's own error (a syntax error,
+/// `raise_exception`, a role it does not support).
+enum RenderError {
+    Bound(Error),
+    Other(Error),
 }
 
-impl std::io::Write for CappedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.bytes.len() + buf.len() > self.cap {
-            self.over = true;
-            return Err(std::io::Error::other("output cap reached"));
+impl RenderError {
+    fn into_error(self) -> Error {
+        match self {
+            RenderError::Bound(e) | RenderError::Other(e) => e,
         }
-        self.bytes.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
-/// Nesting levels and values a printed or serialized value may have. A
-/// namespace can be made to hold itself (`{% set ns.a = ns %}`), and
-/// MiniJinja prints and serializes such a value by endless recursion, which
-/// overflows the stack (found by fuzzing): such values are refused before.
-const MAX_NESTING: usize = 64;
-const MAX_NESTED_VALUES: usize = 100_000;
+/// The template's syntax tree, parsed as `transformers` configures Jinja2
+/// (`trim_blocks`, `lstrip_blocks`).
+fn parse(
+    source: &str,
+) -> std::result::Result<minijinja::machinery::ast::Stmt<'_>, minijinja::Error> {
+    let ws = WhitespaceConfig {
+        keep_trailing_newline: false,
+        lstrip_blocks: true,
+        trim_blocks: true,
+    };
+    // A unit struct unless MiniJinja's `custom_syntax` feature is on (a
+    // struct with a default then): `default()` compiles either way.
+    #[allow(clippy::default_constructed_unit_structs)]
+    let syntax = SyntaxConfig::default();
+    machinery::parse(source, TEMPLATE_NAME, syntax, ws)
+}
 
-/// An error for a value nested deeper than [`MAX_NESTING`] (a cycle) or
-/// holding more than [`MAX_NESTED_VALUES`] values.
-fn check_nesting(value: &Value) -> std::result::Result<(), minijinja::Error> {
-    fn walk(v: &Value, depth: usize, seen: &mut usize) -> bool {
-        use minijinja::value::ValueKind;
-        *seen += 1;
-        if *seen > MAX_NESTED_VALUES || depth > MAX_NESTING {
-            return false;
-        }
-        match v.kind() {
-            ValueKind::Map => v.try_iter().is_ok_and(|keys| {
-                keys.into_iter()
-                    .all(|k| walk(&v.get_item(&k).unwrap_or_default(), depth + 1, seen))
-            }),
-            // Not `Iterable`: a one-shot iterator would be used up.
-            ValueKind::Seq => v
-                .try_iter()
-                .is_ok_and(|items| items.into_iter().all(|x| walk(&x, depth + 1, seen))),
-            _ => true,
+/// `chat_template line N` for an error MiniJinja located.
+fn location(e: &minijinja::Error) -> String {
+    match e.line() {
+        Some(line) => format!("{TEMPLATE_NAME} line {line}"),
+        None => TEMPLATE_NAME.to_string(),
+    }
+}
+
+/// The error of a bound the template went past, with its location and the
+/// limit (for `content_bytes` bytes of messages).
+fn bound_error(e: &minijinja::Error, content_bytes: usize) -> Error {
+    let at = location(e);
+    match bounds::exceeded_in(e) {
+        // A limit in bytes grows with the messages: say how.
+        Some(x) if x.unit == "bytes" => Error::Template(format!(
+            "{at}: {x} (the limit for {content_bytes} bytes of messages: {MAX_EXTRA_OUTPUT} \
+             bytes plus 4 per byte of messages): the template is refused"
+        )),
+        Some(x) => Error::Template(format!("{at}: {x}: the template is refused")),
+        None => Error::Template(format!(
+            "{at}: macros or loops nested past the recursion limit of {RECURSION_LIMIT} \
+             (a macro call counts 4): the template is refused"
+        )),
+    }
+}
+
+/// MiniJinja's own recursion limit (lowered to [`RECURSION_LIMIT`]).
+fn is_recursion(e: &minijinja::Error) -> bool {
+    e.kind() == ErrorKind::InvalidOperation && e.to_string().contains("recursion limit")
+}
+
+/// Renders `model`'s template on a probe conversation under the bounds, so
+/// a model whose template runs away is refused when it loads, before any
+/// data is read. Only a bound refuses the model here: a template's own
+/// error (one that rejects a system message, say) stays the error of the
+/// scorer that would use it, as before.
+pub fn check_model(model: &crate::model::Model) -> Result<()> {
+    let t = match ChatTemplate::for_model_unchecked(model) {
+        Ok(t) => t,
+        Err(RenderError::Bound(e)) => return Err(e),
+        Err(RenderError::Other(_)) => return Ok(()),
+    };
+    let probe = [
+        ("system", "You are a helpful assistant."),
+        ("user", "Hello."),
+        ("assistant", "Hi. How can I help?"),
+        ("user", "Add 2 and 3."),
+    ];
+    for (messages, generation) in [
+        (&probe[..], true),
+        (&probe[1..], true),
+        (&probe[1..3], false),
+    ] {
+        if let Err(RenderError::Bound(e)) = t.render_bounded(messages, generation) {
+            return Err(e);
         }
     }
-    if walk(value, 0, &mut 0) {
-        Ok(())
-    } else {
-        Err(minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!(
-                "a value nested more than {MAX_NESTING} levels deep or holding more than \
-                 {MAX_NESTED_VALUES} values (a namespace that contains itself?)"
-            ),
-        ))
-    }
+    Ok(())
 }
 
 /// A MiniJinja error as ours, with its location and the errors under it
@@ -400,6 +498,7 @@ fn weekday_and_ordinal(year: i32, month: u32, day: u32) -> (usize, u32) {
 /// `:`, and no HTML escaping (Jinja2's and MiniJinja's own `tojson` escape
 /// `<`, `>`, `&`, `'`, which would change the prompt).
 fn tojson(
+    state: &minijinja::State,
     value: &Value,
     indent: Option<Value>,
     kwargs: Kwargs,
@@ -409,13 +508,19 @@ fn tojson(
         None => kwargs.get::<Option<Value>>("indent")?,
     };
     kwargs.assert_all_used()?;
-    check_nesting(value)?;
     let indent = match indent {
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) => Some(usize::try_from(v)?),
     };
-    let mut out = Vec::new();
+    // Values are acyclic and shallow (bounds), but a shared one printed many
+    // times, or a huge indent, can still make far more text than memory
+    // holds: the JSON is written into a buffer capped at the limit.
+    let limit = bounds::limit(state);
+    if indent.is_some_and(|n| n > limit) {
+        return Err(bounds::exceeded("tojson's indent", limit, "bytes"));
+    }
+    let mut out = bounds::CappedBytes::new(limit);
     let written = match indent {
         // Python's indented form is serde_json's pretty form: "," + newline
         // + indent between items, ": " after keys.
@@ -432,11 +537,15 @@ fn tojson(
             &mut serde_json::Serializer::with_formatter(&mut out, PythonCompact),
         ),
     };
+    if out.over {
+        return Err(bounds::exceeded("the JSON tojson writes", limit, "bytes"));
+    }
     written.map_err(|e| {
         minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: cannot serialize")
             .with_source(e)
     })?;
-    let s = String::from_utf8(out).map_err(|e| {
+    bounds::made(state, out.bytes.len(), "tojson")?;
+    let s = String::from_utf8(out.bytes).map_err(|e| {
         minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: not UTF-8").with_source(e)
     })?;
     Ok(Value::from_safe_string(s))
