@@ -1,0 +1,354 @@
+//! AVX2 + FMA + F16C kernels, 8 rows per tile (one lane of a 256-bit
+//! vector per weight row).
+
+use std::arch::x86_64::*;
+
+use crate::kernels::{scalar, ActRowMut, OutTile, PackedF, PackedQ, QuantActs, Scheme, WeightRows};
+use crate::quant::DType;
+
+/// Tile rows: one lane of a 256-bit vector per weight row.
+const TR: usize = 8;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane_mask(n_rows: usize) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n_rows as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gather(mask: __m256i, idx: __m256i, p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 4 readable bytes at `p + idx[r]` for
+    // every lane `r` set in `mask`; other lanes are not accessed.
+    unsafe { _mm256_mask_i32gather_epi32::<1>(_mm256_setzero_si256(), p as _, idx, mask) }
+}
+
+/// Low halves of each 32-bit lane as f16 -> f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_lo(v: __m256i) -> __m256 {
+    let low = _mm256_and_si256(v, _mm256_set1_epi32(0xffff));
+    // Lanes are below 2^16, so the unsigned saturation never bites.
+    let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(low, low));
+    _mm256_cvtph_ps(_mm256_castsi256_si128(packed))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hmax_ps(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize(scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
+    if !row.fine.is_empty() {
+        // Fine codes are rare on AVX2-only machines (Exact is faster
+        // there): the reference computes the same bits.
+        return scalar::quantize_row(scheme, x, row);
+    }
+    let (ab, sl) = (scheme.act_block, scheme.sub_len);
+    let zero = scheme.zero as i32;
+    assert_eq!(x.len(), row.qs.len());
+    assert_eq!(x.len() % ab, 0);
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut s = 0;
+    for (xb, qb) in x.chunks_exact(ab).zip(row.qs.chunks_exact_mut(ab)) {
+        let xp = xb.as_ptr();
+        let mut m = _mm256_setzero_ps();
+        for i in (0..ab).step_by(8) {
+            // SAFETY: `i + 8 <= ab == xb.len()`.
+            m = _mm256_max_ps(
+                m,
+                _mm256_and_ps(abs_mask, unsafe { _mm256_loadu_ps(xp.add(i)) }),
+            );
+        }
+        let d = hmax_ps(m) / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let mut sums = [0i32; 2];
+        for (xs, qs) in xb.chunks_exact(32).zip(qb.chunks_exact_mut(32)) {
+            // SAFETY: 32 elements of `xs` and 32 bytes of `qs`.
+            let q: [__m256i; 4] = std::array::from_fn(|k| unsafe {
+                _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs.as_ptr().add(8 * k)), id))
+            });
+            sums[0] = hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+            sums[1] = hsum_epi32(_mm256_add_epi32(q[2], q[3]));
+            // packs interleaves 128-bit lanes; the permute restores element order.
+            let w = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let w = _mm256_permutevar8x32_epi32(w, order);
+            // SAFETY: 32 bytes of `qs`.
+            unsafe { _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, w) };
+            let sub_sums: &[i32] = if sl == 16 {
+                &sums
+            } else {
+                &[sums[0] + sums[1]]
+            };
+            for &sum in sub_sums {
+                row.da[s] = d;
+                row.sa[s] = d * sum as f32;
+                row.corr[s] = -zero * sum;
+                s += 1;
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn pack_q(rows: &WeightRows, packed: &mut PackedQ) {
+    if !matches!(rows.dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0) {
+        return scalar::pack_q_with(rows, TR, packed);
+    }
+    packed.reset(TR, rows);
+    let mask = lane_mask(rows.n_rows);
+    let idx = _mm256_mullo_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(rows.row_bytes as i32),
+    );
+    let bb = rows.dtype.block_bytes();
+    let nib = _mm256_set1_epi8(0x0f);
+    let qs = packed.qs.words_mut().as_mut_ptr();
+    let dw = packed.dw.floats_mut().as_mut_ptr();
+    let mw = packed.mw.floats_mut().as_mut_ptr();
+    // SAFETY: as in the AVX-512 `pack_q`: gathers read inside blocks of
+    // valid rows, stores inside the buffers sized by `reset`.
+    unsafe {
+        let store = |i: usize, v: __m256i| _mm256_storeu_si256(qs.add(i * TR) as *mut _, v);
+        for b in 0..rows.n_in / 32 {
+            let p = rows.data.as_ptr().add(b * bb);
+            let hdr = gather(mask, idx, p);
+            _mm256_storeu_ps(dw.add(b * TR), f16_lo(hdr));
+            match rows.dtype {
+                DType::Q8_0 => {
+                    for g in 0..8 {
+                        let v = gather(mask, idx, p.add(2 + 4 * g));
+                        store(b * 8 + g, _mm256_xor_si256(v, _mm256_set1_epi8(-128)));
+                    }
+                }
+                _ => {
+                    let q4_1 = rows.dtype == DType::Q4_1;
+                    if q4_1 {
+                        _mm256_storeu_ps(mw.add(b * TR), f16_lo(_mm256_srli_epi32::<16>(hdr)));
+                    }
+                    let off = if q4_1 { 4 } else { 2 };
+                    for g in 0..4 {
+                        let v = gather(mask, idx, p.add(off + 4 * g));
+                        store(b * 8 + g, _mm256_and_si256(v, nib));
+                        store(
+                            b * 8 + g + 4,
+                            _mm256_and_si256(_mm256_srli_epi32::<4>(v), nib),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+    let fine = acts.has_fine();
+    by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
+        acts.n_tok,
+        4,
+        |t0, NT| unsafe {
+            match fine {
+                true => dot_q_tile::<NT, G, MIN, WIDE, true>(packed, acts, t0, out),
+                false => dot_q_tile::<NT, G, MIN, WIDE, false>(packed, acts, t0, out),
+            }
+        }
+    ))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q_tile<
+    const NT: usize,
+    const G: usize,
+    const MIN: bool,
+    const WIDE: bool,
+    const FINE: bool,
+>(
+    packed: &PackedQ,
+    acts: &QuantActs,
+    t0: usize,
+    out: &mut OutTile,
+) {
+    let (n_sub, n_in) = (acts.n_sub(), acts.n_in);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); NT];
+    let dot4 = |sum: __m256i, w: __m256i, signs: __m256i, a: *const i8| {
+        // SAFETY: callers pass 4 readable bytes.
+        let mut av = _mm256_set1_epi32(unsafe { (a as *const i32).read_unaligned() });
+        if WIDE {
+            av = _mm256_sign_epi8(av, signs);
+        }
+        let pairs = _mm256_maddubs_epi16(w, av);
+        _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones))
+    };
+    // SAFETY: as in the AVX-512 tile kernel.
+    unsafe {
+        let qs = packed.qs.words().as_ptr();
+        let a0 = acts.qs.as_ptr().add(t0 * n_in);
+        let f0 = if FINE {
+            acts.fine.as_ptr().add(t0 * n_in)
+        } else {
+            a0
+        };
+        for s in 0..n_sub {
+            let mut w = [_mm256_setzero_si256(); G];
+            let mut signs = [_mm256_setzero_si256(); G];
+            for g in 0..G {
+                w[g] = _mm256_loadu_si256(qs.add((s * G + g) * TR) as *const _);
+                if WIDE {
+                    signs[g] = _mm256_xor_si256(w[g], _mm256_set1_epi8(-128));
+                    w[g] = _mm256_abs_epi8(signs[g]);
+                }
+            }
+            let dwv = _mm256_loadu_ps(packed.dw.floats().as_ptr().add(s * TR));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let t = t0 + j;
+                let a = a0.add(j * n_in + s * 4 * G);
+                let f = f0.add(j * n_in + s * 4 * G);
+                let corr = if WIDE {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_set1_epi32(acts.corr[t * n_sub + s])
+                };
+                let (mut sum, mut fine) = match FINE {
+                    true => (_mm256_setzero_si256(), corr),
+                    false => (corr, corr),
+                };
+                for g in 0..G {
+                    sum = dot4(sum, w[g], signs[g], a.add(4 * g));
+                    if FINE {
+                        fine = dot4(fine, w[g], signs[g], f.add(4 * g));
+                    }
+                }
+                if FINE {
+                    sum = _mm256_add_epi32(_mm256_slli_epi32::<8>(sum), fine);
+                }
+                let scale = _mm256_mul_ps(dwv, _mm256_set1_ps(acts.da[t * n_sub + s]));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, *acc);
+                if MIN {
+                    let mwv = _mm256_loadu_ps(packed.mw.floats().as_ptr().add(s * TR));
+                    *acc = _mm256_fmadd_ps(mwv, _mm256_set1_ps(acts.sa[t * n_sub + s]), *acc);
+                }
+            }
+        }
+        let mask = lane_mask(packed.n_rows);
+        for (j, acc) in acc.iter().enumerate() {
+            _mm256_maskstore_ps(out.row(t0 + j).as_mut_ptr(), mask, *acc);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn pack_f(rows: &WeightRows, scratch: &mut PackedQ, packed: &mut PackedF) {
+    if Scheme::of(rows.dtype).is_none() && rows.dtype != DType::F16 {
+        return scalar::pack_f_with(rows, TR, scratch, packed);
+    }
+    packed.reset(TR, rows);
+    let n_in = rows.n_in;
+    let w = packed.w.floats_mut().as_mut_ptr();
+    if let Some(scheme) = Scheme::of(rows.dtype) {
+        // SAFETY: `pack_q` has the same preconditions as this function.
+        unsafe { pack_q(rows, scratch) };
+        let (sl, g_n) = (scheme.sub_len, scheme.groups());
+        let zero = _mm256_set1_epi32(scheme.zero as i32);
+        let byte = _mm256_set1_epi32(0xff);
+        // SAFETY: reads inside the packed tile, writes inside `n_in * TR` floats.
+        unsafe {
+            let qs = scratch.qs.words().as_ptr();
+            for s in 0..n_in / sl {
+                let dwv = _mm256_loadu_ps(scratch.dw.floats().as_ptr().add(s * TR));
+                let mwv = if scheme.has_min {
+                    _mm256_loadu_ps(scratch.mw.floats().as_ptr().add(s * TR))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                for g in 0..g_n {
+                    let v = _mm256_loadu_si256(qs.add((s * g_n + g) * TR) as *const _);
+                    let bytes = [
+                        _mm256_and_si256(v, byte),
+                        _mm256_and_si256(_mm256_srli_epi32::<8>(v), byte),
+                        _mm256_and_si256(_mm256_srli_epi32::<16>(v), byte),
+                        _mm256_srli_epi32::<24>(v),
+                    ];
+                    for (k, b) in bytes.into_iter().enumerate() {
+                        let code = _mm256_cvtepi32_ps(_mm256_sub_epi32(b, zero));
+                        let x = _mm256_add_ps(_mm256_mul_ps(dwv, code), mwv);
+                        _mm256_storeu_ps(w.add((s * sl + 4 * g + k) * TR), x);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    if n_in < 2 {
+        return scalar::pack_f_with(rows, TR, scratch, packed);
+    }
+    let mask = lane_mask(rows.n_rows);
+    let idx = _mm256_mullo_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(rows.row_bytes as i32),
+    );
+    let p = rows.data.as_ptr();
+    // SAFETY: as in the AVX-512 `pack_f` for f16.
+    unsafe {
+        for i in (0..n_in - 1).step_by(2) {
+            let v = gather(mask, idx, p.add(2 * i));
+            _mm256_storeu_ps(w.add(i * TR), f16_lo(v));
+            _mm256_storeu_ps(w.add((i + 1) * TR), f16_lo(_mm256_srli_epi32::<16>(v)));
+        }
+        if n_in % 2 == 1 {
+            let v = gather(mask, idx, p.add(2 * (n_in - 2)));
+            _mm256_storeu_ps(w.add((n_in - 1) * TR), f16_lo(_mm256_srli_epi32::<16>(v)));
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_f(packed: &PackedF, x: &[f32], out: &mut OutTile) {
+    let n_tok = out.stripe.n_rows();
+    sweep_tokens!(n_tok, 8, |t0, NT| unsafe {
+        dot_f_tile::<NT>(packed, x, t0, out)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f_tile<const NT: usize>(packed: &PackedF, x: &[f32], t0: usize, out: &mut OutTile) {
+    let n_in = packed.n_in;
+    let mut acc = [_mm256_setzero_ps(); NT];
+    // SAFETY: as in the AVX-512 `dot_f_tile`.
+    unsafe {
+        let w = packed.w.floats().as_ptr();
+        let x = x.as_ptr().add(t0 * n_in);
+        for i in 0..n_in {
+            let wv = _mm256_loadu_ps(w.add(i * TR));
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(wv, _mm256_set1_ps(*x.add(j * n_in + i)), *acc);
+            }
+        }
+        let mask = lane_mask(packed.n_rows);
+        for (j, acc) in acc.iter().enumerate() {
+            _mm256_maskstore_ps(out.row(t0 + j).as_mut_ptr(), mask, *acc);
+        }
+    }
+}
