@@ -20,7 +20,7 @@ mod unicode;
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::gguf::{Gguf, Value};
+use crate::gguf::{FromValue, Gguf};
 
 use pretokenize::{PreSpec, PreTokenizer};
 
@@ -151,10 +151,11 @@ fn is_c_space(b: u8) -> bool {
 
 impl GgufTokenizer {
     fn from_gguf(g: &Gguf) -> Result<GgufTokenizer> {
-        let model = meta_str(g, "tokenizer.ggml.model")?
-            .ok_or_else(|| Error::metadata("tokenizer.ggml.model", "missing"))?
+        let model = g.get_str("tokenizer.ggml.model")?.to_string();
+        let mut pre_name = g
+            .get_opt::<&str>("tokenizer.ggml.pre")?
+            .unwrap_or("")
             .to_string();
-        let mut pre_name = meta_str(g, "tokenizer.ggml.pre")?.unwrap_or("").to_string();
         let is_spm = match model.as_str() {
             "llama" => true,
             "gpt2" => false,
@@ -172,37 +173,26 @@ impl GgufTokenizer {
 
         // Token texts, scores, attributes. A later duplicate text takes the
         // id, as in llama.cpp's map.
-        let tokens_key = "tokenizer.ggml.tokens";
-        let tokens =
-            meta_array(g, tokens_key)?.ok_or_else(|| Error::metadata(tokens_key, "missing"))?;
+        let tokens = g.get_str_array("tokenizer.ggml.tokens")?;
         let n = tokens.len();
-        let mut texts = Vec::with_capacity(n);
-        for (i, t) in tokens.iter().enumerate() {
-            let Value::String(s) = t else {
-                return Err(Error::metadata(
-                    tokens_key,
-                    format!("element {i} is not a string"),
-                ));
-            };
-            texts.push(if s.is_empty() {
-                format!("[EMPTY_{i}]")
-            } else {
-                s.clone()
-            });
-        }
-        let scores = match meta_array(g, "tokenizer.ggml.scores")? {
+        let texts: Vec<String> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if s.is_empty() {
+                    format!("[EMPTY_{i}]")
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect();
+        let scores = match per_token::<f32>(g, "tokenizer.ggml.scores", n)? {
             None => vec![0.0; n],
-            Some(a) => numbers(a, "tokenizer.ggml.scores", n)?
-                .into_iter()
-                .map(|x| x as f32)
-                .collect(),
+            Some(scores) => scores,
         };
-        let mut attrs = match meta_array(g, "tokenizer.ggml.token_type")? {
+        let mut attrs = match per_token::<i64>(g, "tokenizer.ggml.token_type", n)? {
             None => vec![ATTR_NORMAL; n],
-            Some(a) => numbers(a, "tokenizer.ggml.token_type", n)?
-                .into_iter()
-                .map(|t| attr_of_type(t as i64))
-                .collect(),
+            Some(types) => types.into_iter().map(attr_of_type).collect(),
         };
         let mut ids = HashMap::with_capacity(n);
         for (i, t) in texts.iter().enumerate() {
@@ -221,7 +211,7 @@ impl GgufTokenizer {
         eos = eos.filter(|&i| in_range(i));
         unk = unk.filter(|&i| in_range(i));
         let meta_id = |key: &str| -> Result<Option<u32>> {
-            Ok(meta_u64(g, key)?
+            Ok(g.get_opt::<u64>(key)?
                 .and_then(|v| u32::try_from(v).ok())
                 .filter(|&i| in_range(i)))
         };
@@ -242,19 +232,11 @@ impl GgufTokenizer {
         } else {
             let spec = pretokenize::spec_for(&pre_name)?;
             let pre = PreTokenizer::new(&spec)?;
-            let merges_key = "tokenizer.ggml.merges";
-            let lines =
-                meta_array(g, merges_key)?.ok_or_else(|| Error::metadata(merges_key, "missing"))?;
-            let mut merge_lines = Vec::with_capacity(lines.len());
-            for (i, v) in lines.iter().enumerate() {
-                let Value::String(s) = v else {
-                    return Err(Error::metadata(
-                        merges_key,
-                        format!("element {i} is not a string"),
-                    ));
-                };
-                merge_lines.push(s.clone());
-            }
+            let merge_lines: Vec<String> = g
+                .get_str_array("tokenizer.ggml.merges")?
+                .into_iter()
+                .map(str::to_string)
+                .collect();
             let vocab_for_merges = Vocab {
                 texts: Vec::new(),
                 scores: Vec::new(),
@@ -277,13 +259,20 @@ impl GgufTokenizer {
                 clean,
             )
         };
-        let add_bos = meta_bool(g, "tokenizer.ggml.add_bos_token")?.unwrap_or(default_add_bos)
+        let add_bos = g
+            .get_opt::<bool>("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(default_add_bos)
             || model == "gemma4";
-        let add_space_prefix = meta_bool(g, "tokenizer.ggml.add_space_prefix")?.unwrap_or(is_spm);
+        let add_space_prefix = g
+            .get_opt::<bool>("tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(is_spm);
 
         // Phi-3's special tokens swallow the white space after them
         // (llama.cpp keys this on the model name).
-        let name = meta_str(g, "general.name")?.unwrap_or("").to_lowercase();
+        let name = g
+            .get_opt::<&str>("general.name")?
+            .unwrap_or("")
+            .to_lowercase();
         let phi3 = name.contains("phi-3") || name.contains("phi3");
 
         let mut specials: Vec<u32> = (0..n as u32)
@@ -550,76 +539,24 @@ fn clean_up_spaces(text: &mut Vec<u8>) {
 }
 
 // ---------------------------------------------------------------------------
-// Typed metadata access
+// Per-token metadata
 // ---------------------------------------------------------------------------
 
-fn meta_str<'a>(g: &'a Gguf, key: &str) -> Result<Option<&'a str>> {
-    match g.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(Error::metadata(key, "expected a string")),
-    }
-}
-
-fn meta_bool(g: &Gguf, key: &str) -> Result<Option<bool>> {
-    match g.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(Error::metadata(key, "expected a bool")),
-    }
-}
-
-fn int_of(v: &Value) -> Option<i128> {
-    Some(match *v {
-        Value::U8(x) => x as i128,
-        Value::I8(x) => x as i128,
-        Value::U16(x) => x as i128,
-        Value::I16(x) => x as i128,
-        Value::U32(x) => x as i128,
-        Value::I32(x) => x as i128,
-        Value::U64(x) => x as i128,
-        Value::I64(x) => x as i128,
-        _ => return None,
-    })
-}
-
-fn meta_u64(g: &Gguf, key: &str) -> Result<Option<u64>> {
-    match g.get(key) {
-        None => Ok(None),
-        Some(v) => int_of(v)
-            .and_then(|x| u64::try_from(x).ok())
-            .map(Some)
-            .ok_or_else(|| Error::metadata(key, "expected a non-negative integer")),
-    }
-}
-
-fn meta_array<'a>(g: &'a Gguf, key: &str) -> Result<Option<&'a [Value]>> {
-    match g.get(key) {
-        None => Ok(None),
-        Some(Value::Array(a)) => Ok(Some(a)),
-        Some(_) => Err(Error::metadata(key, "expected an array")),
-    }
-}
-
-/// A numeric array with at least `n` elements, as `f64`.
-fn numbers(a: &[Value], key: &str, n: usize) -> Result<Vec<f64>> {
-    if a.len() < n {
+/// A per-token array (`tokenizer.ggml.scores`, `tokenizer.ggml.token_type`)
+/// read through `gguf`'s typed accessors, cut to the `n` tokens; `None` when
+/// the file has none. Fewer than `n` elements is an error naming the key.
+fn per_token<'a, T: FromValue<'a>>(g: &'a Gguf, key: &str, n: usize) -> Result<Option<Vec<T>>> {
+    let Some(mut values) = g.get_opt::<Vec<T>>(key)? else {
+        return Ok(None);
+    };
+    if values.len() < n {
         return Err(Error::metadata(
             key,
-            format!("{} elements for {n} tokens", a.len()),
+            format!("{} elements for {n} tokens", values.len()),
         ));
     }
-    a[..n]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match *v {
-            Value::F32(x) => Ok(x as f64),
-            Value::F64(x) => Ok(x),
-            _ => int_of(v)
-                .map(|x| x as f64)
-                .ok_or_else(|| Error::metadata(key, format!("element {i} is not a number"))),
-        })
-        .collect()
+    values.truncate(n);
+    Ok(Some(values))
 }
 
 // ---------------------------------------------------------------------------
