@@ -175,8 +175,8 @@ macro_rules! float_simd_fn {
     };
 }
 
-mod acts;
 pub mod activation;
+mod acts;
 #[cfg(target_arch = "aarch64")]
 pub mod arm;
 pub mod attention;
