@@ -38,7 +38,7 @@ TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 MAIN_SCORE = Path(os.environ.get("MAIN_SCORE", TARGET / "release" / "main-score"))
 FIELDS = (
     "alignment", "fwd_pmi", "rev_pmi", "fwd_cond", "fwd_uncond", "rev_cond", "rev_uncond",
-    "ifd", "rifd", "semantic", "structural", "intentional",
+    "ifd", "rifd", "semantic", "structural", "intentional", "fwd_pmi_total", "rev_pmi_total",
     "response_tokens", "instruction_tokens", "truncated",
 )
 

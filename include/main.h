@@ -203,6 +203,12 @@ typedef struct main_pair_score {
   uint32_t response_tokens;
   // 1 when a view was cut to `max_tokens`, else 0.
   uint32_t truncated;
+  // Sum over the response's tokens of (cond - uncond): the pair's PMI
+  // log p(y|x) - log p(y) in nats (`fwd_pmi` is its per-token mean). After
+  // the fields above, so their offsets stay as they were.
+  double fwd_pmi_total;
+  // The same sum over the instruction's tokens in the reverse views.
+  double rev_pmi_total;
 } main_pair_score;
 
 // One scored target token of a pair.

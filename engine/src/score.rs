@@ -100,6 +100,15 @@ pub struct PairScore {
     pub semantic: f64,
     pub structural: f64,
     pub intentional: f64,
+    /// Sum over the response's target tokens of log p(token | x) - log p(token):
+    /// the pair's pointwise mutual information log p(y|x) - log p(y), in nats
+    /// (`fwd_pmi` is its mean per token). Not divided by the length, so a long
+    /// response the instruction explains gains with every explained token.
+    pub fwd_pmi_total: f64,
+    /// The same sum over the instruction's tokens in the reverse views:
+    /// log p(x | REVERSE(y)) - log p(x). By Bayes' rule it estimates the same
+    /// quantity as `fwd_pmi_total` from the other side.
+    pub rev_pmi_total: f64,
     /// InfoNCE estimate with `negatives` other responses (`None` when not asked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contrastive: Option<f64>,
@@ -113,6 +122,58 @@ pub struct PairScore {
     /// Per-token detail of the instruction (reverse direction), with `--tokens`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instruction_detail: Option<Vec<TokenScore>>,
+}
+
+/// The numbers of a pair's output object, by the names every skin writes
+/// them under (the `"alignment"` object of `main-score score`, libmain's
+/// `main_pair_score`, the Python columns, the JS camelCase fields): one list,
+/// so the summary, the filters and the report read the same fields.
+/// `contrastive` is there only with negatives.
+pub const SCORE_FIELDS: &[&str] = &[
+    "alignment",
+    "fwd_pmi",
+    "rev_pmi",
+    "fwd_cond",
+    "fwd_uncond",
+    "rev_cond",
+    "rev_uncond",
+    "ifd",
+    "rifd",
+    "semantic",
+    "structural",
+    "intentional",
+    "fwd_pmi_total",
+    "rev_pmi_total",
+    "contrastive",
+    "response_tokens",
+    "instruction_tokens",
+];
+
+impl PairScore {
+    /// The field of [`SCORE_FIELDS`] called `name`; `None` for another name,
+    /// or for `contrastive` when it was not asked for.
+    pub fn field(&self, name: &str) -> Option<f64> {
+        Some(match name {
+            "alignment" => self.alignment,
+            "fwd_pmi" => self.fwd_pmi,
+            "rev_pmi" => self.rev_pmi,
+            "fwd_cond" => self.fwd_cond,
+            "fwd_uncond" => self.fwd_uncond,
+            "rev_cond" => self.rev_cond,
+            "rev_uncond" => self.rev_uncond,
+            "ifd" => self.ifd,
+            "rifd" => self.rifd,
+            "semantic" => self.semantic,
+            "structural" => self.structural,
+            "intentional" => self.intentional,
+            "fwd_pmi_total" => self.fwd_pmi_total,
+            "rev_pmi_total" => self.rev_pmi_total,
+            "contrastive" => return self.contrastive,
+            "response_tokens" => self.response_tokens as f64,
+            "instruction_tokens" => self.instruction_tokens as f64,
+            _ => return None,
+        })
+    }
 }
 
 /// Whether a token piece is *content* (holds a letter or digit) rather than
@@ -163,6 +224,8 @@ pub fn pair_score(v: &ViewLogprobs, combine: Combine, truncated: bool) -> PairSc
         mean(v.rev_uncond),
     );
     let (fwd_pmi, rev_pmi) = (fc - fu, rc - ru);
+    let total =
+        |cond: &[f64], uncond: &[f64]| -> f64 { cond.iter().zip(uncond).map(|(c, u)| c - u).sum() };
     let (mut content, mut structure) = (Vec::new(), Vec::new());
     let n_response = v.fwd_cond.len().saturating_sub(v.n_end_of_turn);
     for ((c, u), piece) in v
@@ -191,6 +254,8 @@ pub fn pair_score(v: &ViewLogprobs, combine: Combine, truncated: bool) -> PairSc
         semantic: mean(&content),
         structural: mean(&structure),
         intentional: rev_pmi,
+        fwd_pmi_total: total(v.fwd_cond, v.fwd_uncond),
+        rev_pmi_total: total(v.rev_cond, v.rev_uncond),
         contrastive: None,
         response_tokens: v.fwd_cond.len() as u32,
         instruction_tokens: v.rev_cond.len() as u32,
@@ -246,7 +311,20 @@ mod tests {
             "structure tokens: ',' and newline"
         );
         assert_eq!(s.intentional, s.rev_pmi);
+        assert!(
+            (s.fwd_pmi_total - 4.3).abs() < 1e-12,
+            "sum over the 5 targets"
+        );
+        assert!((s.rev_pmi_total - 2.0).abs() < 1e-12);
         assert_eq!((s.response_tokens, s.instruction_tokens), (5, 2));
+        // The one list of fields names what serde writes, with the same values.
+        let mut s = s;
+        s.contrastive = Some(0.25);
+        let json = serde_json::to_value(&s).unwrap();
+        for name in SCORE_FIELDS {
+            assert_eq!(json[name].as_f64(), s.field(name), "{name}");
+        }
+        assert_eq!(s.field("no_such_field"), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// Every field of DESIGN §3 (and the counts) that a record's "alignment" holds.
-const FIELDS: [&str; 15] = [
+const FIELDS: [&str; 17] = [
     "alignment",
     "fwd_pmi",
     "rev_pmi",
@@ -29,6 +29,8 @@ const FIELDS: [&str; 15] = [
     "semantic",
     "structural",
     "intentional",
+    "fwd_pmi_total",
+    "rev_pmi_total",
     "response_tokens",
     "instruction_tokens",
     "truncated",
@@ -602,16 +604,144 @@ fn filtered(name: &str, filters: &[&str]) -> (Vec<String>, Vec<String>) {
     )
 }
 
+fn field(line: &str, name: &str) -> f64 {
+    let v: Value = serde_json::from_str(line).unwrap();
+    v["alignment"][name].as_f64().expect("a number")
+}
+
+/// The `"filter"` of a filtered output's provenance.
+fn filter_provenance(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("score_cli")
+        .join(name)
+        .join("kept.jsonl.provenance.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["filter"].clone()
+}
+
+/// The records `--keep-top fraction` keeps when ranking by `key` (higher
+/// is better), ties in input order, in input order.
+fn best(full: &[String], fraction: f64, key: impl Fn(&str) -> f64) -> Vec<&String> {
+    let k = (fraction * full.len() as f64).round() as usize;
+    let mut order: Vec<usize> = (0..full.len()).collect();
+    order.sort_by(|&a, &b| key(&full[b]).total_cmp(&key(&full[a])));
+    let mut kept: Vec<usize> = order[..k].to_vec();
+    kept.sort();
+    kept.into_iter().map(|i| &full[i]).collect()
+}
+
 #[test]
 fn keep_top_keeps_the_best_fraction_in_input_order() {
     let (_, full) = baseline();
-    let (kept, err) = filtered("keep-top", &["--keep-top", "0.25"]);
+    let (kept, err) = filtered(
+        "keep-top",
+        &["--keep-top", "0.25", "--rank-by", "alignment"],
+    );
     assert_eq!(kept.len(), 6, "round(0.25 x 24)");
-    let mut scores: Vec<f64> = full.iter().map(|l| alignment(l)).collect();
-    scores.sort_by(|a, b| b.total_cmp(a));
-    let expected: Vec<&String> = full.iter().filter(|l| alignment(l) >= scores[5]).collect();
-    assert_eq!(kept.iter().collect::<Vec<_>>(), expected);
+    assert_eq!(kept.iter().collect::<Vec<_>>(), best(full, 0.25, alignment));
     assert!(err.iter().any(|l| l.contains("kept 6 of 24")), "{err:?}");
+    let f = filter_provenance("keep-top");
+    assert_eq!(f["rank_by"], "alignment");
+    assert_eq!((f["kept"].as_u64(), f["of"].as_u64()), (Some(6), Some(24)));
+}
+
+#[test]
+fn keep_top_ranks_by_the_default_field_or_another_in_either_direction() {
+    let (_, full) = baseline();
+    // The default: the ranking the quality benchmark supports, named in
+    // the filtered output's provenance.
+    let (kept, _) = filtered("keep-top-default", &["--keep-top", "0.5"]);
+    let default = main_engine::rank::DEFAULT_RANK_BY;
+    assert_eq!(filter_provenance("keep-top-default")["rank_by"], default);
+    let by: main_engine::rank::RankBy = default.parse().unwrap();
+    let key = |l: &str| by.key(Some(field(l, by.field)));
+    assert_eq!(kept.iter().collect::<Vec<_>>(), best(full, 0.5, key));
+    // Cherry-LLM's direction: the lowest IFD first.
+    let (kept, _) = filtered("keep-top-ifd", &["--keep-top", "0.5", "--rank-by", "-ifd"]);
+    assert_eq!(filter_provenance("keep-top-ifd")["rank_by"], "-ifd");
+    assert_eq!(
+        kept.iter().collect::<Vec<_>>(),
+        best(full, 0.5, |l| -field(l, "ifd"))
+    );
+    // A field that is not a score is refused, naming the fields.
+    let dir = scratch("keep-top-bad-field");
+    let out = run(main_score(&[
+        "--input",
+        "-",
+        "--output",
+        p(&dir.join("o.jsonl")),
+        "--keep-top",
+        "0.5",
+        "--rank-by",
+        "fwd_pmi_sum",
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("\"fwd_pmi_sum\" is not a score field"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_filtered_output_is_not_resumed_as_a_scored_one() {
+    filtered("filtered-then-plain", &["--keep-top", "0.5"]);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("score_cli/filtered-then-plain");
+    let out = run(main_score(&[
+        "--input",
+        p(&dir.join("input.jsonl")),
+        "--output",
+        p(&dir.join("kept.jsonl")),
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("a filtered output cannot be resumed"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Spearman's rho written out here (average ranks by counting, then
+/// Pearson), apart from the engine's.
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let rank = |x: &[f64]| -> Vec<f64> {
+        x.iter()
+            .map(|v| {
+                let below = x.iter().filter(|w| *w < v).count() as f64;
+                let same = x.iter().filter(|w| *w == v).count() as f64;
+                below + (same + 1.0) / 2.0
+            })
+            .collect()
+    };
+    let (ra, rb) = (rank(a), rank(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma) * (x - ma)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb) * (y - mb)).sum();
+    cov / (va * vb).sqrt()
+}
+
+#[test]
+fn the_summary_shows_each_score_against_length() {
+    let (_, err) = filtered("summary", &["--min-alignment", "-1000"]);
+    let (_, full) = baseline();
+    let header = err.iter().position(|l| l.contains("rho_length")).expect("a table");
+    for name in main_engine::summary::SUMMARY_FIELDS {
+        let row = err[header + 1..]
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {err:?}"));
+        let printed: f64 = row.split_whitespace().last().unwrap().parse().unwrap();
+        // Computed here from the records: Spearman's rho of the field and
+        // the response's target tokens.
+        let a: Vec<f64> = full.iter().map(|l| field(l, name)).collect();
+        let b: Vec<f64> = full.iter().map(|l| field(l, "response_tokens")).collect();
+        let rho = spearman(&a, &b);
+        assert!((printed - rho).abs() < 5e-4, "{name}: {printed} vs {rho}");
+        let warned = err.iter().any(|l| l.contains("warning") && l.contains(&format!("{name}'s rank correlation")));
+        assert_eq!(warned, rho.abs() > 0.5, "{name}: rho {rho}, warned {warned}");
+    }
 }
 
 #[test]
@@ -628,13 +758,27 @@ fn min_alignment_keeps_records_at_or_above_it() {
     // Both filters must hold: the best three quarters, of which those at or above x.
     let (kept, _) = filtered(
         "both-filters",
-        &["--keep-top", "0.75", "--min-alignment", &x.to_string()],
+        &[
+            "--keep-top",
+            "0.75",
+            "--rank-by",
+            "alignment",
+            "--min-alignment",
+            &x.to_string(),
+        ],
     );
     assert_eq!(kept.iter().collect::<Vec<_>>(), expected);
     let low = scores[0] - 1.0;
     let (kept, _) = filtered(
         "both-filters-low",
-        &["--keep-top", "0.75", "--min-alignment", &low.to_string()],
+        &[
+            "--keep-top",
+            "0.75",
+            "--rank-by",
+            "alignment",
+            "--min-alignment",
+            &low.to_string(),
+        ],
     );
     assert_eq!(
         kept.len(),

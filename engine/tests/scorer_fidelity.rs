@@ -109,3 +109,44 @@ fn per_view_means_match_the_float64_reference() {
     }
     assert!(failures.is_empty(), "{}", failures.join("; "));
 }
+
+/// The summed scores (`fwd_pmi_total`, `rev_pmi_total`) against two other
+/// computations: the per-token detail of the same pass summed here, and the
+/// float64 reference's view means times the target counts (mean |Δ| per
+/// target token within the exact tolerance of the means).
+#[test]
+fn pmi_totals_match_the_token_detail_and_the_float64_reference() {
+    let (records, pairs) = golden_pairs();
+    let (records, pairs) = (&records[..12], &pairs[..12]);
+    let model = Arc::new(Model::load(&default_model()).expect("load fixture model"));
+    let params = ScorerParams {
+        precision: Precision::Exact,
+        tokens: true,
+        ..ScorerParams::default()
+    };
+    let mut scorer = Scorer::new(model, None, params).unwrap();
+    let scores = scorer.score_batch(pairs).unwrap();
+    let (mut fwd_delta, mut rev_delta) = (0.0, 0.0);
+    for (s, r) in scores.iter().zip(records) {
+        let line = &r["line"];
+        let sum = |d: &Option<Vec<main_engine::score::TokenScore>>| -> f64 {
+            d.as_ref().expect("detail").iter().map(|t| t.cond - t.uncond).sum()
+        };
+        let (fwd, rev) = (sum(&s.response_detail), sum(&s.instruction_detail));
+        assert!((s.fwd_pmi_total - fwd).abs() < 1e-9, "line {line}: fwd {} vs {fwd}", s.fwd_pmi_total);
+        assert!((s.rev_pmi_total - rev).abs() < 1e-9, "line {line}: rev {} vs {rev}", s.rev_pmi_total);
+        let reference = |cond: &str, uncond: &str, n: &str| {
+            let n = r[n].as_f64().unwrap();
+            (n * (r[cond].as_f64().unwrap() - r[uncond].as_f64().unwrap()), n)
+        };
+        let (f, nf) = reference("fwd_cond", "fwd_uncond", "n_fwd");
+        let (b, nb) = reference("rev_cond", "rev_uncond", "n_rev");
+        fwd_delta += (s.fwd_pmi_total - f).abs() / nf;
+        rev_delta += (s.rev_pmi_total - b).abs() / nb;
+    }
+    let n = scores.len() as f64;
+    let (fwd_delta, rev_delta) = (fwd_delta / n, rev_delta / n);
+    eprintln!("pmi totals against float64: mean |Δ| per target token fwd {fwd_delta:.2e}, rev {rev_delta:.2e} nats");
+    // The difference of two means each within 0.002 of the reference.
+    assert!(fwd_delta <= 0.004 && rev_delta <= 0.004, "fwd {fwd_delta}, rev {rev_delta}");
+}

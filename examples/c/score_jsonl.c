@@ -250,6 +250,8 @@ static void print_scored(const char *line, const main_pair_score *s) {
     put_number("semantic", s->semantic, 0);
     put_number("structural", s->structural, 0);
     put_number("intentional", s->intentional, 0);
+    put_number("fwd_pmi_total", s->fwd_pmi_total, 0);
+    put_number("rev_pmi_total", s->rev_pmi_total, 0);
     put_number("contrastive", s->contrastive, 0);
     printf("\"instruction_tokens\": %u, \"response_tokens\": %u, \"truncated\": %s}}\n",
            s->instruction_tokens, s->response_tokens, s->truncated ? "true" : "false");

@@ -156,6 +156,12 @@ pub struct main_pair_score {
     pub response_tokens: u32,
     /// 1 when a view was cut to `max_tokens`, else 0.
     pub truncated: u32,
+    /// Sum over the response's tokens of (cond - uncond): the pair's PMI
+    /// log p(y|x) - log p(y) in nats (`fwd_pmi` is its per-token mean). After
+    /// the fields above, so their offsets stay as they were.
+    pub fwd_pmi_total: f64,
+    /// The same sum over the instruction's tokens in the reverse views.
+    pub rev_pmi_total: f64,
 }
 
 /// One scored target token of a pair.
@@ -360,6 +366,8 @@ fn c_score(s: &PairScore) -> main_pair_score {
         instruction_tokens: s.instruction_tokens,
         response_tokens: s.response_tokens,
         truncated: s.truncated as u32,
+        fwd_pmi_total: s.fwd_pmi_total,
+        rev_pmi_total: s.rev_pmi_total,
     }
 }
 

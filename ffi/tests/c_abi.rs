@@ -150,6 +150,8 @@ fn expected_line(i: usize, s: &PairScore) -> String {
         s.structural,
         s.intentional,
         s.contrastive.unwrap_or(f64::NAN),
+        s.fwd_pmi_total,
+        s.rev_pmi_total,
     ];
     let hex: Vec<String> = doubles
         .iter()

@@ -50,6 +50,8 @@ SCORE_FIELDS: tuple[str, ...] = (
     "semantic",
     "structural",
     "intentional",
+    "fwd_pmi_total",
+    "rev_pmi_total",
     "contrastive",
     "response_tokens",
     "instruction_tokens",
@@ -280,7 +282,8 @@ class Scorer:
         Returns:
             The scores in input order: ``alignment``, ``fwd_pmi``, ``rev_pmi``,
             ``fwd_cond``, ``fwd_uncond``, ``rev_cond``, ``rev_uncond``, ``ifd``,
-            ``rifd``, ``semantic``, ``structural``, ``intentional`` (float64,
+            ``rifd``, ``semantic``, ``structural``, ``intentional``,
+            ``fwd_pmi_total``, ``rev_pmi_total`` (float64,
             nats), ``contrastive`` (with negatives), ``response_tokens``,
             ``instruction_tokens`` (int32) and ``truncated`` (bool).
 

@@ -330,7 +330,7 @@ fn columns<'py>(
     contrastive: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    let f64s: [(&str, F64Field); 12] = [
+    let f64s: [(&str, F64Field); 14] = [
         ("alignment", |s| s.alignment),
         ("fwd_pmi", |s| s.fwd_pmi),
         ("rev_pmi", |s| s.rev_pmi),
@@ -343,6 +343,8 @@ fn columns<'py>(
         ("semantic", |s| s.semantic),
         ("structural", |s| s.structural),
         ("intentional", |s| s.intentional),
+        ("fwd_pmi_total", |s| s.fwd_pmi_total),
+        ("rev_pmi_total", |s| s.rev_pmi_total),
     ];
     for (name, get) in f64s {
         d.set_item(name, PyList::new(py, scores.iter().map(get))?)?;

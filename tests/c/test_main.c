@@ -115,11 +115,11 @@ static int same_score(const main_pair_score *a, const main_pair_score *b) {
     const double da[] = {a->alignment, a->fwd_pmi, a->rev_pmi, a->fwd_cond,
                          a->fwd_uncond, a->rev_cond, a->rev_uncond, a->ifd,
                          a->rifd, a->semantic, a->structural, a->intentional,
-                         a->contrastive};
+                         a->contrastive, a->fwd_pmi_total, a->rev_pmi_total};
     const double db[] = {b->alignment, b->fwd_pmi, b->rev_pmi, b->fwd_cond,
                          b->fwd_uncond, b->rev_cond, b->rev_uncond, b->ifd,
                          b->rifd, b->semantic, b->structural, b->intentional,
-                         b->contrastive};
+                         b->contrastive, b->fwd_pmi_total, b->rev_pmi_total};
     for (size_t i = 0; i < sizeof da / sizeof da[0]; i++)
         if (bits(da[i]) != bits(db[i]))
             return 0;
@@ -132,12 +132,14 @@ static void print_score(size_t i, const main_pair_score *s) {
     printf("%zu %016" PRIx64 " %016" PRIx64 " %016" PRIx64 " %016" PRIx64
            " %016" PRIx64 " %016" PRIx64 " %016" PRIx64 " %016" PRIx64
            " %016" PRIx64 " %016" PRIx64 " %016" PRIx64 " %016" PRIx64
-           " %016" PRIx64 " %" PRIu32 " %" PRIu32 " %" PRIu32 "\n",
+           " %016" PRIx64 " %016" PRIx64 " %016" PRIx64
+           " %" PRIu32 " %" PRIu32 " %" PRIu32 "\n",
            i, bits(s->alignment), bits(s->fwd_pmi), bits(s->rev_pmi),
            bits(s->fwd_cond), bits(s->fwd_uncond), bits(s->rev_cond),
            bits(s->rev_uncond), bits(s->ifd), bits(s->rifd),
            bits(s->semantic), bits(s->structural), bits(s->intentional),
-           bits(s->contrastive), s->instruction_tokens, s->response_tokens,
+           bits(s->contrastive), bits(s->fwd_pmi_total), bits(s->rev_pmi_total),
+           s->instruction_tokens, s->response_tokens,
            s->truncated);
 }
 

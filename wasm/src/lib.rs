@@ -111,6 +111,10 @@ export interface PairScore {
   semantic: number;
   structural: number;
   intentional: number;
+  /** Sum over the response's tokens of cond - uncond: the pair's PMI in nats. */
+  fwdPmiTotal: number;
+  /** The same sum over the instruction's tokens (reverse views). */
+  revPmiTotal: number;
   /** Only with `negatives > 0` in `scoreBatch`. */
   contrastive?: number;
   responseTokens: number;
@@ -357,6 +361,8 @@ struct JsPairScore {
     semantic: f64,
     structural: f64,
     intentional: f64,
+    fwd_pmi_total: f64,
+    rev_pmi_total: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     contrastive: Option<f64>,
     response_tokens: u32,
@@ -383,6 +389,8 @@ impl JsPairScore {
             semantic: s.semantic,
             structural: s.structural,
             intentional: s.intentional,
+            fwd_pmi_total: s.fwd_pmi_total,
+            rev_pmi_total: s.rev_pmi_total,
             contrastive: s.contrastive,
             response_tokens: s.response_tokens,
             instruction_tokens: s.instruction_tokens,

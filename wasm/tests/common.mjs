@@ -70,4 +70,5 @@ export const FIELDS = [
   ['fwd_cond', 'fwdCond'], ['fwd_uncond', 'fwdUncond'], ['rev_cond', 'revCond'],
   ['rev_uncond', 'revUncond'], ['ifd', 'ifd'], ['rifd', 'rifd'],
   ['semantic', 'semantic'], ['structural', 'structural'], ['intentional', 'intentional'],
+  ['fwd_pmi_total', 'fwdPmiTotal'], ['rev_pmi_total', 'revPmiTotal'],
 ];

@@ -20,8 +20,10 @@ use main_engine::matmul::Precision;
 use main_engine::model::{Model, Runtime};
 use main_engine::pairs::{self, Format};
 use main_engine::quant::DType;
+use main_engine::rank::{self, RankBy};
 use main_engine::score::{Combine, Pair, PairScore};
 use main_engine::scorer::{Scorer, ScorerParams};
+use main_engine::summary::Summary;
 use main_engine::{convert, Device, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -398,10 +400,17 @@ struct ScoreArgs {
     /// Pairs per fused scoring call, and per output write.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     batch: u64,
-    /// Keep the best FRACTION of records by alignment (round(FRACTION x count) of them).
+    /// Keep the best FRACTION of records by --rank-by (round(FRACTION x count) of them).
     #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
     keep_top: Option<f64>,
-    /// Keep records whose alignment is at least X (with --keep-top: both must hold).
+    /// The score --keep-top ranks by, best first; a leading '-' keeps the
+    /// lowest (-ifd is Cherry-LLM's direction). The default is the ranking
+    /// the quality benchmark supports (README, "What the scores mean").
+    #[arg(long, value_name = "FIELD", default_value = rank::DEFAULT_RANK_BY,
+          value_parser = parse_rank_by, allow_hyphen_values = true)]
+    rank_by: RankBy,
+    /// The mismatch filter: keep records whose alignment is at least X (the
+    /// response answers this instruction; with --keep-top both must hold).
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
     min_alignment: Option<f64>,
     /// Score only the records on 0-based lines L with L % N == I.
@@ -452,6 +461,10 @@ fn parse_shard(s: &str) -> std::result::Result<Shard, String> {
         ));
     }
     Ok(Shard { index, count })
+}
+
+fn parse_rank_by(s: &str) -> std::result::Result<RankBy, String> {
+    s.parse()
 }
 
 fn parse_fraction(s: &str) -> std::result::Result<f64, String> {
@@ -688,18 +701,20 @@ fn score(a: ScoreArgs) -> Result<()> {
     } = job;
     let scored_now = progress.done;
     let kept = if filtering {
-        filter(&staged, &a.output, a.keep_top, a.min_alignment)?
+        let rules = Filter {
+            keep_top: a.keep_top,
+            rank_by: a.keep_top.map(|_| a.rank_by.to_string()),
+            min_alignment: a.min_alignment,
+            min_alignment_field: a.min_alignment.map(|_| "alignment".to_string()),
+            scored: staged.display().to_string(),
+            kept: 0,
+            of: summary.count(),
+        };
+        Some((filter(&staged, &a.output, &a.rank_by, rules)?, a.output.as_path()))
     } else {
-        summary.count()
+        None
     };
-    summary.print(
-        &staged,
-        scored_now,
-        resumed,
-        invalid,
-        kept,
-        filtering.then_some(a.output.as_path()),
-    );
+    print_summary(&summary, &staged, scored_now, resumed, invalid, kept);
     Ok(())
 }
 
@@ -824,7 +839,7 @@ impl ScoreJob {
             for (entry, s) in scored.iter().zip(&scores) {
                 if let Some(line) = &entry.line {
                     splice_alignment(&mut out, line, entry.line_no, s)?;
-                    self.summary.add(s.alignment, s.fwd_pmi, s.rev_pmi, s.ifd);
+                    self.summary.add_score(s);
                 }
             }
             self.sink.write_batch(&out)?;
@@ -875,21 +890,29 @@ enum Sink {
     },
 }
 
-/// The fields of a written record that the summary and the filters read.
+/// The object of a written record that the summary and the filters read.
 #[derive(Deserialize)]
 struct ScoredRecord {
     alignment: ScoredFields,
 }
 
-/// `null` where the scorer produced a NaN.
+/// A record's `"alignment"` object: its scores by name (`null` where the
+/// scorer produced a NaN) and `"line"`, its 1-based input line (absent in
+/// outputs of older versions).
 #[derive(Deserialize)]
-struct ScoredFields {
-    alignment: Option<f64>,
-    fwd_pmi: Option<f64>,
-    rev_pmi: Option<f64>,
-    ifd: Option<f64>,
-    /// The record's 1-based input line (absent in outputs of older versions).
-    line: Option<usize>,
+struct ScoredFields(serde_json::Map<String, serde_json::Value>);
+
+impl ScoredFields {
+    fn number(&self, name: &str) -> Option<f64> {
+        self.0.get(name).and_then(serde_json::Value::as_f64)
+    }
+
+    fn line(&self) -> Option<usize> {
+        self.0
+            .get("line")
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| n as usize)
+    }
 }
 
 fn read_scored(line: &[u8], path: &Path, line_no: usize) -> Result<ScoredFields> {
@@ -927,8 +950,8 @@ impl Sink {
                 break;
             }
             let s = read_scored(&line, path, lines.len() + 1)?;
-            summary.add_fields(&s);
-            lines.push(s.line.unwrap_or(0));
+            summary.add(|name| s.number(name));
+            lines.push(s.line().unwrap_or(0));
             complete += n as u64;
         }
         drop(reader);
@@ -1133,6 +1156,10 @@ struct Provenance {
     reverse_model: Option<ModelId>,
     /// Every option that changes a record, as given on the command line.
     options: BTreeMap<String, String>,
+    /// Only in a filtered output's provenance: how it was cut from the
+    /// scored records (such an output is not resumable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    filter: Option<Filter>,
 }
 
 impl Provenance {
@@ -1170,6 +1197,7 @@ impl Provenance {
             model: ModelId::of(model)?,
             reverse_model: a.reverse_model.as_deref().map(ModelId::of).transpose()?,
             options,
+            filter: None,
         })
     }
 
@@ -1205,6 +1233,19 @@ impl Provenance {
                 start_afresh(output)
             ))
         })?;
+        if let Some(f) = &before.filter {
+            return Err(Error::invalid_argument(
+                "--output",
+                format!(
+                    "{} holds the {} records a filter kept of {} (its scored records are in {}): a filtered output cannot be resumed; to filter again, run with --keep-top or --min-alignment, or {}",
+                    output.display(),
+                    f.kept,
+                    f.of,
+                    f.scored,
+                    start_afresh(output)
+                ),
+            ));
+        }
         let differences = before.differences(self);
         if differences.is_empty() {
             return Ok(());
@@ -1278,16 +1319,31 @@ impl Provenance {
     }
 }
 
-/// Writes the records of `scored` that pass the filters to `output`
-/// (atomically), in input order. Returns how many were kept.
-fn filter(
-    scored: &Path,
-    output: &Path,
+/// What a filtered output was cut from and by which rules: the `"filter"`
+/// of its provenance file, so the file says which field ranked it.
+#[derive(Serialize, Deserialize, Clone)]
+struct Filter {
     keep_top: Option<f64>,
+    /// The field `keep_top` ranked by (a leading '-': the lowest were kept).
+    rank_by: Option<String>,
     min_alignment: Option<f64>,
-) -> Result<usize> {
+    /// The field `min_alignment` is a threshold of.
+    min_alignment_field: Option<String>,
+    /// The file of every scored record the filter read.
+    scored: String,
+    kept: usize,
+    of: usize,
+}
+
+/// Writes the records of `scored` that pass the filters to `output`
+/// (atomically), in input order, and `output`'s provenance: the scored
+/// file's, with the filter added. Returns how many were kept.
+fn filter(scored: &Path, output: &Path, rank_by: &RankBy, mut rules: Filter) -> Result<usize> {
     let io = |p: &Path, e| Error::io(p, e);
-    let each_line = |f: &mut dyn FnMut(&[u8], f64) -> Result<()>| -> Result<()> {
+    // Calls `f` with each record's line, its ranking key (better is higher;
+    // a missing or NaN value ranks below all) and its alignment (NaN passes
+    // no threshold).
+    let each_line = |f: &mut dyn FnMut(&[u8], f64, f64) -> Result<()>| -> Result<()> {
         let mut reader = BufReader::new(File::open(scored).map_err(|e| io(scored, e))?);
         let mut line = Vec::new();
         for line_no in 1.. {
@@ -1299,47 +1355,30 @@ fn filter(
             {
                 return Ok(());
             }
-            let a = read_scored(&line, scored, line_no)?
-                .alignment
-                .unwrap_or(f64::NAN);
-            // A NaN alignment ranks below every number and passes no threshold.
-            f(&line, if a.is_nan() { f64::NEG_INFINITY } else { a })?;
+            let s = read_scored(&line, scored, line_no)?;
+            let alignment = s.number("alignment").unwrap_or(f64::NAN);
+            f(&line, rank_by.key(s.number(rank_by.field)), alignment)?;
         }
         Ok(())
     };
-    // --keep-top: the k-th best alignment, and how many records equal to it
-    // still fit, so exactly k are kept however many ties there are.
-    let mut top: Option<(f64, usize)> = None;
-    if let Some(fraction) = keep_top {
-        let mut all = Vec::new();
-        each_line(&mut |_, a| {
-            all.push(a);
-            Ok(())
-        })?;
-        let k = (fraction * all.len() as f64).round() as usize;
-        if k > 0 {
-            all.sort_by(|x, y| y.total_cmp(x));
-            let threshold = all[k - 1];
-            let above = all.iter().take_while(|&&a| a > threshold).count();
-            top = Some((threshold, k - above));
-        } else {
-            top = Some((f64::INFINITY, 0));
+    // --keep-top: exactly round(fraction x count) records, ties in input order.
+    let top = match rules.keep_top {
+        Some(fraction) => {
+            let mut keys = Vec::new();
+            each_line(&mut |_, key, _| {
+                keys.push(key);
+                Ok(())
+            })?;
+            Some(rank::keep_top(&keys, fraction))
         }
-    }
-    let mut kept = 0usize;
+        None => None,
+    };
+    let (mut kept, mut index) = (0usize, 0usize);
     write_atomic_with(output, |out| {
-        each_line(&mut |line, a| {
-            let keep = min_alignment.is_none_or(|m| a >= m)
-                && match &mut top {
-                    None => true,
-                    Some((threshold, ties)) => {
-                        a > *threshold
-                            || (a == *threshold && *ties > 0 && {
-                                *ties -= 1;
-                                true
-                            })
-                    }
-                };
+        each_line(&mut |line, _, alignment| {
+            let keep = rules.min_alignment.is_none_or(|m| alignment >= m)
+                && top.as_ref().is_none_or(|t| t.get(index).copied().unwrap_or(false));
+            index += 1;
             if keep {
                 kept += 1;
                 out.write_all(line).map_err(|e| io(output, e))?;
@@ -1347,82 +1386,70 @@ fn filter(
             Ok(())
         })
     })?;
+
+    let from = provenance_path(scored);
+    let bytes = std::fs::read(&from).map_err(|e| io(&from, e))?;
+    let mut made_of: Provenance = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Input(format!(
+            "{}: not a provenance file written by main-score ({e})",
+            from.display()
+        ))
+    })?;
+    rules.kept = kept;
+    rules.of = index;
+    made_of.filter = Some(rules);
+    let text = serde_json::to_string_pretty(&made_of)
+        .map_err(|e| Error::Input(format!("serializing provenance: {e}")))?;
+    write_atomic(&provenance_path(output), format!("{text}\n").as_bytes())?;
     Ok(kept)
 }
 
-/// The scores of every record in the output (resumed and new), for the
-/// closing quantiles. Four numbers per record, never the records.
-#[derive(Default)]
-struct Summary {
-    alignment: Vec<f64>,
-    fwd_pmi: Vec<f64>,
-    rev_pmi: Vec<f64>,
-    ifd: Vec<f64>,
-}
-
-impl Summary {
-    fn add(&mut self, alignment: f64, fwd_pmi: f64, rev_pmi: f64, ifd: f64) {
-        self.alignment.push(alignment);
-        self.fwd_pmi.push(fwd_pmi);
-        self.rev_pmi.push(rev_pmi);
-        self.ifd.push(ifd);
-    }
-
-    fn add_fields(&mut self, s: &ScoredFields) {
-        let v = |x: Option<f64>| x.unwrap_or(f64::NAN);
-        self.add(v(s.alignment), v(s.fwd_pmi), v(s.rev_pmi), v(s.ifd));
-    }
-
-    fn count(&self) -> usize {
-        self.alignment.len()
-    }
-
-    fn print(
-        &self,
-        staged: &Path,
-        scored_now: usize,
-        resumed: usize,
-        invalid: usize,
-        kept: usize,
-        filtered: Option<&Path>,
-    ) {
-        let name = if is_stdio(staged) {
-            "stdout".to_string()
-        } else {
-            staged.display().to_string()
-        };
+/// The closing summary on stderr: counts, what the filters kept, and for
+/// each main score its quantiles and its rank correlation with response
+/// length, with a warning where a score mostly measures length.
+fn print_summary(
+    summary: &Summary,
+    staged: &Path,
+    scored_now: usize,
+    resumed: usize,
+    invalid: usize,
+    kept: Option<(usize, &Path)>,
+) {
+    let name = if is_stdio(staged) {
+        "stdout".to_string()
+    } else {
+        staged.display().to_string()
+    };
+    eprintln!(
+        "main-score: {} records in {name} ({scored_now} scored now, {resumed} from before), {invalid} invalid skipped",
+        summary.count()
+    );
+    if let Some((kept, output)) = kept {
         eprintln!(
-            "main-score: {} records in {name} ({scored_now} scored now, {resumed} from before), {invalid} invalid skipped",
-            self.count()
+            "main-score: kept {kept} of {} in {}",
+            summary.count(),
+            output.display()
         );
-        if let Some(output) = filtered {
-            eprintln!(
-                "main-score: kept {kept} of {} in {}",
-                self.count(),
-                output.display()
-            );
-        }
-        eprintln!("{:<10} {:>10} {:>10} {:>10}", "", "p10", "p50", "p90");
-        for (name, values) in [
-            ("alignment", &self.alignment),
-            ("fwd_pmi", &self.fwd_pmi),
-            ("rev_pmi", &self.rev_pmi),
-            ("ifd", &self.ifd),
-        ] {
-            let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-            v.sort_by(f64::total_cmp);
-            let q = |p: f64| quantile(&v, p).map_or("-".to_string(), |x| format!("{x:.4}"));
-            eprintln!("{name:<10} {:>10} {:>10} {:>10}", q(0.1), q(0.5), q(0.9));
-        }
     }
-}
-
-/// Linear interpolation between closest ranks (numpy's default) of sorted values.
-fn quantile(sorted: &[f64], p: f64) -> Option<f64> {
-    let last = sorted.len().checked_sub(1)?;
-    let pos = p * last as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+    let rows = summary.rows();
+    let num = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.4}"));
+    eprintln!(
+        "{:<14} {:>10} {:>10} {:>10} {:>10}",
+        "", "p10", "p50", "p90", "rho_length"
+    );
+    for r in &rows {
+        eprintln!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10}",
+            r.field,
+            num(r.p10),
+            num(r.p50),
+            num(r.p90),
+            r.rho_length.map_or("-".to_string(), |x| format!("{x:+.3}"))
+        );
+    }
+    for warning in rows.iter().filter_map(|r| r.length_warning()) {
+        eprintln!("main-score: warning: {warning}");
+    }
 }
 
 /// Pairs done / total, pairs per second and time left, on stderr (an
