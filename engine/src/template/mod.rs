@@ -602,6 +602,52 @@ mod tests {
         );
     }
 
+    /// The rewritten instructions render what MiniJinja's own renders:
+    /// operators, loop controls, macros with callers and defaults, set and
+    /// filter blocks, recursive loops, namespaces, the checked filters and
+    /// Python methods.
+    #[test]
+    fn bounded_rendering_equals_minijinja_s_own() {
+        const CASES: &[&str] = &[
+            "{{ 'a' ~ 1 ~ none ~ true }}|{{ 'ab' * 3 }}|{{ 3 * 'x' }}|{{ [1, 2] * 2 }}|{{ 6 * 7 }}|{{ 2 ** 10 }}|{{ 7 // 2 }}|{{ 1.5 * 2 }}",
+            "{{ 'a' + 'b' }}|{{ [1] + [2, 3] }}|{{ 'x,y' | replace(',', ';') }}|{{ ['a', 'b'] | join('-') }}|{{ 'abc' | join('.') }}",
+            "{% set ns = namespace(n=0, s='') %}{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{% set ns.n = ns.n + i %}{% set ns.s = ns.s ~ i %}{% endfor %}{{ ns.n }}:{{ ns.s }}:{{ ns }}",
+            "{% for i in range(6) %}{% if i is odd %}{% continue %}{% endif %}{{ i }}{% else %}none{% endfor %}{% for x in [] %}{% else %}empty{% endfor %}",
+            "{% macro m(x, y='d') %}[{{ x }}{{ y }}{% if caller %}{{ caller() }}{% endif %}]{% endmacro %}{{ m(1) }}{% call m(2, 'z') %}c{% endcall %}",
+            "{% set t %}in {{ 1 + 1 }}{% endset %}{{ t | upper }}|{% filter upper %}abc {{ 'd' }}{% endfilter %}",
+            "{% for n in [{'v': 1, 'c': [{'v': 2, 'c': []}]}] recursive %}{{ n.v }}({{ loop(n.c) }}){% endfor %}",
+            "{{ '%s-%05d' | format('a', 42) }}|{{ 'a\nb' | indent(2, true) }}|{{ [1,2,3,4,5] | batch(2) | list }}|{{ [1,2,3] | slice(2) | list }}|{{ 'abc'[1:] }}|{{ [3,1,2] | sort }}",
+            "{{ {'b': 1, 'a': 2} | dictsort }}|{{ [1, [2, [3]]] }}|{{ 'Hello' if true else 'no' }}|{{ 'x' in 'xyz' }}|{{ [1,2] | sum }}|{{ [1] | pprint }}|{{ 5 | string }}",
+            "{% for m in messages %}{{ loop.index }}:{{ m.role }}={{ m.content | trim }}{% if not loop.last %}, {% endif %}{% endfor %}",
+            "{{ 'a-b'.replace('-', '+') }}|{{ ','.join(['x', 'y']) }}|{{ '{} {}'.format('p', 2) }}|{{ ' s '.strip() }}|{{ {'k': 1}.items() | list }}",
+            "{% set d = namespace(a=namespace) %}{{ d.a is defined }}{% with x = 3 %}{{ x }}{% endwith %}{{ range(3) | list }}",
+        ];
+        let messages = [("user", " hi "), ("assistant", "yo")];
+        for case in CASES {
+            let source =
+                format!("{{% for m in messages %}}{{{{ m.content }}}}{{% endfor %}}{case}");
+            let ours = ChatTemplate::new(Some(&source), Some("<s>".into()), Some("</s>".into()))
+                .unwrap_or_else(|e| panic!("{case}: {e}"))
+                .render(&messages, false)
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            let mut env = Environment::new();
+            env.set_trim_blocks(true);
+            env.set_lstrip_blocks(true);
+            env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+            let msgs: Vec<Value> = messages
+                .iter()
+                .map(|&(r, c)| Value::from_iter([("role", r), ("content", c)]))
+                .collect();
+            let theirs = env
+                .render_str(
+                    &source,
+                    minijinja::context! { messages => msgs, add_generation_prompt => false },
+                )
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(ours, theirs, "{case}");
+        }
+    }
+
     #[test]
     fn fixed_date_formats_like_python() {
         // datetime.date(2024, 7, 26).strftime("%d %b %Y %A %j %-d/%m/%y")
