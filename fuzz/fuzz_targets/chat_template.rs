@@ -1,7 +1,9 @@
 //! A chat template from arbitrary text (`ChatTemplate::new`, which compiles
 //! it and renders a prompt and an assistant turn), then a prompt with
-//! arbitrary content: an error or a result, never a panic, a hang (fuel) or
-//! unbounded output (the cap).
+//! arbitrary content: an error or a result, never a panic, a hang (fuel), a
+//! stack overflow or unbounded memory (template/bounds.rs). Run by hand with
+//! `-malloc_limit_mb=200` too, so that any one allocation past 200 MB is a
+//! crash.
 //!
 //! Input: the template up to the first 0xFF byte, then the user content.
 #![no_main]
