@@ -58,7 +58,11 @@ SCORES = [
     ("fwd_pmi_total", lambda a: a["fwd_pmi_total"], +1),
     ("rev_pmi_total", lambda a: a["rev_pmi_total"], +1),
     ("semantic", lambda a: a["semantic"], +1),
+    ("structural", lambda a: a["structural"], +1),
     ("fwd_cond", lambda a: a["fwd_cond"], +1),
+    ("fwd_uncond", lambda a: a["fwd_uncond"], +1),
+    ("rev_cond", lambda a: a["rev_cond"], +1),
+    ("rev_uncond", lambda a: a["rev_uncond"], +1),
     # Peers.
     ("cherry_ifd", lambda a: a["ifd"] if a["ifd"] < 1 else -math.inf, +1),
     ("perplexity", lambda a: math.exp(-a["fwd_cond"]), -1),
@@ -228,9 +232,33 @@ def print_tables(results):
                   f"{fmt(m['keep_top_half'])} {fmt(m.get('mismatch_auc'))}")
 
 
+# MAIN's own fields, the candidates for the default ranking.
+CANDIDATES = ["alignment", "fwd_pmi", "rev_pmi", "fwd_pmi_total", "rev_pmi_total", "semantic",
+              "structural", "fwd_cond", "fwd_uncond", "rev_cond", "rev_uncond"]
+
+
+def default_rule(results):
+    """The fields that meet the default's rule on every set (README, "What
+    the scores mean"): (a) |rho_len| < 0.5, (b) agreement at least Cherry-
+    LLM's IFD's, raw and length-matched, (c) a kept half rated better than
+    the dropped one (this field's own --keep-top 0.5); best mean agreement
+    first."""
+    ok = []
+    for name in CANDIDATES:
+        per_set = [per[name] for per in results.values()]
+        cherry = [per["cherry_ifd"] for per in results.values()]
+        if all(abs(m["rho_len"]) < 0.5 and m["agree"] >= c["agree"]
+               and m["agree_len_matched"] >= c["agree_len_matched"] and m["keep_top_half"] > 0
+               for m, c in zip(per_set, cherry)):
+            ok.append((sum(m["agree"] for m in per_set) / len(per_set), name))
+    return [name for _, name in sorted(ok, reverse=True)]
+
+
 def print_verdicts(results):
     """The issue's claims about the default ranking, set by set."""
     print()
+    print("fields meeting the default's rule on every set, best mean agreement first: "
+          + (", ".join(default_rule(results)) or "none"))
     for st, per in results.items():
         k = per.get("_main_score_keep_top_half")
         if not k:

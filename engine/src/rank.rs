@@ -3,7 +3,7 @@
 //!
 //! A ranking is a score field of the output records and a direction: keep
 //! the highest (`fwd_pmi_total`) or, with a leading `-`, the lowest
-//! (`-fwd_pmi`, Cherry-LLM's direction). What each score says about quality
+//! (`-fwd_pmi`; `ifd`, highest first, is Cherry-LLM's direction). What each score says about quality
 //! is measured in `benches/quality` (README, "What the scores mean").
 
 use std::fmt;

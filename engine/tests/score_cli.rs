@@ -656,7 +656,8 @@ fn keep_top_ranks_by_the_default_field_or_another_in_either_direction() {
     let by: main_engine::rank::RankBy = default.parse().unwrap();
     let key = |l: &str| by.key(Some(field(l, by.field)));
     assert_eq!(kept.iter().collect::<Vec<_>>(), best(full, 0.5, key));
-    // Cherry-LLM's direction: the lowest IFD first.
+    // A keep-low ranking: the lowest IFD first (fwd_pmi's order; Cherry-LLM
+    // keeps the highest).
     let (kept, _) = filtered("keep-top-ifd", &["--keep-top", "0.5", "--rank-by", "-ifd"]);
     assert_eq!(filter_provenance("keep-top-ifd")["rank_by"], "-ifd");
     assert_eq!(

@@ -404,8 +404,9 @@ struct ScoreArgs {
     #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
     keep_top: Option<f64>,
     /// The score --keep-top ranks by, best first; a leading '-' keeps the
-    /// lowest (-ifd is Cherry-LLM's direction). The default is the ranking
-    /// the quality benchmark supports (README, "What the scores mean").
+    /// lowest (-ifd ranks as fwd_pmi does; ifd, highest first, is
+    /// Cherry-LLM's direction). The default is the ranking the quality
+    /// benchmark supports (README, "What the scores mean").
     #[arg(long, value_name = "FIELD", default_value = rank::DEFAULT_RANK_BY,
           value_parser = parse_rank_by, allow_hyphen_values = true)]
     rank_by: RankBy,
