@@ -594,10 +594,13 @@ fn filtered(name: &str, filters: &[&str]) -> (Vec<String>, Vec<String>) {
         *full,
         "the stage keeps every record"
     );
-    assert!(
-        !dir.join("kept.jsonl.tmp").exists(),
-        "the temporary file is renamed"
-    );
+    // atomic_write's temporary files are ".NAME.tmp-PID-N" beside NAME.
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
     (
         lines(&output),
         stderr(&out).lines().map(str::to_string).collect(),
@@ -727,7 +730,10 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
 fn the_summary_shows_each_score_against_length() {
     let (_, err) = filtered("summary", &["--min-alignment", "-1000"]);
     let (_, full) = baseline();
-    let header = err.iter().position(|l| l.contains("rho_length")).expect("a table");
+    let header = err
+        .iter()
+        .position(|l| l.contains("rho_length"))
+        .expect("a table");
     for name in main_engine::summary::SUMMARY_FIELDS {
         let row = err[header + 1..]
             .iter()
@@ -740,8 +746,14 @@ fn the_summary_shows_each_score_against_length() {
         let b: Vec<f64> = full.iter().map(|l| field(l, "response_tokens")).collect();
         let rho = spearman(&a, &b);
         assert!((printed - rho).abs() < 5e-4, "{name}: {printed} vs {rho}");
-        let warned = err.iter().any(|l| l.contains("warning") && l.contains(&format!("{name}'s rank correlation")));
-        assert_eq!(warned, rho.abs() > 0.5, "{name}: rho {rho}, warned {warned}");
+        let warned = err
+            .iter()
+            .any(|l| l.contains("warning") && l.contains(&format!("{name}'s rank correlation")));
+        assert_eq!(
+            warned,
+            rho.abs() > 0.5,
+            "{name}: rho {rho}, warned {warned}"
+        );
     }
 }
 

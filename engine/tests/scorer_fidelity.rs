@@ -130,14 +130,29 @@ fn pmi_totals_match_the_token_detail_and_the_float64_reference() {
     for (s, r) in scores.iter().zip(records) {
         let line = &r["line"];
         let sum = |d: &Option<Vec<main_engine::score::TokenScore>>| -> f64 {
-            d.as_ref().expect("detail").iter().map(|t| t.cond - t.uncond).sum()
+            d.as_ref()
+                .expect("detail")
+                .iter()
+                .map(|t| t.cond - t.uncond)
+                .sum()
         };
         let (fwd, rev) = (sum(&s.response_detail), sum(&s.instruction_detail));
-        assert!((s.fwd_pmi_total - fwd).abs() < 1e-9, "line {line}: fwd {} vs {fwd}", s.fwd_pmi_total);
-        assert!((s.rev_pmi_total - rev).abs() < 1e-9, "line {line}: rev {} vs {rev}", s.rev_pmi_total);
+        assert!(
+            (s.fwd_pmi_total - fwd).abs() < 1e-9,
+            "line {line}: fwd {} vs {fwd}",
+            s.fwd_pmi_total
+        );
+        assert!(
+            (s.rev_pmi_total - rev).abs() < 1e-9,
+            "line {line}: rev {} vs {rev}",
+            s.rev_pmi_total
+        );
         let reference = |cond: &str, uncond: &str, n: &str| {
             let n = r[n].as_f64().unwrap();
-            (n * (r[cond].as_f64().unwrap() - r[uncond].as_f64().unwrap()), n)
+            (
+                n * (r[cond].as_f64().unwrap() - r[uncond].as_f64().unwrap()),
+                n,
+            )
         };
         let (f, nf) = reference("fwd_cond", "fwd_uncond", "n_fwd");
         let (b, nb) = reference("rev_cond", "rev_uncond", "n_rev");
@@ -148,5 +163,8 @@ fn pmi_totals_match_the_token_detail_and_the_float64_reference() {
     let (fwd_delta, rev_delta) = (fwd_delta / n, rev_delta / n);
     eprintln!("pmi totals against float64: mean |Δ| per target token fwd {fwd_delta:.2e}, rev {rev_delta:.2e} nats");
     // The difference of two means each within 0.002 of the reference.
-    assert!(fwd_delta <= 0.004 && rev_delta <= 0.004, "fwd {fwd_delta}, rev {rev_delta}");
+    assert!(
+        fwd_delta <= 0.004 && rev_delta <= 0.004,
+        "fwd {fwd_delta}, rev {rev_delta}"
+    );
 }

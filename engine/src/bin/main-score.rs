@@ -711,7 +711,10 @@ fn score(a: ScoreArgs) -> Result<()> {
             kept: 0,
             of: summary.count(),
         };
-        Some((filter(&staged, &a.output, &a.rank_by, rules)?, a.output.as_path()))
+        Some((
+            filter(&staged, &a.output, &a.rank_by, rules)?,
+            a.output.as_path(),
+        ))
     } else {
         None
     };
@@ -1378,7 +1381,9 @@ fn filter(scored: &Path, output: &Path, rank_by: &RankBy, mut rules: Filter) -> 
     write_atomic_with(output, |out| {
         each_line(&mut |line, _, alignment| {
             let keep = rules.min_alignment.is_none_or(|m| alignment >= m)
-                && top.as_ref().is_none_or(|t| t.get(index).copied().unwrap_or(false));
+                && top
+                    .as_ref()
+                    .is_none_or(|t| t.get(index).copied().unwrap_or(false));
             index += 1;
             if keep {
                 kept += 1;
