@@ -10,11 +10,14 @@
 #[cfg(feature = "std-fs")]
 pub mod atomic_write;
 pub mod config;
+pub mod conversation;
 pub mod convert;
 pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod gguf;
+#[cfg(feature = "std-fs")]
+pub mod job;
 pub mod kernels;
 pub mod logprob;
 pub mod matmul;

@@ -6,7 +6,9 @@
 //! (`logprob::head_logprobs`). The unconditional prompt of each model is
 //! computed once, when the scorer is made, and every view continues from the
 //! longest part of it that it shares (the system prompt for conditional
-//! views, all of it for unconditional ones).
+//! views, all of it for unconditional ones). The views of one turn of a
+//! conversation share more: its history, computed once per batch and
+//! continued by each of them.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -26,6 +28,7 @@
 
 use std::sync::Arc;
 
+use crate::conversation::{Conversation, Turn};
 use crate::cuda::backend::Backend;
 use crate::cuda::{GpuSide, GpuView};
 use crate::device::Device;
@@ -36,7 +39,7 @@ use crate::model::{KvCache, Model, Runtime};
 use crate::score::{self, Combine, Pair, PairScore, TokenScore, ViewLogprobs};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
-use crate::views::{build_view, pair_views, reverse_content, ViewTokens};
+use crate::views::{negative_view, reverse_content, turn_views, ViewTokens};
 
 /// Settings of a [`Scorer`].
 #[derive(Clone, Debug)]
@@ -104,6 +107,35 @@ enum Compute {
     Gpu(Box<GpuSide>),
 }
 
+/// Views packed into a batch together: one view, or the views of one turn
+/// that continue a prefix computed once for them.
+struct Item {
+    views: std::ops::Range<usize>,
+    prefix: Option<GroupPrefix>,
+}
+
+/// A turn's shared prompt prefix: its first `len` ids, of which the first
+/// `from` are the precomputed prompt's.
+#[derive(Clone, Copy)]
+struct GroupPrefix {
+    from: usize,
+    len: usize,
+}
+
+impl Item {
+    /// Tokens the forward pass computes for this item.
+    fn n_new(&self, views: &[&ViewTokens], prefix_ids: &[u32]) -> usize {
+        let views = &views[self.views.clone()];
+        match self.prefix {
+            Some(p) => (p.len - p.from) + views.iter().map(|v| v.ids.len() - p.len).sum::<usize>(),
+            None => views
+                .iter()
+                .map(|v| v.ids.len() - shared_len(prefix_ids, v))
+                .sum(),
+        }
+    }
+}
+
 impl Side {
     /// `gpu`: run on this device in this precision (else on the CPU with `rt`).
     fn new(
@@ -138,11 +170,15 @@ impl Side {
         })
     }
 
-    /// Target log-probs of every view, in order.
+    /// Target log-probs of every view, in order. `groups[i]` names the turn
+    /// view `i` belongs to; consecutive views of one turn share their common
+    /// prompt prefix (a conversation's history) where it is longer than what
+    /// they share with the scorer's precomputed prefix.
     fn run(
         &mut self,
         rt: &Runtime,
         views: &[&ViewTokens],
+        groups: &[usize],
         batch_tokens: usize,
     ) -> Result<Vec<Vec<f64>>> {
         if let Compute::Gpu(gpu) = &mut self.compute {
@@ -156,40 +192,124 @@ impl Side {
                 .collect();
             return gpu.run(&gv);
         }
+        let items = self.items(views, groups);
         let mut out = Vec::with_capacity(views.len());
         let mut start = 0;
-        while start < views.len() {
-            // Greedy packing: as many views as fit in `batch_tokens` new tokens (at least one).
+        while start < items.len() {
+            // Greedy packing: as many items as fit in `batch_tokens` new tokens (at least one).
             let mut end = start;
             let mut n_new = 0;
-            while end < views.len() {
-                let add = views[end].ids.len() - shared_len(&self.prefix_ids, views[end]);
+            while end < items.len() {
+                let add = items[end].n_new(views, &self.prefix_ids);
                 if end > start && n_new + add > batch_tokens {
                     break;
                 }
                 n_new += add;
                 end += 1;
             }
-            out.extend(self.run_batch(rt, &views[start..end])?);
+            out.extend(self.run_batch(rt, views, &items[start..end])?);
             start = end;
         }
         Ok(out)
     }
 
-    fn run_batch(&self, rt: &Runtime, views: &[&ViewTokens]) -> Result<Vec<Vec<f64>>> {
+    /// `views` cut into what is packed whole: a turn whose views share a
+    /// prefix beyond the precomputed one, or a single view. A pair's views
+    /// share nothing more (their common part is the system prompt), so they
+    /// stay single views and pack exactly as they always have.
+    fn items(&self, views: &[&ViewTokens], groups: &[usize]) -> Vec<Item> {
+        let mut items = Vec::with_capacity(views.len());
+        let mut a = 0;
+        while a < views.len() {
+            let mut b = a + 1;
+            while b < views.len() && groups[b] == groups[a] {
+                b += 1;
+            }
+            let group = &views[a..b];
+            let lcp = group
+                .iter()
+                .map(|v| {
+                    let same = v.ids.iter().zip(&group[0].ids).take_while(|(x, y)| x == y);
+                    same.count().min(v.n_prompt.saturating_sub(1))
+                })
+                .min()
+                .unwrap_or(0);
+            let best_shared = group
+                .iter()
+                .map(|v| shared_len(&self.prefix_ids, v))
+                .max()
+                .unwrap_or(0);
+            if b - a > 1 && lcp > best_shared {
+                let from = group[0].ids[..lcp]
+                    .iter()
+                    .zip(&self.prefix_ids)
+                    .take_while(|(x, y)| x == y)
+                    .count();
+                items.push(Item {
+                    views: a..b,
+                    prefix: Some(GroupPrefix { from, len: lcp }),
+                });
+            } else {
+                items.extend((a..b).map(|i| Item {
+                    views: i..i + 1,
+                    prefix: None,
+                }));
+            }
+            a = b;
+        }
+        items
+    }
+
+    fn run_batch(
+        &self,
+        rt: &Runtime,
+        all: &[&ViewTokens],
+        items: &[Item],
+    ) -> Result<Vec<Vec<f64>>> {
         let d = self.model.config.d_model;
         let Compute::Cpu { prefix } = &self.compute else {
             unreachable!("run_batch is the CPU path")
         };
-        let shared: Vec<usize> = views
+        // The shared prefixes of this batch's turns first, continued from
+        // the precomputed prompt; their outputs are not needed, only their
+        // keys and values.
+        let grouped: Vec<(&Item, GroupPrefix)> = items
             .iter()
-            .map(|v| shared_len(&self.prefix_ids, v))
+            .filter_map(|it| it.prefix.map(|p| (it, p)))
             .collect();
-        let mut caches: Vec<KvCache> = views
+        let mut group_caches: Vec<KvCache> = grouped
             .iter()
-            .zip(&shared)
-            .map(|(v, &s)| KvCache::from_prefix(prefix, s, v.ids.len()))
+            .map(|(_, p)| KvCache::from_prefix(prefix, p.from, p.len))
             .collect();
+        if !grouped.is_empty() {
+            let tokens: Vec<&[u32]> = grouped
+                .iter()
+                .map(|(it, p)| &all[it.views.start].ids[p.from..p.len])
+                .collect();
+            self.model.forward(rt, &mut group_caches, &tokens)?;
+        }
+
+        // Each view: the cache it continues and how many positions it takes from it.
+        let mut views: Vec<&ViewTokens> = Vec::new();
+        let mut shared: Vec<usize> = Vec::new();
+        let mut caches: Vec<KvCache> = Vec::new();
+        let mut g = 0;
+        for it in items {
+            let from = match it.prefix {
+                Some(p) => {
+                    g += 1;
+                    Some((&group_caches[g - 1], p.len))
+                }
+                None => None,
+            };
+            for v in &all[it.views.clone()] {
+                let (src, s) = from.unwrap_or((prefix, shared_len(&self.prefix_ids, v)));
+                views.push(v);
+                shared.push(s);
+                caches.push(KvCache::from_prefix(src, s, v.ids.len()));
+            }
+        }
+        drop(group_caches);
         let new_tokens: Vec<&[u32]> = views
             .iter()
             .zip(&shared)
@@ -301,29 +421,45 @@ impl Scorer {
     /// contrastive score uses the responses of pairs i+1 ..= i+K (cyclically)
     /// of the same batch, so it needs at least K+1 pairs.
     pub fn score_batch(&mut self, pairs: &[Pair]) -> Result<Vec<PairScore>> {
-        if pairs.is_empty() {
+        let turns: Vec<Turn> = pairs.iter().map(Turn::of_pair).collect();
+        self.score_turns(&turns)
+    }
+
+    /// Every turn of `conversation`, in order (turn k of the output is
+    /// element k-1). The record's score is [`crate::conversation::weakest`].
+    pub fn score_conversation(&mut self, conversation: &Conversation) -> Result<Vec<PairScore>> {
+        let turns: Vec<Turn> = conversation.turns().collect();
+        self.score_turns(&turns)
+    }
+
+    /// Scores turns of conversations (and pairs, as [`Turn::of_pair`]) in
+    /// fused batches, each turn with its history in front (DESIGN.md §2).
+    /// Negatives as in [`Scorer::score_batch`]: turn i is scored against the
+    /// responses of turns i+1 ..= i+K, after its own history.
+    pub fn score_turns(&mut self, turns: &[Turn]) -> Result<Vec<PairScore>> {
+        if turns.is_empty() {
             return Ok(Vec::new());
         }
         let k = self.params.negatives;
-        if k > 0 && pairs.len() < k + 1 {
+        if k > 0 && turns.len() < k + 1 {
             return Err(Error::invalid_argument(
                 "negatives",
                 format!(
                     "{k} negatives need batches of at least {} pairs, got {}",
                     k + 1,
-                    pairs.len()
+                    turns.len()
                 ),
             ));
         }
         let (views, mut fwd_lps, rev_lps) = if matches!(self.forward.compute, Compute::Gpu(_)) {
-            self.run_pipelined(pairs)?
+            self.run_pipelined(turns)?
         } else {
-            let views = self.build_views(pairs, 0)?;
-            let (fwd_jobs, rev_jobs) = jobs(&views);
+            let views = self.build_views(turns, 0)?;
+            let (fwd_jobs, rev_jobs, groups) = jobs(&views);
             let bt = self.params.batch_tokens;
-            let fwd_lps = self.forward.run(&self.rt, &fwd_jobs, bt)?;
+            let fwd_lps = self.forward.run(&self.rt, &fwd_jobs, &groups, bt)?;
             let rev = self.reverse.as_mut().unwrap_or(&mut self.forward);
-            let rev_lps = rev.run(&self.rt, &rev_jobs, bt)?;
+            let rev_lps = rev.run(&self.rt, &rev_jobs, &groups, bt)?;
             (views, fwd_lps, rev_lps)
         };
         // Conditional views of x_i with other responses y_j.
@@ -331,26 +467,31 @@ impl Scorer {
             let max = self.params.max_tokens;
             let fwd = &self.forward;
             let mut negative_views = Vec::new();
-            for (i, p) in pairs.iter().enumerate() {
+            for (i, (t, (_, dropped))) in turns.iter().zip(&views).enumerate() {
                 for step in 1..=k {
-                    let other = &pairs[(i + step) % pairs.len()];
-                    negative_views.push(build_view(
+                    let other = &turns[(i + step) % turns.len()];
+                    negative_views.push(negative_view(
                         &fwd.model.tokenizer,
                         &fwd.template,
-                        &p.instruction,
-                        &other.response,
+                        t,
+                        *dropped,
+                        other.assistant,
                         max,
                     )?);
                 }
             }
             let jobs: Vec<&ViewTokens> = negative_views.iter().collect();
+            // Each negative is its own group: they share the history of
+            // their turn only up to where the other response begins, which
+            // the precomputed prefix mostly covers for pairs.
+            let groups: Vec<usize> = (0..jobs.len()).collect();
             let bt = self.params.batch_tokens;
-            fwd_lps.extend(self.forward.run(&self.rt, &jobs, bt)?);
+            fwd_lps.extend(self.forward.run(&self.rt, &jobs, &groups, bt)?);
         }
         let (fwd, rev) = (&self.forward, self.reverse_side());
 
-        let mut out = Vec::with_capacity(pairs.len());
-        for (i, v) in views.iter().enumerate() {
+        let mut out = Vec::with_capacity(turns.len());
+        for (i, (v, _)) in views.iter().enumerate() {
             let (fc, fu) = (&fwd_lps[2 * i], &fwd_lps[2 * i + 1]);
             let (rc, ru) = (&rev_lps[2 * i], &rev_lps[2 * i + 1]);
             let response_ids = &v[0].ids[v[0].n_prompt..];
@@ -370,7 +511,7 @@ impl Scorer {
             );
             if k > 0 {
                 let mut sims = vec![score::mean(fc)];
-                let base = 2 * pairs.len() + i * k;
+                let base = 2 * turns.len() + i * k;
                 sims.extend((0..k).map(|j| score::mean(&fwd_lps[base + j])));
                 s.contrastive = Some(score::contrastive(&sims));
             }
@@ -384,25 +525,25 @@ impl Scorer {
         Ok(out)
     }
 
-    /// The four views of `pairs`, built on the scorer's threads (tokenizing
-    /// is the CPU's share of the work). `offset`: index of `pairs[0]` in the
+    /// The four views of `turns`, built on the scorer's threads (tokenizing
+    /// is the CPU's share of the work). `offset`: index of `turns[0]` in the
     /// caller's batch, for messages.
-    fn build_views(&self, pairs: &[Pair], offset: usize) -> Result<Vec<[ViewTokens; 4]>> {
+    fn build_views(&self, turns: &[Turn], offset: usize) -> Result<Vec<TurnViews>> {
         let (fwd, rev) = (&self.forward, self.reverse_side());
         build_views(
             &self.rt,
             (&fwd.model.tokenizer, &fwd.template),
             (&rev.model.tokenizer, &rev.template),
             self.params.max_tokens,
-            pairs,
+            turns,
             offset,
         )
     }
 
-    /// The GPU path: CPU threads build the views of the next chunk of pairs
+    /// The GPU path: CPU threads build the views of the next chunk of turns
     /// while the GPU runs the forward and reverse views of this one, so
     /// tokenizing never leaves the GPU waiting (except for the first chunk).
-    fn run_pipelined(&mut self, pairs: &[Pair]) -> Result<Batches> {
+    fn run_pipelined(&mut self, turns: &[Turn]) -> Result<Batches> {
         const CHUNK: usize = 256;
         let Scorer {
             rt,
@@ -425,7 +566,7 @@ impl Scorer {
             let builder = scope.spawn(move || {
                 let fwd = (&fwd_text.0.tokenizer, &*fwd_text.1);
                 let rev = (&rev_text.0.tokenizer, &*rev_text.1);
-                for (c, chunk) in pairs.chunks(CHUNK).enumerate() {
+                for (c, chunk) in turns.chunks(CHUNK).enumerate() {
                     let views = build_views(rt, fwd, rev, max, chunk, c * CHUNK);
                     let failed = views.is_err();
                     if tx.send(views).is_err() || failed {
@@ -433,14 +574,14 @@ impl Scorer {
                     }
                 }
             });
-            let mut all = Vec::with_capacity(pairs.len());
+            let mut all = Vec::with_capacity(turns.len());
             let (mut fwd_lps, mut rev_lps) = (Vec::new(), Vec::new());
             for views in rx {
                 let views = views?;
-                let (fwd_jobs, rev_jobs) = jobs(&views);
-                fwd_lps.extend(forward.run(rt, &fwd_jobs, bt)?);
+                let (fwd_jobs, rev_jobs, groups) = jobs(&views);
+                fwd_lps.extend(forward.run(rt, &fwd_jobs, &groups, bt)?);
                 let rev = reverse.as_mut().unwrap_or(&mut *forward);
-                rev_lps.extend(rev.run(rt, &rev_jobs, bt)?);
+                rev_lps.extend(rev.run(rt, &rev_jobs, &groups, bt)?);
                 all.extend(views);
             }
             builder.join().expect("the view builder does not panic");
@@ -475,42 +616,48 @@ impl Scorer {
     }
 }
 
-/// Views of a batch and the target log-probs of its forward views (two
-/// per pair, then any negatives) and reverse views (two per pair).
-type Batches = (Vec<[ViewTokens; 4]>, Vec<Vec<f64>>, Vec<Vec<f64>>);
+/// A turn's four views and how many of its history's oldest exchanges they leave out.
+type TurnViews = ([ViewTokens; 4], usize);
 
-/// The forward (cond, uncond of each pair) and reverse jobs of `views`.
-fn jobs(views: &[[ViewTokens; 4]]) -> (Vec<&ViewTokens>, Vec<&ViewTokens>) {
+/// Views of a batch and the target log-probs of its forward views (two
+/// per turn, then any negatives) and reverse views (two per turn).
+type Batches = (Vec<TurnViews>, Vec<Vec<f64>>, Vec<Vec<f64>>);
+
+/// The forward (cond, uncond of each turn) and reverse jobs of `views`,
+/// and the turn of each job (the same for both lists).
+fn jobs(views: &[TurnViews]) -> (Vec<&ViewTokens>, Vec<&ViewTokens>, Vec<usize>) {
     let mut fwd = Vec::with_capacity(2 * views.len());
     let mut rev = Vec::with_capacity(2 * views.len());
-    for v in views {
+    let mut groups = Vec::with_capacity(2 * views.len());
+    for (i, (v, _)) in views.iter().enumerate() {
         fwd.push(&v[0]);
         fwd.push(&v[1]);
         rev.push(&v[2]);
         rev.push(&v[3]);
+        groups.extend([i, i]);
     }
-    (fwd, rev)
+    (fwd, rev, groups)
 }
 
-/// The four views of each pair, on `rt`'s threads.
+/// The four views of each turn, on `rt`'s threads.
 fn build_views(
     rt: &Runtime,
     fwd: (&Tokenizer, &ChatTemplate),
     rev: (&Tokenizer, &ChatTemplate),
     max_tokens: usize,
-    pairs: &[Pair],
+    turns: &[Turn],
     offset: usize,
-) -> Result<Vec<[ViewTokens; 4]>> {
-    let mut built: Vec<Option<Result<[ViewTokens; 4]>>> = (0..pairs.len()).map(|_| None).collect();
+) -> Result<Vec<TurnViews>> {
+    let mut built: Vec<Option<Result<TurnViews>>> = (0..turns.len()).map(|_| None).collect();
     rt.threads.for_each_mut(&mut built, |i, out| {
         *out = Some(
-            pair_views(fwd, rev, &pairs[i], max_tokens)
+            turn_views(fwd, rev, &turns[i], max_tokens)
                 .map_err(|e| Error::Input(format!("pair {}: {e}", offset + i))),
         );
     });
     built
         .into_iter()
-        .map(|v| v.expect("every pair is built"))
+        .map(|v| v.expect("every turn is built"))
         .collect()
 }
 

@@ -9,9 +9,13 @@
 //! | [`ViewKind::RevCond`] | [`reverse_content`]`(y)` | `x` + end-of-turn |
 //! | [`ViewKind::RevUncond`] | `""` | `x` + end-of-turn |
 //!
+//! A turn of a conversation gets the same four views with its history in
+//! front of the user message ([`turn_views`], DESIGN.md §2 "Conversations").
+//!
 //! The trainer builds its training sequences with [`build_view`] too, so a
 //! model is trained and scored on the same token sequences.
 
+use crate::conversation::{Message, Turn};
 use crate::error::{Error, Result};
 use crate::score::Pair;
 use crate::template::ChatTemplate;
@@ -104,7 +108,15 @@ pub fn build_view(
     target: &str,
     max_tokens: usize,
 ) -> Result<ViewTokens> {
-    Ok(build_view_cut(tokenizer, template, content, target, max_tokens)?.0)
+    Ok(build_view_cut(
+        tokenizer,
+        template,
+        Frame::default(),
+        content,
+        target,
+        max_tokens,
+    )?
+    .0)
 }
 
 /// The four views of `pair` in [`ViewKind`] order; `fwd` serves the forward
@@ -119,25 +131,131 @@ pub fn pair_views(
     pair: &Pair,
     max_tokens: usize,
 ) -> Result<[ViewTokens; 4]> {
-    let [fwd_cond, fwd_uncond] = direction(fwd, &pair.instruction, &pair.response, max_tokens)?;
-    let [rev_cond, rev_uncond] = direction(
-        rev,
-        &reverse_content(&pair.response),
-        &pair.instruction,
-        max_tokens,
-    )?;
-    Ok([fwd_cond, fwd_uncond, rev_cond, rev_uncond])
+    Ok(turn_views(fwd, rev, &Turn::of_pair(pair), max_tokens)?.0)
+}
+
+/// The four views of one turn of a conversation, in [`ViewKind`] order,
+/// and how many of the oldest exchanges of its history were dropped.
+///
+/// Every view's prompt is the template rendered with the kept history, then
+/// the view's user message, then (forward views only) the turn's context
+/// messages, then the generation prompt. A turn with no history and no
+/// context is a pair, and gets exactly [`pair_views`]' tokens.
+///
+/// When the views do not fit `max_tokens` with the whole history, the
+/// fewest oldest exchanges are dropped that make all four fit uncut (the
+/// system message stays); when none does, the whole history is dropped and
+/// content is cut as for a pair. Either way every view is flagged
+/// `truncated`. All four views keep the same history, so they share its
+/// tokens as a prefix.
+pub fn turn_views(
+    fwd: (&Tokenizer, &ChatTemplate),
+    rev: (&Tokenizer, &ChatTemplate),
+    turn: &Turn,
+    max_tokens: usize,
+) -> Result<([ViewTokens; 4], usize)> {
+    let context: Vec<(&str, &str)> = turn.context.iter().map(Message::rendered).collect();
+    let reverse = reverse_content(turn.assistant);
+    let build = |dropped: usize| -> Result<[ViewTokens; 4]> {
+        let history = turn.kept_history(dropped);
+        let fwd_frame = Frame {
+            before: &history,
+            after: &context,
+        };
+        let rev_frame = Frame {
+            before: &history,
+            after: &[],
+        };
+        let [fwd_cond, fwd_uncond] =
+            direction(fwd, fwd_frame, turn.user, turn.assistant, max_tokens)?;
+        let [rev_cond, rev_uncond] = direction(rev, rev_frame, &reverse, turn.user, max_tokens)?;
+        Ok([fwd_cond, fwd_uncond, rev_cond, rev_uncond])
+    };
+    // Ok(None): does not fit uncut with this history.
+    let fitting = |dropped: usize| -> Result<Option<[ViewTokens; 4]>> {
+        match build(dropped) {
+            Ok(v) if v.iter().all(|x| !x.truncated) => Ok(Some(v)),
+            Ok(_) => Ok(None),
+            Err(e) if too_long(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let n = turn.n_exchanges();
+    if n == 0 {
+        return Ok((build(0)?, 0));
+    }
+    if let Some(v) = fitting(0)? {
+        return Ok((v, 0));
+    }
+    // Binary search: a shorter history never makes a view longer.
+    let (mut lo, mut hi) = (1, n);
+    let mut best = None;
+    while lo <= hi {
+        let mid = lo + (hi - lo) / 2;
+        match fitting(mid)? {
+            Some(v) => {
+                best = Some((v, mid));
+                hi = mid - 1;
+            }
+            None => lo = mid + 1,
+        }
+    }
+    let (mut views, dropped) = match best {
+        Some(found) => found,
+        None => (build(n)?, n),
+    };
+    for v in &mut views {
+        v.truncated = true;
+    }
+    Ok((views, dropped))
+}
+
+/// The forward conditional view of `turn` (with the history [`turn_views`]
+/// kept, `dropped`) with another target: the contrastive score's negatives.
+/// For a pair, [`build_view`] of its instruction and `target`.
+pub fn negative_view(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    turn: &Turn,
+    dropped: usize,
+    target: &str,
+    max_tokens: usize,
+) -> Result<ViewTokens> {
+    let history = turn.kept_history(dropped);
+    let context: Vec<(&str, &str)> = turn.context.iter().map(Message::rendered).collect();
+    let frame = Frame {
+        before: &history,
+        after: &context,
+    };
+    Ok(build_view_cut(tokenizer, template, frame, turn.user, target, max_tokens)?.0)
+}
+
+/// The error [`build_view_cut`] gives when the template and history alone
+/// leave no room: a shorter history may fit.
+fn too_long(e: &Error) -> bool {
+    matches!(e, Error::InvalidArgument { name, .. } if name == "max_tokens")
+}
+
+/// The messages around a view's user message: `before` it (the system
+/// message and the kept history) and `after` it (the tool calls and
+/// observations a forward view sees). Both empty for a pair.
+#[derive(Clone, Copy, Default)]
+struct Frame<'a> {
+    before: &'a [(&'a str, &'a str)],
+    after: &'a [(&'a str, &'a str)],
 }
 
 /// The conditional and unconditional view of one direction.
 fn direction(
     (tokenizer, template): (&Tokenizer, &ChatTemplate),
+    frame: Frame,
     content: &str,
     target: &str,
     max_tokens: usize,
 ) -> Result<[ViewTokens; 2]> {
-    let (cond, target_cut) = build_view_cut(tokenizer, template, content, target, max_tokens)?;
-    let mut ids = prompt_ids(tokenizer, template, "")?;
+    let (cond, target_cut) =
+        build_view_cut(tokenizer, template, frame, content, target, max_tokens)?;
+    let mut ids = prompt_ids(tokenizer, template, frame, "")?;
     let n_prompt = ids.len();
     ids.extend_from_slice(cond.target());
     if ids.len() > max_tokens {
@@ -165,11 +283,12 @@ fn direction(
 fn build_view_cut(
     tokenizer: &Tokenizer,
     template: &ChatTemplate,
+    frame: Frame,
     content: &str,
     target: &str,
     max_tokens: usize,
 ) -> Result<(ViewTokens, bool)> {
-    let prompt_of = |c: &str| prompt_ids(tokenizer, template, c);
+    let prompt_of = |c: &str| prompt_ids(tokenizer, template, frame, c);
     let eot = template.end_of_turn();
     let target_of = |t: &str| tokenizer.encode(&format!("{t}{eot}"), false, true);
 
@@ -221,8 +340,21 @@ fn join(mut prompt: Vec<u32>, target: Vec<u32>, truncated: bool) -> ViewTokens {
     }
 }
 
-fn prompt_ids(tokenizer: &Tokenizer, template: &ChatTemplate, content: &str) -> Result<Vec<u32>> {
-    let text = template.render_prompt(content)?;
+fn prompt_ids(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    frame: Frame,
+    content: &str,
+) -> Result<Vec<u32>> {
+    let text = if frame.before.is_empty() && frame.after.is_empty() {
+        template.render_prompt(content)?
+    } else {
+        let mut messages = Vec::with_capacity(frame.before.len() + 1 + frame.after.len());
+        messages.extend_from_slice(frame.before);
+        messages.push(("user", content));
+        messages.extend_from_slice(frame.after);
+        template.render(&messages, true)?
+    };
     let mut ids = tokenizer.encode(&text, false, true)?;
     if tokenizer.add_bos_default() {
         let bos = tokenizer.bos_id().ok_or_else(|| {
