@@ -26,6 +26,17 @@ impl Device {
         }
     }
 
+    /// The precision a run on this device uses: `asked`, or the device's
+    /// [`Device::default_precision`] when none is asked, refused (an
+    /// `invalid argument 'precision'` error) when the device cannot run it.
+    /// The one place every interface resolves its precision: the CLI,
+    /// libmain, Python, the browser and the trainer's scoring.
+    pub fn resolve_precision(self, asked: Option<Precision>) -> Result<Precision> {
+        let p = asked.unwrap_or_else(|| self.default_precision());
+        self.check_precision(p)?;
+        Ok(p)
+    }
+
     /// Whether this device runs `p`: `exact`, `fast`, `int8` on the CPU;
     /// `bf16`, `exact` on a GPU.
     pub fn check_precision(self, p: Precision) -> Result<()> {
@@ -109,5 +120,27 @@ mod tests {
             .to_string();
         assert!(e.contains("int8 does not run on cuda:0"), "{e}");
         assert!(Device::Cuda(0).check_precision(Precision::Exact).is_ok());
+    }
+
+    #[test]
+    fn precision_resolved_per_device() {
+        for d in [Device::Cpu, Device::Cuda(1)] {
+            assert_eq!(d.resolve_precision(None).unwrap(), d.default_precision());
+            assert_eq!(
+                d.resolve_precision(Some(Precision::Exact)).unwrap(),
+                Precision::Exact
+            );
+        }
+        let e = Device::Cpu
+            .resolve_precision(Some(Precision::Bf16))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "invalid argument 'precision': bf16 does not run on cpu; it runs exact, fast or int8"
+        );
+        assert!(Device::Cuda(0)
+            .resolve_precision(Some(Precision::Fast))
+            .is_err());
     }
 }

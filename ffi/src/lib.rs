@@ -795,8 +795,9 @@ pub unsafe extern "C" fn main_pair_detail_free(detail: *mut main_pair_detail) {
 /// is not NULL). Thread-safe.
 ///
 /// Returns `MAIN_OK`; `MAIN_ERR_INVALID_ARGUMENT` (a NULL pointer, text not
-/// UTF-8, unknown precision); `MAIN_ERR_FORMAT` (the model's tokenizer
-/// fails on the text); `MAIN_ERR_INTERNAL`.
+/// UTF-8, unknown precision, or `MAIN_PRECISION_BF16`, which the CPU does
+/// not run); `MAIN_ERR_FORMAT` (the model's tokenizer fails on the text);
+/// `MAIN_ERR_INTERNAL`.
 ///
 /// # Safety
 /// Every pointer is NULL or points to a live object of its type.
@@ -818,7 +819,11 @@ pub unsafe extern "C" fn main_text_logprobs_new(
         let model = &unsafe { ref_arg(model, "model") }?.model;
         // SAFETY: as above.
         let text = unsafe { str_arg(text, "text") }?;
-        let rt = Runtime::new(n_threads as usize, precision_arg(precision, "precision")?);
+        // The CPU runs text log-probs: bf16 is refused here as everywhere,
+        // not quietly run in exact.
+        let precision =
+            Device::Cpu.resolve_precision(Some(precision_arg(precision, "precision")?))?;
+        let rt = Runtime::new(n_threads as usize, precision);
         let tok = &model.tokenizer;
         let ids = tok.encode(text, tok.add_bos_default(), false)?;
         let lps = sequence_logprobs(model, &rt, &ids)?;

@@ -183,14 +183,17 @@ impl NativeScorer {
         negatives: usize,
     ) -> PyResult<Self> {
         let device: Device = device.parse().map_err(py_err)?;
-        let precision = match precision {
-            None => device.default_precision(),
-            Some(name) => Precision::parse(name).ok_or_else(|| {
-                ArgumentError::new_err(format!(
-                    "invalid argument 'precision': {name:?} is not one of exact, fast, int8, bf16"
-                ))
-            })?,
-        };
+        let asked = precision
+            .map(|name| {
+                Precision::parse(name).ok_or_else(|| {
+                    ArgumentError::new_err(format!(
+                        "invalid argument 'precision': {name:?} is not one of exact, fast, int8, bf16"
+                    ))
+                })
+            })
+            .transpose()?;
+        // Arguments first: a wrong precision fails before a slow model load.
+        let precision = device.resolve_precision(asked).map_err(py_err)?;
         let params = ScorerParams {
             n_threads: threads,
             max_tokens,
@@ -200,8 +203,6 @@ impl NativeScorer {
             device,
             ..ScorerParams::default()
         };
-        // Arguments first: a wrong precision fails before a slow model load.
-        device.check_precision(precision).map_err(py_err)?;
         let forward = load(py, model, "model")?;
         let reverse = reverse_model
             .map(|p| load(py, p, "reverse_model"))

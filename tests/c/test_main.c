@@ -320,6 +320,11 @@ static int run_errors(const char *model_path, const char *tmpdir) {
                MAIN_ERR_INVALID_ARGUMENT, "'text': is not valid UTF-8");
     EXPECT_ERR(main_text_logprobs_new(model, "x", 1, 42, &lps),
                MAIN_ERR_INVALID_ARGUMENT, "'precision': 42 is not one of");
+    /* Text log-probs run on the CPU, which has no bf16: refused, as by the
+       scorer, not run in exact in its place. */
+    EXPECT_ERR(main_text_logprobs_new(model, "x", 1, MAIN_PRECISION_BF16, &lps),
+               MAIN_ERR_INVALID_ARGUMENT,
+               "'precision': bf16 does not run on cpu");
     EXPECT_ERR(main_text_logprobs_new(model, "x", 1, MAIN_PRECISION_FAST, NULL),
                MAIN_ERR_INVALID_ARGUMENT, "'out': is NULL");
 
