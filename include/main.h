@@ -430,8 +430,9 @@ void main_pair_detail_free(struct main_pair_detail *detail);
 // is not NULL). Thread-safe.
 //
 // Returns `MAIN_OK`; `MAIN_ERR_INVALID_ARGUMENT` (a NULL pointer, text not
-// UTF-8, unknown precision); `MAIN_ERR_FORMAT` (the model's tokenizer
-// fails on the text); `MAIN_ERR_INTERNAL`.
+// UTF-8, unknown precision, or `MAIN_PRECISION_BF16`, which the CPU does
+// not run); `MAIN_ERR_FORMAT` (the model's tokenizer fails on the text);
+// `MAIN_ERR_INTERNAL`.
 //
 // # Safety
 // Every pointer is NULL or points to a live object of its type.
