@@ -15,13 +15,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use clap::{Parser, Subcommand};
 use main_engine::atomic_write::{write_atomic, write_atomic_with};
+use main_engine::conversation::Turn;
+use main_engine::job::{splice_alignment, RecordScore};
 use main_engine::logprob::{perplexity, sequence_logprobs};
 use main_engine::matmul::Precision;
 use main_engine::model::{Model, Runtime};
-use main_engine::pairs::{self, Format};
+use main_engine::pairs::{self, Format, Sample};
 use main_engine::quant::DType;
 use main_engine::rank::{self, RankBy};
-use main_engine::score::{Combine, Pair, PairScore};
+use main_engine::score::Combine;
 use main_engine::scorer::{Scorer, ScorerParams};
 use main_engine::summary::Summary;
 use main_engine::{convert, Device, Error, Result};
@@ -644,11 +646,11 @@ fn score(a: ScoreArgs) -> Result<()> {
         }
         let parsed = match record_text(&buf, line_index) {
             Ok(None) => continue,
-            Ok(Some(text)) => parse_record(text, line_index, &format).map(|pair| (text, pair)),
+            Ok(Some(text)) => parse_record(text, line_index, &format).map(|sample| (text, sample)),
             Err(e) => Err(e),
         };
         match parsed {
-            Ok((text, pair)) => {
+            Ok((text, sample)) => {
                 // Records already in the output still join their batch, so
                 // batches (and the negatives drawn from them) match an
                 // uninterrupted run.
@@ -671,7 +673,7 @@ fn score(a: ScoreArgs) -> Result<()> {
                 job.push(Entry {
                     line,
                     line_no: line_index + 1,
-                    pair,
+                    sample,
                 })?;
             }
             Err(e) if a.skip_invalid => {
@@ -748,8 +750,8 @@ fn parse_record(
     text: &str,
     line_index: usize,
     format: &Format,
-) -> std::result::Result<Pair, pairs::RecordError> {
-    let (record, pair) = pairs::parse_line(text, line_index + 1, format)?;
+) -> std::result::Result<Sample, pairs::RecordError> {
+    let (record, sample) = pairs::parse_sample_line(text, line_index + 1, format)?;
     // A second "alignment" key would make the output ambiguous JSON.
     if record.contains_key("alignment") {
         return Err(pairs::RecordError {
@@ -757,7 +759,7 @@ fn parse_record(
             reason: "the record already has an \"alignment\" key (scored before?)".into(),
         });
     }
-    Ok(pair)
+    Ok(sample)
 }
 
 /// Lines of the input in this shard: the progress bar's total.
@@ -780,11 +782,19 @@ fn count_in_shard(path: &Path, shard: Shard) -> Result<usize> {
 }
 
 /// One eligible input record: its text (`None` when already in the output
-/// from an earlier run), its 1-based input line number and its pair.
+/// from an earlier run), its 1-based input line number and what it holds.
 struct Entry {
     line: Option<String>,
     line_no: usize,
-    pair: Pair,
+    sample: Sample,
+}
+
+/// The scored turns of a sample: a pair is one.
+fn turns_of(sample: &Sample) -> Vec<Turn<'_>> {
+    match sample {
+        Sample::Pair(p) => vec![Turn::of_pair(p)],
+        Sample::Conversation(c) => c.turns().collect(),
+    }
 }
 
 struct ScoreJob {
@@ -792,9 +802,9 @@ struct ScoreJob {
     batch_size: usize,
     negatives: usize,
     batch: Vec<Entry>,
-    /// Pairs of the batch before, to fill a short last batch up to the
-    /// `negatives + 1` pairs the contrastive score draws from.
-    previous: Vec<Pair>,
+    /// Records of the batch before, to fill a short last batch up to the
+    /// `negatives + 1` turns the contrastive score draws from.
+    previous: Vec<Sample>,
     sink: Sink,
     summary: Summary,
     progress: Progress,
@@ -823,64 +833,44 @@ impl ScoreJob {
             // Without negatives a pair's score does not depend on its batch,
             // so records already written need no scoring.
             let scored: Vec<&Entry> = batch.iter().filter(|e| k > 0 || e.line.is_some()).collect();
-            let mut pairs: Vec<Pair> = scored.iter().map(|e| e.pair.clone()).collect();
-            if k > 0 && pairs.len() < k + 1 {
-                let need = k + 1 - pairs.len();
-                pairs.extend(self.previous.iter().take(need).cloned());
-                if pairs.len() < k + 1 {
+            // Every turn of every record, in order (a pair is one turn).
+            let mut turns: Vec<Turn> = scored.iter().flat_map(|e| turns_of(&e.sample)).collect();
+            if k > 0 && turns.len() < k + 1 {
+                let need = k + 1 - turns.len();
+                turns.extend(self.previous.iter().flat_map(turns_of).take(need));
+                if turns.len() < k + 1 {
                     return Err(Error::invalid_argument(
                         "--negatives",
                         format!(
-                            "{k} negatives need at least {} pairs, the input has {}",
+                            "{k} negatives need at least {} pairs or turns, the input has {}",
                             k + 1,
-                            pairs.len()
+                            turns.len()
                         ),
                     ));
                 }
             }
-            let scores = self.scorer.score_batch(&pairs)?;
+            let mut scores = self.scorer.score_turns(&turns)?.into_iter();
             let mut out = Vec::new();
-            for (entry, s) in scored.iter().zip(&scores) {
+            for entry in &scored {
+                let record = match &entry.sample {
+                    Sample::Pair(_) => RecordScore::Pair(scores.next().expect("one score a turn")),
+                    Sample::Conversation(c) => {
+                        RecordScore::Conversation(scores.by_ref().take(c.n_turns()).collect())
+                    }
+                };
                 if let Some(line) = &entry.line {
-                    splice_alignment(&mut out, line, entry.line_no, s)?;
-                    self.summary.add_score(s);
+                    splice_alignment(&mut out, line, entry.line_no, &record)?;
+                    self.summary.add_score(record.overall());
                 }
             }
             self.sink.write_batch(&out)?;
             self.progress.advance(n_new);
         }
         if !batch.is_empty() {
-            self.previous = batch.into_iter().map(|e| e.pair).collect();
+            self.previous = batch.into_iter().map(|e| e.sample).collect();
         }
         Ok(())
     }
-}
-
-/// Writes `line` with `"alignment": score` added as its last key, the score
-/// ending with `"line": line_no`. The record's own bytes are kept as they are
-/// (key order, number spelling, escapes), which re-serializing would not
-/// guarantee.
-fn splice_alignment(
-    out: &mut Vec<u8>,
-    line: &str,
-    line_no: usize,
-    score: &PairScore,
-) -> Result<()> {
-    let body = line
-        .strip_suffix('}')
-        .expect("a parsed JSON object ends with '}'")
-        .trim_end();
-    out.extend_from_slice(body.as_bytes());
-    if !body.ends_with('{') {
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"alignment\":");
-    serde_json::to_writer(&mut *out, score)
-        .map_err(|e| Error::Input(format!("serializing scores: {e}")))?;
-    // The score is a JSON object: its closing brace makes room for "line".
-    out.pop();
-    out.extend_from_slice(format!(",\"line\":{line_no}}}}}\n").as_bytes());
-    Ok(())
 }
 
 /// Where scored records go: stdout, or a file resumed after its last complete line.
@@ -1339,6 +1329,9 @@ struct Filter {
     of: usize,
 }
 
+/// What [`filter`] calls with each scored line, its ranking key and its alignment.
+type LineVisitor<'a> = dyn FnMut(&[u8], f64, f64) -> Result<()> + 'a;
+
 /// Writes the records of `scored` that pass the filters to `output`
 /// (atomically), in input order, and `output`'s provenance: the scored
 /// file's, with the filter added. Returns how many were kept.
@@ -1347,7 +1340,7 @@ fn filter(scored: &Path, output: &Path, rank_by: &RankBy, mut rules: Filter) -> 
     // Calls `f` with each record's line, its ranking key (better is higher;
     // a missing or NaN value ranks below all) and its alignment (NaN passes
     // no threshold).
-    let each_line = |f: &mut dyn FnMut(&[u8], f64, f64) -> Result<()>| -> Result<()> {
+    let each_line = |f: &mut LineVisitor| -> Result<()> {
         let mut reader = BufReader::new(File::open(scored).map_err(|e| io(scored, e))?);
         let mut line = Vec::new();
         for line_no in 1.. {
@@ -1549,12 +1542,11 @@ fn chosen_precision(
     precision: Option<Precision>,
     device: Device,
 ) -> Result<Precision> {
-    let p = match (exact, precision) {
-        (true, _) => Precision::Exact,
-        (false, p) => p.unwrap_or_else(|| device.default_precision()),
-    };
-    device.check_precision(p)?;
-    Ok(p)
+    device.resolve_precision(if exact {
+        Some(Precision::Exact)
+    } else {
+        precision
+    })
 }
 
 fn parse_device(s: &str) -> std::result::Result<Device, String> {
