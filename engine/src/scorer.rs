@@ -437,6 +437,18 @@ impl Scorer {
     /// Negatives as in [`Scorer::score_batch`]: turn i is scored against the
     /// responses of turns i+1 ..= i+K, after its own history.
     pub fn score_turns(&mut self, turns: &[Turn]) -> Result<Vec<PairScore>> {
+        self.score_turns_named(turns, &|i| format!("pair {i}"))
+    }
+
+    /// [`Scorer::score_turns`], an error about turn `i` (its views cannot
+    /// be built: a template that refuses its roles, a history that leaves
+    /// no room) starting with `name(i)`: the job names the record's line
+    /// and turn there.
+    pub fn score_turns_named(
+        &mut self,
+        turns: &[Turn],
+        name: &(dyn Fn(usize) -> String + Sync),
+    ) -> Result<Vec<PairScore>> {
         if turns.is_empty() {
             return Ok(Vec::new());
         }
@@ -452,9 +464,9 @@ impl Scorer {
             ));
         }
         let (views, mut fwd_lps, rev_lps) = if matches!(self.forward.compute, Compute::Gpu(_)) {
-            self.run_pipelined(turns)?
+            self.run_pipelined(turns, name)?
         } else {
-            let views = self.build_views(turns, 0)?;
+            let views = self.build_views(turns, 0, name)?;
             let (fwd_jobs, rev_jobs, groups) = jobs(&views);
             let bt = self.params.batch_tokens;
             let fwd_lps = self.forward.run(&self.rt, &fwd_jobs, &groups, bt)?;
@@ -470,14 +482,17 @@ impl Scorer {
             for (i, (t, (_, dropped))) in turns.iter().zip(&views).enumerate() {
                 for step in 1..=k {
                     let other = &turns[(i + step) % turns.len()];
-                    negative_views.push(negative_view(
-                        &fwd.model.tokenizer,
-                        &fwd.template,
-                        t,
-                        *dropped,
-                        other.assistant,
-                        max,
-                    )?);
+                    negative_views.push(
+                        negative_view(
+                            &fwd.model.tokenizer,
+                            &fwd.template,
+                            t,
+                            *dropped,
+                            other.assistant,
+                            max,
+                        )
+                        .map_err(|e| Error::Input(format!("{}: {e}", name(i))))?,
+                    );
                 }
             }
             let jobs: Vec<&ViewTokens> = negative_views.iter().collect();
@@ -527,8 +542,13 @@ impl Scorer {
 
     /// The four views of `turns`, built on the scorer's threads (tokenizing
     /// is the CPU's share of the work). `offset`: index of `turns[0]` in the
-    /// caller's batch, for messages.
-    fn build_views(&self, turns: &[Turn], offset: usize) -> Result<Vec<TurnViews>> {
+    /// caller's batch, for `name`.
+    fn build_views(
+        &self,
+        turns: &[Turn],
+        offset: usize,
+        name: &(dyn Fn(usize) -> String + Sync),
+    ) -> Result<Vec<TurnViews>> {
         let (fwd, rev) = (&self.forward, self.reverse_side());
         build_views(
             &self.rt,
@@ -537,13 +557,18 @@ impl Scorer {
             self.params.max_tokens,
             turns,
             offset,
+            name,
         )
     }
 
     /// The GPU path: CPU threads build the views of the next chunk of turns
     /// while the GPU runs the forward and reverse views of this one, so
     /// tokenizing never leaves the GPU waiting (except for the first chunk).
-    fn run_pipelined(&mut self, turns: &[Turn]) -> Result<Batches> {
+    fn run_pipelined(
+        &mut self,
+        turns: &[Turn],
+        name: &(dyn Fn(usize) -> String + Sync),
+    ) -> Result<Batches> {
         const CHUNK: usize = 256;
         let Scorer {
             rt,
@@ -567,7 +592,7 @@ impl Scorer {
                 let fwd = (&fwd_text.0.tokenizer, &*fwd_text.1);
                 let rev = (&rev_text.0.tokenizer, &*rev_text.1);
                 for (c, chunk) in turns.chunks(CHUNK).enumerate() {
-                    let views = build_views(rt, fwd, rev, max, chunk, c * CHUNK);
+                    let views = build_views(rt, fwd, rev, max, chunk, c * CHUNK, name);
                     let failed = views.is_err();
                     if tx.send(views).is_err() || failed {
                         return;
@@ -647,12 +672,13 @@ fn build_views(
     max_tokens: usize,
     turns: &[Turn],
     offset: usize,
+    name: &(dyn Fn(usize) -> String + Sync),
 ) -> Result<Vec<TurnViews>> {
     let mut built: Vec<Option<Result<TurnViews>>> = (0..turns.len()).map(|_| None).collect();
     rt.threads.for_each_mut(&mut built, |i, out| {
         *out = Some(
             turn_views(fwd, rev, &turns[i], max_tokens)
-                .map_err(|e| Error::Input(format!("pair {}: {e}", offset + i))),
+                .map_err(|e| Error::Input(format!("{}: {e}", name(offset + i)))),
         );
     });
     built

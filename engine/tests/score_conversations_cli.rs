@@ -182,3 +182,23 @@ fn a_malformed_conversation_stops_the_run_or_is_skipped() {
         Some(s.alignment)
     );
 }
+
+#[test]
+fn a_turn_that_cannot_be_scored_is_named_by_line_and_turn() {
+    let dir = scratch("unscorable");
+    // A system message is never dropped: one this long leaves no room for
+    // the turn in 512 tokens.
+    let system = "Answer briefly. ".repeat(300);
+    let long = format!(
+        r#"{{"messages": [{{"role": "system", "content": "{system}"}}, {{"role": "user", "content": "Hi"}}, {{"role": "assistant", "content": "Hello."}}]}}"#
+    );
+    let input = dir.join("in.jsonl");
+    std::fs::write(&input, format!("{PAIR}\n{long}\n")).unwrap();
+    let out = main_score(&input, &dir.join("out.jsonl"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("line 2 (turn 1): invalid argument 'max_tokens'"),
+        "{err}"
+    );
+}

@@ -849,7 +849,24 @@ impl ScoreJob {
                     ));
                 }
             }
-            let mut scores = self.scorer.score_turns(&turns)?.into_iter();
+            // An error about a turn names its record's line, and its turn
+            // when the record is a conversation.
+            let names: Vec<String> = scored
+                .iter()
+                .flat_map(|e| match &e.sample {
+                    Sample::Pair(_) => vec![format!("line {}", e.line_no)],
+                    Sample::Conversation(c) => (1..=c.n_turns())
+                        .map(|k| format!("line {} (turn {k})", e.line_no))
+                        .collect(),
+                })
+                .collect();
+            let name = |i: usize| {
+                names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("a record of the batch before (pair {i})"))
+            };
+            let mut scores = self.scorer.score_turns_named(&turns, &name)?.into_iter();
             let mut out = Vec::new();
             for entry in &scored {
                 let record = match &entry.sample {
