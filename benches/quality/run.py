@@ -48,6 +48,7 @@ import metrics  # noqa: E402
 import prepare  # noqa: E402
 
 LLAMAFACTORY_VERSION = "0.9.4"
+DEFAULT_MAIN_SCORE = os.path.join(ROOT, "target", "release", "main-score")
 
 # (name, how it is read from a record's "alignment" object, direction).
 # direction +1: keep high; -1: keep low (negated before ranking).
@@ -310,7 +311,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=None, help="main-score --max-tokens (default 512; --small 256)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None, help="main-score --model (default: the fixture model)")
-    ap.add_argument("--main-score", default=os.path.join(ROOT, "target/release/main-score"))
+    ap.add_argument("--main-score", default=DEFAULT_MAIN_SCORE)
     ap.add_argument("--out", default=None, help="work folder (default target/quality or target/quality-small)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--check", default=None, metavar="EXPECTED")
@@ -327,10 +328,17 @@ def main():
 
     sdist = os.path.join(os.environ.get("MAIN_FIXTURES", os.path.join(ROOT, "fixtures")), ".downloads",
                          f"llamafactory-{LLAMAFACTORY_VERSION}.tar.gz")
+    # One command from a fresh clone: what is missing is fetched or built
+    # (the fixtures script is idempotent and checks every download).
     if not os.path.exists(sdist):
-        sys.exit(f"quality: {sdist} is missing: run scripts/fetch-fixtures")
+        print("quality: fetching the labelled data and the model (scripts/fetch-fixtures)", file=sys.stderr)
+        subprocess.run([os.path.join(ROOT, "scripts", "fetch-fixtures")], check=True)
     if not os.path.exists(args.main_score):
-        sys.exit(f"quality: {args.main_score} is missing: cargo build --release -p main-engine --bin main-score")
+        if args.main_score != DEFAULT_MAIN_SCORE:
+            sys.exit(f"quality: {args.main_score} is missing")
+        print("quality: building main-score (cargo build --release)", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "-p", "main-engine", "--bin", "main-score"],
+                       cwd=ROOT, check=True)
     records = prepare.load_sets(sdist, LLAMAFACTORY_VERSION, sets, groups, n_mismatch)
     scored, kept = score_sets(records, out, args)
     results = evaluate(scored, kept)
