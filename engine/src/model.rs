@@ -628,16 +628,16 @@ impl KvCache {
 }
 
 /// cos/sin of every (token, dimension pair), computed in f64 once per call.
-struct RopeTable {
+pub(crate) struct RopeTable {
     /// (T, hd/2)
-    cos: Vec<f32>,
+    pub(crate) cos: Vec<f32>,
     /// (T, hd/2)
-    sin: Vec<f32>,
+    pub(crate) sin: Vec<f32>,
     half: usize,
 }
 
 impl RopeTable {
-    fn new(inv_freqs: &[f64], positions: &[usize]) -> RopeTable {
+    pub(crate) fn new(inv_freqs: &[f64], positions: &[usize]) -> RopeTable {
         let half = inv_freqs.len();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
@@ -652,7 +652,7 @@ impl RopeTable {
     }
 
     /// Rotates `x`: `(T, n_heads * hd)` in place.
-    fn apply(&self, x: &mut [f32], n_heads: usize, hd: usize, style: RopeStyle) {
+    pub(crate) fn apply(&self, x: &mut [f32], n_heads: usize, hd: usize, style: RopeStyle) {
         let half = self.half;
         for (t, row) in x.chunks_exact_mut(n_heads * hd).enumerate() {
             let (cos, sin) = (

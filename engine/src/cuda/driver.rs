@@ -16,7 +16,7 @@ use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaFunction, C
 use cudarc::nvrtc::{result as rtc, sys as rtc_sys, Ptx};
 
 use super::backend::{Arg, Backend, DevPtr, Elem, Gemm};
-use super::{KERNELS, KERNEL_SOURCE};
+use super::{KERNELS, KERNEL_SOURCE, NVRTC_OPTIONS};
 use crate::error::{Error, Result};
 
 /// Shared-library names tried for each CUDA library (those cudarc tries too).
@@ -66,19 +66,20 @@ pub fn nvrtc_present() -> bool {
 /// Compiles `kernels.cu` for `arch` ("sm_90", or "compute_90" for PTX) and
 /// returns the image to load. The error carries NVRTC's log.
 pub fn compile_kernels(arch: &str, device: &str) -> Result<Vec<u8>> {
+    compile_kernels_with(arch, NVRTC_OPTIONS, device)
+}
+
+/// [`compile_kernels`] with other options than [`NVRTC_OPTIONS`] (tests:
+/// what NVRTC's defaults would build).
+pub fn compile_kernels_with(arch: &str, nvrtc_options: &[&str], device: &str) -> Result<Vec<u8>> {
     let what = format!("compiling the kernels for {arch} with NVRTC");
     let fail = |reason: String| Error::gpu(device, what.clone(), reason);
     let src = CString::new(KERNEL_SOURCE).expect("kernels.cu has no NUL");
     let name = CString::new("kernels.cu").expect("no NUL");
     let prog = rtc::create_program(&src, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
-    let options = vec![
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
-        // Kernels are tested against the CPU's IEEE f32: no flush to zero, exact division and sqrt.
-        "--ftz=false".to_string(),
-        "--prec-div=true".to_string(),
-        "--prec-sqrt=true".to_string(),
-    ];
+    // NVRTC_OPTIONS says why each option is there (no fused multiply-add, IEEE f32).
+    let mut options = vec![format!("--gpu-architecture={arch}")];
+    options.extend(nvrtc_options.iter().map(|o| o.to_string()));
     // SAFETY: `prog` is a live program; the options are NUL-free strings.
     let compiled = unsafe { rtc::compile_program(prog, &options) };
     let result = match compiled {

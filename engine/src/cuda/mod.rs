@@ -32,6 +32,28 @@ use forward::GpuModel;
 /// The kernel source, compiled at load for the device's architecture.
 pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
 
+/// NVRTC's options besides `--gpu-architecture`, and why each is there.
+/// The kernels are tested against the CPU's IEEE f32 arithmetic, the weight
+/// decoders bit for bit, and the emulator (tests only) translates this same
+/// list into its C++ compiler's flags, so what is tested is what NVRTC builds:
+///
+/// - `--fmad=false`: NVRTC's default contracts `a * b + c` into one fused
+///   multiply-add, rounded once; the CPU rounds the product and then the
+///   sum (Q4_1 `q * d + m`, Q4_K / Q5_K `d1 * q - m1`, RoPE, RMSNorm,
+///   SwiGLU, the attention's running sums), so a contracted decoder differs
+///   from the CPU in the last bit of about one weight in three. A kernel
+///   that wants a fused multiply-add must ask for it (`__fmaf_rn`), which
+///   this option leaves alone.
+/// - `--ftz=false`, `--prec-div=true`, `--prec-sqrt=true`: no flush of
+///   subnormals to zero, IEEE-rounded division and square root, as the CPU.
+pub const NVRTC_OPTIONS: &[&str] = &[
+    "--std=c++17",
+    "--fmad=false",
+    "--ftz=false",
+    "--prec-div=true",
+    "--prec-sqrt=true",
+];
+
 /// Every `extern "C"` kernel of `kernels.cu`: loaded at start, so a missing
 /// one fails at load rather than mid-run.
 pub const KERNELS: &[&str] = &[

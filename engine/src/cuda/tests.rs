@@ -102,11 +102,13 @@ fn bf16_round(v: f32) -> f32 {
     f32::from_bits(r << 16)
 }
 
-#[test]
-fn weight_decoders_equal_the_cpu_for_every_block_type() {
-    let gpu = device(GIB);
+/// Every weight type decoded on `gpu` into f32 and bf16, against the CPU's
+/// `dequantize_row`: one line per (type, element type) whose values differ
+/// in any bit, with the count and the first difference.
+fn decoder_mismatches(gpu: &Arc<dyn Backend>) -> Vec<String> {
     // Rows with a remainder of blocks per launch (n_out * blocks not a multiple of 256).
     let (n_out, n_in) = (7, 512);
+    let mut bad = Vec::new();
     for dtype in DType::WEIGHT_TYPES {
         let x = values(n_out * n_in, dtype.ggml_id() as u64);
         let mut bytes = vec![0u8; n_out * n_in / dtype.block_len() * dtype.block_bytes()];
@@ -121,8 +123,8 @@ fn weight_decoders_equal_the_cpu_for_every_block_type() {
         };
         for elem in [Elem::F32, Elem::Bf16] {
             // Decoded into the middle of a fused matrix, as Q/K/V are.
-            let dst = Buf::new(&gpu, (n_out + 3) * n_in * elem.bytes(), "test").unwrap();
-            decode_into(&gpu, &w, "t", &dst, 2, elem).unwrap();
+            let dst = Buf::new(gpu, (n_out + 3) * n_in * elem.bytes(), "test").unwrap();
+            decode_into(gpu, &w, "t", &dst, 2, elem).unwrap();
             let mut raw = vec![0u8; n_out * n_in * elem.bytes()];
             gpu.download(dst.at(2 * n_in * elem.bytes()), &mut raw)
                 .unwrap();
@@ -136,16 +138,137 @@ fn weight_decoders_equal_the_cpu_for_every_block_type() {
                     .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
                     .collect(),
             };
-            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                let w = if elem == Elem::Bf16 { bf16_round(w) } else { w };
-                assert_eq!(
-                    g.to_bits(),
-                    w.to_bits(),
-                    "{dtype:?} -> {elem:?}: element {i}: {g} vs {w}"
-                );
+            let differ: Vec<(usize, f32, f32)> = got
+                .iter()
+                .zip(&want)
+                .enumerate()
+                .map(|(i, (&g, &w))| (i, g, if elem == Elem::Bf16 { bf16_round(w) } else { w }))
+                .filter(|(_, g, w)| g.to_bits() != w.to_bits())
+                .collect();
+            if let Some(&(i, g, w)) = differ.first() {
+                bad.push(format!(
+                    "{dtype:?} -> {elem:?}: {} of {} elements differ, first {i}: {g} vs {w}",
+                    differ.len(),
+                    got.len()
+                ));
             }
         }
     }
+    bad
+}
+
+/// RoPE on `gpu` against the CPU's (`model::RopeTable`, the same f64
+/// tables rounded to f32), both layouts: how many values differ in any bit.
+fn rope_mismatches(gpu: &Arc<dyn Backend>) -> usize {
+    use crate::config::RopeStyle;
+    let (h, hkv, hd) = (4usize, 2usize, 64usize);
+    let s = (h + 2 * hkv) * hd;
+    let positions: Vec<usize> = (0..37).map(|t| 3 * t + 1).collect();
+    let n_tok = positions.len();
+    let inv_freqs: Vec<f64> = (0..hd / 2)
+        .map(|i| 10_000f64.powf(-2.0 * i as f64 / hd as f64))
+        .collect();
+    // The GPU's table: every position up to the largest, as forward.rs builds it.
+    let n_pos = positions.iter().max().unwrap() + 1;
+    let table = crate::model::RopeTable::new(&inv_freqs, &(0..n_pos).collect::<Vec<_>>());
+    let cpu = crate::model::RopeTable::new(&inv_freqs, &positions);
+    let mut differ = 0;
+    for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+        let qkv = values(n_tok * s, 31);
+        let (mut q, mut k) = (Vec::new(), Vec::new());
+        for row in qkv.chunks_exact(s) {
+            q.extend_from_slice(&row[..h * hd]);
+            k.extend_from_slice(&row[h * hd..(h + hkv) * hd]);
+        }
+        cpu.apply(&mut q, h, hd, style);
+        cpu.apply(&mut k, hkv, hd, style);
+        let qb = Buf::from_f32(gpu, &qkv, "t").unwrap();
+        let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
+        let posb = Buf::from_i32(gpu, &pos, "t").unwrap();
+        let cosb = Buf::from_f32(gpu, &table.cos, "t").unwrap();
+        let sinb = Buf::from_f32(gpu, &table.sin, "t").unwrap();
+        let n = n_tok * (h + hkv) * hd / 2;
+        gpu.launch(
+            "rope",
+            n.div_ceil(256) as u32,
+            256,
+            &[
+                qb.arg(),
+                posb.arg(),
+                cosb.arg(),
+                sinb.arg(),
+                Arg::I64(n as i64),
+                Arg::I32(h as i32),
+                Arg::I32(hkv as i32),
+                Arg::I32(hd as i32),
+                Arg::I32((style == RopeStyle::Interleaved) as i32),
+            ],
+        )
+        .unwrap();
+        let got = qb.to_f32(n_tok * s).unwrap();
+        for (t, row) in got.chunks_exact(s).enumerate() {
+            let want_q = &q[t * h * hd..(t + 1) * h * hd];
+            let want_k = &k[t * hkv * hd..(t + 1) * hkv * hd];
+            let want_v = &qkv[t * s + (h + hkv) * hd..(t + 1) * s];
+            let want = want_q.iter().chain(want_k).chain(want_v);
+            differ += row
+                .iter()
+                .zip(want)
+                .filter(|(g, w)| g.to_bits() != w.to_bits())
+                .count();
+        }
+    }
+    differ
+}
+
+#[test]
+fn rope_kernel_equals_the_cpu_bit_for_bit() {
+    assert_eq!(rope_mismatches(&device(GIB)), 0);
+}
+
+#[test]
+fn weight_decoders_equal_the_cpu_for_every_block_type() {
+    let bad = decoder_mismatches(&device(GIB));
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// The bit-exact kernel tests can see a fused multiply-add. With NVRTC's
+/// default `--fmad=true` (translated for the emulator into `-mfma
+/// -ffp-contract=fast`), RoPE's `x0 * cos - x1 * sin` rounds once where
+/// the CPU rounds three times, and differs from it; so these tests hold on
+/// a GPU only because `NVRTC_OPTIONS` turns contraction off, and the
+/// emulator builds with the same options. (The decoders' `q * d + m` is
+/// not moved by contraction: a 4- to 6-bit code times an f16 scale, or a
+/// 6-bit scale times an f16, is exact in f32, so only the add rounds; their
+/// test stays bit for bit under either option.)
+#[test]
+fn a_fused_multiply_add_would_break_the_bit_exact_kernels() {
+    assert!(
+        super::NVRTC_OPTIONS.contains(&"--fmad=false"),
+        "NVRTC_OPTIONS must turn off fused multiply-add: {:?}",
+        super::NVRTC_OPTIONS
+    );
+    assert!(super::emulator::cxx_flags(super::NVRTC_OPTIONS).contains(&"-ffp-contract=off"));
+    if !super::emulator::host_has_fma() {
+        eprintln!("skipped: this CPU has no FMA, so the emulator cannot show NVRTC's default");
+        return;
+    }
+    let fused: Vec<&str> = super::NVRTC_OPTIONS
+        .iter()
+        .map(|&o| {
+            if o == "--fmad=false" {
+                "--fmad=true"
+            } else {
+                o
+            }
+        })
+        .collect();
+    let gpu: Arc<dyn Backend> = Arc::new(Emulator::with_nvrtc_options(GIB, &fused));
+    let differ = rope_mismatches(&gpu);
+    eprintln!("with --fmad=true, {differ} RoPE values differ from the CPU");
+    assert!(differ > 0, "a contracted RoPE should differ from the CPU");
+    let bad = decoder_mismatches(&gpu);
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
 #[test]
@@ -582,6 +705,55 @@ fn kernels_compile_with_nvrtc() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("compiling the kernels for sm_1"), "{e}");
+}
+
+/// NVRTC itself, with the options the GPU gets, emits no fused
+/// multiply-add in the kernels the CPU oracle checks bit for bit or to
+/// the last rounding (decoders, embedding, RMSNorm, RoPE, row gather); with
+/// its default it does (so this test can see one). Kernels that call
+/// `expf` keep the fused operations of CUDA's own `expf`, which the tests
+/// bound by tolerance.
+#[cfg(feature = "cuda")]
+#[test]
+fn nvrtc_fuses_no_multiply_add_into_the_exact_kernels() {
+    if !super::driver::nvrtc_present() {
+        eprintln!("skipped: libnvrtc was not found (scripts/nvrtc-lib)");
+        return;
+    }
+    let fused_entries = |options: &[&str]| -> Vec<String> {
+        let image = super::driver::compile_kernels_with("compute_90", options, "test")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ptx = String::from_utf8_lossy(&image).into_owned();
+        let mut out = Vec::new();
+        for k in super::KERNELS {
+            let exact = ["dequant_", "embed_", "add_rmsnorm_", "rope", "gather_rows_"];
+            if !exact.iter().any(|p| k.starts_with(p)) {
+                continue;
+            }
+            let start = ptx
+                .find(&format!(".entry {k}("))
+                .unwrap_or_else(|| panic!("no entry {k}"));
+            let body = &ptx[start..];
+            let body = &body[..body[1..].find(".entry ").map_or(body.len(), |e| e + 1)];
+            if body.contains("fma.") {
+                out.push(k.to_string());
+            }
+        }
+        out
+    };
+    let fused = fused_entries(super::NVRTC_OPTIONS);
+    assert!(fused.is_empty(), "fused multiply-adds in {fused:?}");
+    let default: Vec<&str> = super::NVRTC_OPTIONS
+        .iter()
+        .copied()
+        .filter(|o| !o.starts_with("--fmad"))
+        .collect();
+    let fused = fused_entries(&default);
+    eprintln!("NVRTC's default fuses in {fused:?}");
+    assert!(
+        fused.iter().any(|k| k == "dequant_q4_1_f32"),
+        "NVRTC's default should fuse q * d + m: {fused:?}"
+    );
 }
 
 /// The whole scorer on the GPU path (the emulator): every §3 field of real
