@@ -48,6 +48,8 @@ use minijinja::machinery::{Instruction, Instructions};
 use minijinja::value::{Enumerator, Object, Rest, Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, State};
 
+use super::estimate::{formatted_len, joined_len, precheck_filter, replaced_len};
+
 /// Items one list or map may hold, as MiniJinja's own `range` allows.
 pub const MAX_ITEMS: usize = 100_000;
 
@@ -139,7 +141,7 @@ pub(super) fn exceeded_in(e: &JinjaError) -> Option<&Exceeded> {
 #[derive(Debug)]
 pub(super) struct Budget {
     /// Bytes any one string, and all written text together, may have.
-    limit: usize,
+    pub(super) limit: usize,
     made: AtomicUsize,
     written: AtomicUsize,
     visits: AtomicUsize,
@@ -187,7 +189,7 @@ impl Budget {
         self.make(bytes, "writing text")
     }
 
-    fn visit(&self) -> Result<(), JinjaError> {
+    pub(super) fn visit(&self) -> Result<(), JinjaError> {
         if self.visits.fetch_add(1, Ordering::Relaxed) >= MAX_VISITS {
             return Err(exceeded(
                 "the values the bounds had to inspect",
@@ -295,7 +297,7 @@ impl Budget {
     }
 
     /// The bytes `v` prints as, up to `cap`; `None` past it.
-    fn display_len(&self, v: &Value, cap: usize) -> Option<usize> {
+    pub(super) fn display_len(&self, v: &Value, cap: usize) -> Option<usize> {
         if let Some(s) = v.as_str() {
             return (s.len() <= cap).then_some(s.len());
         }
@@ -380,7 +382,12 @@ impl fmt::Write for Capped {
 }
 
 /// `v` printed (`{}`) or debug-printed (`{:#?}`) into at most the limit.
-fn bounded_text(b: &Budget, v: &Value, debug: bool, what: &str) -> Result<String, JinjaError> {
+pub(super) fn bounded_text(
+    b: &Budget,
+    v: &Value,
+    debug: bool,
+    what: &str,
+) -> Result<String, JinjaError> {
     let mut w = Capped {
         s: String::new(),
         cap: b.limit,
@@ -533,164 +540,6 @@ fn mul_guard(state: &State, a: Value, b: Value) -> Result<Value, JinjaError> {
         }
     }
     Ok(Value::from(vec![a, b]))
-}
-
-// ---------------------------------------------------------------------------
-// Filters and methods that can make far more than they are given
-// ---------------------------------------------------------------------------
-
-/// Bytes of `items` printed and joined with `joiner`, refused past the limit.
-fn joined_len(b: &Budget, items: &Value, joiner: usize, what: &str) -> Result<(), JinjaError> {
-    let too_big = || exceeded(format!("the string {what} would make"), b.limit, "bytes");
-    let mut total = 0usize;
-    let iter: Box<dyn Iterator<Item = Value>> = match items.as_str() {
-        // Joining a string joins its characters.
-        Some(s) => Box::new(
-            s.chars()
-                .map(|c| Value::from(c.to_string()))
-                .collect::<Vec<_>>()
-                .into_iter(),
-        ),
-        None => match items.try_iter() {
-            Ok(it) => Box::new(it),
-            Err(_) => return Ok(()),
-        },
-    };
-    for (i, item) in iter.enumerate() {
-        if i >= MAX_ITEMS {
-            return Err(exceeded(
-                format!("the items {what} joins"),
-                MAX_ITEMS,
-                "items",
-            ));
-        }
-        b.visit()?;
-        let sep = if i > 0 { joiner } else { 0 };
-        let room = b.limit.saturating_sub(total);
-        let len = b.display_len(&item, room).ok_or_else(too_big)?;
-        total = total.saturating_add(len).saturating_add(sep);
-        if total > b.limit {
-            return Err(too_big());
-        }
-    }
-    Ok(())
-}
-
-/// Bytes `s.replace(old, new)` makes (at most `count` replacements).
-fn replaced_len(s: &str, old: &str, new: &str, count: Option<usize>) -> usize {
-    let hits = if old.is_empty() {
-        s.chars().count() + 1
-    } else {
-        s.matches(old).count()
-    };
-    let hits = count.map_or(hits, |c| hits.min(c));
-    s.len()
-        .saturating_sub(hits.saturating_mul(old.len()))
-        .saturating_add(hits.saturating_mul(new.len()))
-}
-
-/// An upper bound on what a printf- or `str.format`-style format string
-/// makes: its own text, its arguments printed, and every number in it taken
-/// as a field width.
-fn formatted_len(b: &Budget, fmt: &str, args: &[Value]) -> Result<usize, JinjaError> {
-    let too_big = || exceeded("the string a format makes", b.limit, "bytes");
-    let mut total = fmt.len();
-    for digits in fmt.split(|c: char| !c.is_ascii_digit()) {
-        if !digits.is_empty() {
-            let width = digits.parse::<usize>().map_err(|_| too_big())?;
-            total = total.saturating_add(width);
-        }
-    }
-    for a in args {
-        let len = b.display_len(a, b.limit).ok_or_else(too_big)?;
-        total = total.saturating_add(len);
-    }
-    if total > b.limit {
-        return Err(too_big());
-    }
-    Ok(total)
-}
-
-/// The integer a keyword argument or the positional argument `at` gives.
-fn int_arg(args: &[Value], at: usize, keyword: &str) -> Option<usize> {
-    if let Some(kw) = args.last().filter(|v| v.kind() == ValueKind::Map) {
-        if let Ok(v) = kw.get_attr(keyword) {
-            if let Some(n) = v.as_usize() {
-                return Some(n);
-            }
-        }
-    }
-    args.get(at).and_then(Value::as_usize)
-}
-
-/// What a builtin filter would make, estimated before it runs.
-fn precheck_filter(b: &Budget, name: &str, args: &[Value]) -> Result<(), JinjaError> {
-    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
-    match name {
-        "join" => {
-            let joiner = arg(1).as_str().map_or(0, str::len);
-            joined_len(b, &arg(0), joiner, "join")
-        }
-        "replace" => {
-            let (s, old, new) = (arg(0), arg(1), arg(2));
-            let (Some(s), Some(old), Some(new)) = (s.as_str(), old.as_str(), new.as_str()) else {
-                return Ok(());
-            };
-            let len = replaced_len(s, old, new, arg(3).as_usize());
-            if len > b.limit {
-                return Err(exceeded(
-                    format!("the string replace would make ({len} bytes)"),
-                    b.limit,
-                    "bytes",
-                ));
-            }
-            Ok(())
-        }
-        "indent" => {
-            let s = arg(0);
-            let lines = s.as_str().map_or(0, |s| s.matches('\n').count() + 1);
-            let width = int_arg(args, 1, "width").unwrap_or(4);
-            let len = lines
-                .saturating_mul(width)
-                .saturating_add(s.as_str().map_or(0, str::len));
-            if len > b.limit {
-                return Err(exceeded(
-                    format!("the string indent would make ({lines} lines, {width} wide)"),
-                    b.limit,
-                    "bytes",
-                ));
-            }
-            Ok(())
-        }
-        "batch" | "slice" => {
-            let count = arg(1).as_usize().unwrap_or(0);
-            if count > MAX_ITEMS {
-                return Err(exceeded(
-                    format!("the lists {name}({count}) would make"),
-                    MAX_ITEMS,
-                    "items",
-                ));
-            }
-            Ok(())
-        }
-        "format" => {
-            let fmt = arg(0);
-            formatted_len(b, fmt.as_str().unwrap_or(""), args.get(1..).unwrap_or(&[])).map(|_| ())
-        }
-        "sum" => {
-            // Summing strings concatenates them.
-            if arg(0)
-                .try_iter()
-                .is_ok_and(|mut it| it.any(|v| v.kind() == ValueKind::String))
-            {
-                joined_len(b, &arg(0), 0, "sum")?;
-            }
-            Ok(())
-        }
-        "string" => bounded_text(b, &arg(0), false, "string").map(|_| ()),
-        "pprint" => bounded_text(b, &arg(0), true, "pprint").map(|_| ()),
-        _ => Ok(()),
-    }
 }
 
 /// The filters [`precheck_filter`] knows, with MiniJinja's builtins.

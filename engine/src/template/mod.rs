@@ -25,6 +25,7 @@
 //! once when a model loads.
 
 mod bounds;
+mod estimate;
 mod folding;
 
 use std::collections::BTreeMap;
