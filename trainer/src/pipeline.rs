@@ -94,7 +94,9 @@ impl Default for SynthesisConfig {
 pub struct FilterConfig {
     /// Keep candidates with `alignment >= min_alignment` (nats).
     pub min_alignment: Option<f64>,
-    /// Keep the best fraction (by alignment) of the per-response winners.
+    /// Keep the best fraction (by alignment) of the per-response winners:
+    /// `round(fraction x n)` of them, ties in response order, as
+    /// `main-score score --keep-top` keeps them (the engine's `rank::keep_top`).
     pub keep_top: Option<f64>,
     /// Agreement of the forward answer with the original response:
     /// `fwd_cond(y | x') - fwd_cond(y' | x')` (nats; 0 = the original is as
@@ -171,7 +173,8 @@ pub struct Candidate {
     pub weight: f64,
 }
 
-/// Quantiles of a score.
+/// Quantiles of a score, interpolated between closest ranks as the
+/// engine's run summary computes them (`main_engine::stats::quantile`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub n: usize,
@@ -189,7 +192,7 @@ pub fn summary(values: &[f64]) -> Option<Summary> {
     }
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    let q = |p: f64| main_engine::stats::quantile(&v, p).expect("not empty");
     Some(Summary {
         n: v.len(),
         mean: v.iter().sum::<f64>() / v.len() as f64,
@@ -456,14 +459,17 @@ fn select(f: &FilterConfig, candidates: &mut [Candidate]) {
             }
         }
     }
-    let mut winners: Vec<usize> = best.into_values().collect();
-    winners.sort_by(|&a, &b| candidates[b].alignment.total_cmp(&candidates[a].alignment));
-    if let Some(frac) = f.keep_top {
-        let n = (winners.len() as f64 * frac.clamp(0.0, 1.0)).ceil() as usize;
-        winners.truncate(n);
-    }
-    for i in winners {
-        candidates[i].kept = true;
+    // In response order, so ties at the cut go to the earlier response.
+    let winners: Vec<usize> = best.into_values().collect();
+    let keep = match f.keep_top {
+        Some(frac) => {
+            let keys: Vec<f64> = winners.iter().map(|&i| candidates[i].alignment).collect();
+            main_engine::rank::keep_top(&keys, frac.clamp(0.0, 1.0))
+        }
+        None => vec![true; winners.len()],
+    };
+    for (i, keep) in winners.into_iter().zip(keep) {
+        candidates[i].kept = keep;
     }
 }
 
@@ -574,4 +580,68 @@ pub fn run(cfg: &PipelineConfig, progress: bool) -> Result<PipelineReport> {
     };
     write_json(&cfg.out_dir.join("report.json"), &report)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(source: usize, alignment: f64) -> Candidate {
+        Candidate {
+            round: 1,
+            source,
+            instruction: String::new(),
+            response: String::new(),
+            answer: String::new(),
+            alignment,
+            fwd_pmi: alignment,
+            rev_pmi: alignment,
+            fwd_cond: 0.0,
+            rev_cond: 0.0,
+            agreement: 0.0,
+            kept: false,
+            weight: 1.0,
+        }
+    }
+
+    #[test]
+    fn keep_top_keeps_what_main_score_keeps() {
+        // Five per-response winners (the better of the two candidates of
+        // response 0, at index 1), alignments 0.4, 0.9, 0.2, 0.4, -1.0.
+        let kept = |fraction: f64| {
+            let mut c = vec![
+                candidate(0, 0.1),
+                candidate(0, 0.4),
+                candidate(1, 0.9),
+                candidate(2, 0.2),
+                candidate(3, 0.4),
+                candidate(4, -1.0),
+            ];
+            let f = FilterConfig {
+                keep_top: Some(fraction),
+                ..FilterConfig::default()
+            };
+            select(&f, &mut c);
+            c.iter().map(|c| c.kept).collect::<Vec<bool>>()
+        };
+        // round(0.25 x 5) = 1 (ceil kept 2).
+        assert_eq!(kept(0.25), [false, false, true, false, false, false]);
+        // round(0.3 x 5) = 2: the tie at the cut goes to the earlier response.
+        assert_eq!(kept(0.3), [false, true, true, false, false, false]);
+        let keys = [0.4, 0.9, 0.2, 0.4, -1.0];
+        assert_eq!(
+            main_engine::rank::keep_top(&keys, 0.3),
+            [true, true, false, false, false]
+        );
+    }
+
+    #[test]
+    fn summary_quantiles_interpolate_as_the_engine_summary_does() {
+        let s = summary(&[4.0, 1.0, 3.0, 2.0]).unwrap();
+        // numpy.quantile([1, 2, 3, 4], [0.25, 0.5, 0.75]) = 1.75, 2.5, 3.25
+        // (nearest rank gave 2, 3, 3).
+        assert_eq!((s.q25, s.median, s.q75), (1.75, 2.5, 3.25));
+        assert_eq!((s.n, s.min, s.max, s.mean), (4, 1.0, 4.0, 2.5));
+        assert!(summary(&[]).is_none());
+    }
 }
