@@ -1024,8 +1024,10 @@ impl Sink {
 // Provenance: what a scored output was made from
 // ---------------------------------------------------------------------------
 
-/// Bumped when the records or the provenance file change meaning.
-const PROVENANCE_VERSION: u32 = 1;
+/// Bumped when the records or the provenance file change meaning. 2:
+/// `messages` records are conversations, every turn scored (with the system
+/// message), so an output begun before must not be continued.
+const PROVENANCE_VERSION: u32 = 2;
 
 /// `OUTPUT.provenance.json`: what OUTPUT was made from.
 fn provenance_path(output: &Path) -> PathBuf {
