@@ -1,5 +1,6 @@
-//! Supervised fine-tuning in one direction: the loss is the (per-example
-//! weighted) mean negative log-probability of the target tokens only.
+//! Supervised fine-tuning in one direction: the loss is the per-example
+//! weighted negative log-probability of the target tokens only, divided by
+//! one constant of the run ([`loss_normaliser`]).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -176,24 +177,59 @@ pub fn eval_loss(model: &TrainModel, examples: &[Example], batch_size: usize) ->
     Ok(sum / n.max(1) as f64)
 }
 
-/// The weighted mean target NLL of one micro-batch, and its real tokens.
-pub fn lm_loss(model: &TrainModel, batch_examples: &[&Example]) -> Result<Option<(Tensor, usize)>> {
+/// The loss normaliser of a run: the mean number of target tokens in a
+/// micro-batch, `batch_size x (target tokens of the training set / its
+/// examples)`, unweighted.
+///
+/// Why a constant, and why this one: dividing each micro-batch by its own
+/// `sum_i w_i n_i` cancels any weight shared by the whole micro-batch (a
+/// micro-batch of synthetic pairs at 0.3 then pulled exactly as hard as one
+/// at 1.0), so the loss divides by one number of the run instead, the same
+/// for every micro-batch of every step (accumulation and data parallelism
+/// then sum gradients that are all on one scale). It is the *unweighted*
+/// count so that a weight means the same thing in every run: a pair at
+/// weight 1 gets the step it gets in plain SFT, whatever the weights of the
+/// other pairs (a weighted count would shrink when low-weight synthetic
+/// pairs join and so raise the seed pairs' step), and a run with every
+/// weight 1 has the token-mean loss of plain SFT on average. `None`: the
+/// training set has no target tokens.
+pub fn loss_normaliser(train: &[Example], batch_size: usize) -> Option<f64> {
+    let n_targets: usize = train.iter().map(Example::n_targets).sum();
+    if n_targets == 0 {
+        return None;
+    }
+    Some(batch_size as f64 * n_targets as f64 / train.len() as f64)
+}
+
+/// The loss of one micro-batch, `sum_i w_i sum_t nll_it / norm` (nats)
+/// with `norm` the run's [`loss_normaliser`], and its real tokens. `None`
+/// when no example has a positive weight (nothing to learn).
+pub fn lm_loss(
+    model: &TrainModel,
+    batch_examples: &[&Example],
+    norm: f64,
+) -> Result<Option<(Tensor, usize)>> {
+    if !(norm > 0.0 && norm.is_finite()) {
+        return Err(Error::invalid(
+            "loss normaliser",
+            format!("{norm} (must be a positive number)"),
+        ));
+    }
+    if !batch_examples
+        .iter()
+        .any(|e| e.weight > 0.0 && e.n_targets() > 0)
+    {
+        return Ok(None);
+    }
     let seqs: Vec<(&[u32], usize)> = batch_examples
         .iter()
         .map(|e| (&e.ids[..], e.n_prompt))
         .collect();
     let batch = Batch::new(&seqs, &model.device)?;
-    let denom: f64 = batch_examples
-        .iter()
-        .map(|e| e.weight * e.n_targets() as f64)
-        .sum();
-    if denom <= 0.0 {
-        return Ok(None);
-    }
     let w: Vec<f32> = batch
         .target_seq
         .iter()
-        .map(|&s| (batch_examples[s].weight / denom) as f32)
+        .map(|&s| (batch_examples[s].weight / norm) as f32)
         .collect();
     let lp = model.target_logprobs(&batch)?;
     let w = Tensor::from_vec(w, batch.n_targets(), &model.device)
@@ -319,6 +355,10 @@ pub fn train_parallel(
     };
     let train_ex = build(&train_idx)?;
     let eval_ex = build(&eval_idx)?;
+    // Every micro-batch of every step (and of every rank: each holds
+    // `batch_size` examples of the same data set) divides by this one number.
+    let norm = loss_normaliser(&train_ex, cfg.batch_size)
+        .ok_or_else(|| Error::invalid("pairs", "the training pairs have no target tokens"))?;
     let mut opt = AdamW::new(
         &model.params,
         AdamWParams {
@@ -412,7 +452,7 @@ pub fn train_parallel(
                 state.cursor += 1;
             }
             let exs: Vec<&Example> = micro.iter().map(|&i| &train_ex[i]).collect();
-            let Some((lm, toks)) = lm_loss(model, &exs)? else {
+            let Some((lm, toks)) = lm_loss(model, &exs, norm)? else {
                 continue;
             };
             let mut loss = lm;
