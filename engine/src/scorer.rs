@@ -39,7 +39,7 @@ use crate::model::{KvCache, Model, Runtime};
 use crate::score::{self, Combine, Pair, PairScore, TokenScore, ViewLogprobs};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
-use crate::views::{negative_view, reverse_content, turn_views, ViewTokens};
+use crate::views::{build_view, negative_view, reverse_content, turn_views, ViewTokens};
 
 /// Settings of a [`Scorer`].
 #[derive(Clone, Debug)]
@@ -638,6 +638,29 @@ impl Scorer {
             .position(|t| stop.contains(t))
             .unwrap_or(out.len());
         Ok(tok.decode(&out[..end]).trim().to_string())
+    }
+
+    /// The forward model's mean log-prob (nats per target token) of each
+    /// pair's response given its instruction: the `fwd_cond` that
+    /// [`Scorer::score_batch`] gives the pair, from the same view, without
+    /// the other three views. The trainer's agreement check needs only this
+    /// of the forward model's own answer.
+    pub fn forward_cond(&mut self, pairs: &[Pair]) -> Result<Vec<f64>> {
+        let (tok, tpl) = (&self.forward.model.tokenizer, &self.forward.template);
+        let max = self.params.max_tokens;
+        let views = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                build_view(tok, tpl, &p.instruction, &p.response, max)
+                    .map_err(|e| Error::Input(format!("pair {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let jobs: Vec<&ViewTokens> = views.iter().collect();
+        let groups: Vec<usize> = (0..jobs.len()).collect();
+        let bt = self.params.batch_tokens;
+        let lps = self.forward.run(&self.rt, &jobs, &groups, bt)?;
+        Ok(lps.iter().map(|v| score::mean(v)).collect())
     }
 }
 

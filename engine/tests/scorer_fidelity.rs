@@ -168,3 +168,29 @@ fn pmi_totals_match_the_token_detail_and_the_float64_reference() {
         "fwd {fwd_delta}, rev {rev_delta}"
     );
 }
+
+/// `Scorer::forward_cond` (the one view the trainer's agreement check
+/// needs) gives `score_batch`'s `fwd_cond` without the other three views:
+/// the same view tokens; batched with different neighbours, so equal to
+/// float rounding (1e-6 nats; exact precision; 0 measured).
+#[test]
+fn forward_cond_alone_equals_the_batch_fwd_cond() {
+    let (_, pairs) = golden_pairs();
+    let pairs = &pairs[..12];
+    let model = Arc::new(Model::load(&default_model()).expect("load fixture model"));
+    let params = ScorerParams {
+        precision: Precision::Exact,
+        ..ScorerParams::default()
+    };
+    let mut scorer = Scorer::new(model, None, params).unwrap();
+    let full = scorer.score_batch(pairs).unwrap();
+    let alone = scorer.forward_cond(pairs).unwrap();
+    assert_eq!(alone.len(), pairs.len());
+    let max = full
+        .iter()
+        .zip(&alone)
+        .map(|(s, a)| (s.fwd_cond - a).abs())
+        .fold(0f64, f64::max);
+    eprintln!("forward_cond vs score_batch fwd_cond: max |Δ| {max:.2e} nats");
+    assert!(max <= 1e-6, "max |Δ| {max}");
+}
