@@ -1,6 +1,7 @@
 //! The MAIN pipeline end to end on a small slice with a tiny model: two
-//! rounds of training, synthesis, mutual filtering and weighting, producing
-//! the curated file, the models and the reports.
+//! rounds of training, synthesis, mutual filtering (the agreement check on,
+//! as by default) and weighting, the kept pairs accumulating over the
+//! rounds, producing the curated file, the models and the reports.
 
 mod common;
 
@@ -75,6 +76,8 @@ synthetic_growth = 0.25
         .unwrap();
     assert!(st.success());
 
+    let min_agreement = main_trainer::pipeline::DEFAULT_MIN_AGREEMENT;
+    let mut kept_sources = std::collections::BTreeSet::new();
     for round in [1, 2] {
         let dir = out.join(format!("round-{round}"));
         let report: serde_json::Value =
@@ -90,20 +93,49 @@ synthetic_growth = 0.25
             cands.len()
         );
         let kept: Vec<_> = cands.iter().filter(|c| c["kept"] == true).collect();
-        // keep_top 0.5 of the per-response winners: 32 of 64 responses.
-        assert_eq!(kept.len(), 32, "round {round}");
-        assert_eq!(report["n_kept"].as_u64().unwrap(), 32);
-        // The kept ones are the best aligned: their minimum is at least the
-        // median of the discarded.
-        let min_kept = kept
+        // The agreement check answered a response's candidates until one
+        // agreed: at most one agreeing candidate per response, and those
+        // are the per-response winners.
+        let agrees =
+            |c: &serde_json::Value| c["agreement"].as_f64().is_some_and(|a| a >= min_agreement);
+        let winners: Vec<_> = cands.iter().filter(|c| agrees(c)).collect();
+        let sources: std::collections::BTreeSet<u64> = winners
             .iter()
-            .map(|c| c["alignment"].as_f64().unwrap())
-            .fold(f64::INFINITY, f64::min);
-        let disc_median = report["alignment_discarded"]["median"].as_f64().unwrap();
-        assert!(
-            min_kept >= disc_median,
-            "kept min {min_kept} < discarded median {disc_median}"
+            .map(|c| c["source"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sources.len(), winners.len(), "round {round}");
+        for c in &cands {
+            assert_eq!(c["answer"].is_string(), c["agreement"].is_number());
+        }
+        // Answered lazily: a response whose best candidate agrees costs one
+        // answer, not one per candidate.
+        let answered = cands.iter().filter(|c| c["answer"].is_string()).count();
+        eprintln!(
+            "round {round}: {answered} of {} candidates answered, {} agreed",
+            cands.len(),
+            winners.len()
         );
+        assert!(answered >= winners.len() && answered < cands.len());
+        // keep_top 0.5 of the per-response winners (round(0.5 x n), as
+        // main-score keeps them), the best aligned.
+        assert!(
+            winners.len() > 32,
+            "round {round}: {} winners",
+            winners.len()
+        );
+        assert_eq!(kept.len(), winners.len().div_ceil(2), "round {round}");
+        assert_eq!(report["n_kept"].as_u64().unwrap() as usize, kept.len());
+        let alignment = |c: &&serde_json::Value| c["alignment"].as_f64().unwrap();
+        let min_kept = kept.iter().map(alignment).fold(f64::INFINITY, f64::min);
+        let max_left = winners
+            .iter()
+            .filter(|c| c["kept"] == false)
+            .map(alignment)
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(min_kept >= max_left, "kept min {min_kept} < {max_left}");
+        for c in &kept {
+            assert!(agrees(c));
+        }
         for c in &cands {
             assert_eq!(c["round"].as_u64().unwrap(), round);
             assert!(!c["instruction"].as_str().unwrap().is_empty());
@@ -112,24 +144,40 @@ synthetic_growth = 0.25
             assert!(dir.join(d).join("model/model.safetensors").exists());
             assert!(report[d]["eval_loss_after"].is_number());
         }
+        // Kept pairs accumulate: this round's and the earlier rounds' (one
+        // per response).
+        let n_trained = kept_sources.len();
+        kept_sources.extend(kept.iter().map(|c| c["source"].as_u64().unwrap()));
+        assert_eq!(
+            report["n_synthetic_trained"].as_u64().unwrap() as usize,
+            n_trained
+        );
+        assert_eq!(
+            report["n_kept_total"].as_u64().unwrap() as usize,
+            kept_sources.len()
+        );
         let curated = read_jsonl(&dir.join("curated.jsonl"));
-        assert_eq!(curated.len(), 64 + 32);
+        assert_eq!(curated.len(), 64 + kept_sources.len(), "round {round}");
     }
     // Round 2 trained on seed plus round 1's kept pairs, with the start share.
     let r2: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("round-2/report.json")).unwrap()).unwrap();
-    assert_eq!(r2["n_synthetic_trained"].as_u64().unwrap(), 32);
     assert!((r2["synthetic_scale"].as_f64().unwrap() - 0.5).abs() < 1e-12);
+    let n_kept_2 = r2["n_kept"].as_u64().unwrap() as usize;
+    // Round 1's pairs stay where round 2 kept nothing for their response.
+    assert!(kept_sources.len() > n_kept_2, "nothing accumulated");
 
     let curated = read_jsonl(&out.join("curated.jsonl"));
-    assert_eq!(curated.len(), 96);
+    assert_eq!(curated.len(), 64 + kept_sources.len());
     let synth: Vec<_> = curated
         .iter()
         .filter(|c| c["origin"] == "synthetic")
         .collect();
-    assert_eq!(synth.len(), 32);
+    assert_eq!(synth.len(), kept_sources.len());
+    let in_round = |r: u64| synth.iter().filter(|c| c["round"] == r).count();
+    assert_eq!(in_round(2), n_kept_2);
+    assert_eq!(in_round(1), kept_sources.len() - n_kept_2);
     for c in &synth {
-        assert_eq!(c["round"].as_u64().unwrap(), 2);
         let w = c["weight"].as_f64().unwrap();
         // The final retraining share (round 3): 0.5 + 0.25, times [0.1, 1].
         assert!((0.075 - 1e-9..=0.75 + 1e-9).contains(&w), "weight {w}");
@@ -140,5 +188,8 @@ synthetic_growth = 0.25
     }
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
-    assert_eq!(report["n_curated"].as_u64().unwrap(), 96);
+    assert_eq!(
+        report["n_curated"].as_u64().unwrap() as usize,
+        64 + kept_sources.len()
+    );
 }
