@@ -46,13 +46,20 @@ enum Command {
     /// Score instruction/response pairs: JSONL in, each record out unchanged
     /// plus an "alignment" object. Resumable: re-run with the same --output.
     Score(Box<ScoreArgs>),
-    /// Print a model's architecture, sizes, tensor types, tokenizer and chat template.
+    /// Print a model's architecture, sizes, tensor types, tokenizer and chat
+    /// template; with `--device cuda`, the GPU and the CUDA library files it
+    /// loads (the model may then be left out).
     Inspect {
         /// A GGUF file or a Hugging Face folder (config.json + safetensors).
-        model: PathBuf,
+        #[arg(required_unless_present = "device")]
+        model: Option<PathBuf>,
         /// Also list every tensor.
         #[arg(long)]
         tensors: bool,
+        /// cuda / cuda:N: open that GPU and print its name and the files of
+        /// libcuda, libnvrtc, libcublas and libcublasLt this process loaded.
+        #[arg(long, value_parser = parse_device)]
+        device: Option<Device>,
     },
     /// Per-token log-probabilities and perplexity of a text.
     Logprobs {
@@ -102,7 +109,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Score(args) => score(*args),
-        Command::Inspect { model, tensors } => inspect(&model, tensors),
+        Command::Inspect {
+            model,
+            tensors,
+            device,
+        } => device
+            .map_or(Ok(()), inspect_device)
+            .and_then(|()| model.map_or(Ok(()), |m| inspect(&m, tensors))),
         Command::Logprobs {
             model,
             text_file,
@@ -137,6 +150,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `inspect --device cuda:N`: the CUDA libraries as cudarc finds them,
+/// printed before the GPU is opened (so a failing open still shows them),
+/// then the GPU and the files the process holds once the kernels compiled.
+fn inspect_device(device: Device) -> Result<()> {
+    let Device::Cuda(ordinal) = device else {
+        return Err(Error::invalid_argument(
+            "--device",
+            "inspect describes a GPU: give cuda or cuda:N",
+        ));
+    };
+    let mut out = std::io::stdout().lock();
+    let mut w = |k: &str, v: &str| {
+        writeln!(out, "{:<32}{v}", format!("{k}:")).map_err(|e| Error::io("stdout", e))
+    };
+    for (what, file) in main_engine::cuda::libraries(ordinal)? {
+        w(&what, &file)?;
+    }
+    for (what, value) in main_engine::cuda::device_report(ordinal)? {
+        w(&what, &value)?;
+    }
+    Ok(())
 }
 
 fn inspect(path: &Path, list_tensors: bool) -> Result<()> {

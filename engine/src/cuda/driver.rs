@@ -3,8 +3,8 @@
 //! feature runs on machines without CUDA and says so when asked for a GPU.
 //!
 //! cudarc panics when a library it needs is missing, so every library is
-//! looked for first ([`check_libraries`]) and its absence reported as an
-//! error. One stream per device; every call binds the context to the
+//! looked for first, under the names and in the order cudarc tries them
+//! ([`check_libraries`]), and its absence reported as an error. One stream per device; every call binds the context to the
 //! calling thread first (a scorer may move between threads).
 
 use std::collections::HashMap;
@@ -19,48 +19,176 @@ use super::backend::{Arg, Backend, DevPtr, Elem, Gemm};
 use super::{KERNELS, KERNEL_SOURCE, NVRTC_OPTIONS};
 use crate::error::{Error, Result};
 
-/// Shared-library names tried for each CUDA library (those cudarc tries too).
-const LIBRARIES: [(&str, &[&str]); 3] = [
-    ("the CUDA driver (libcuda)", &["libcuda.so.1", "libcuda.so"]),
-    (
-        "NVRTC (libnvrtc)",
-        &["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"],
-    ),
-    (
-        "cuBLAS (libcublas)",
-        &["libcublas.so", "libcublas.so.13", "libcublas.so.12"],
-    ),
+/// The CUDA libraries MAIN loads, each as what it is and the stems whose
+/// file names cudarc tries ([`candidates`]). cuBLASLt is loaded by cuBLAS
+/// itself (a dependency of libcublas), so it is checked too: cuBLAS from
+/// one release with cuBLASLt from another aborts at the first product.
+pub const LIBRARIES: [(&str, &[&str]); 4] = [
+    ("the CUDA driver (libcuda)", &["cuda", "nvcuda"]),
+    ("NVRTC (libnvrtc)", &["nvrtc"]),
+    ("cuBLAS (libcublas)", &["cublas"]),
+    ("cuBLASLt (libcublasLt)", &["cublasLt"]),
 ];
 
-fn library_present(names: &[&str]) -> bool {
-    names.iter().any(|n| {
+/// The file names cudarc tries for a library, in cudarc's own order
+/// (`cudarc::get_lib_name_candidates`: the unversioned `libcuda.so` before
+/// `libcuda.so.13` before `libcuda.so.1`), so the file found here is the
+/// file cudarc loads.
+pub fn candidates(stems: &[&str]) -> Vec<String> {
+    stems
+        .iter()
+        .flat_map(|s| cudarc::get_lib_name_candidates(s))
+        .collect()
+}
+
+/// The first of `names` that loads, with its handle (kept open while its
+/// path is read).
+fn first_loadable(names: &[String]) -> Option<(String, libloading::Library)> {
+    names.iter().find_map(|n| {
         // SAFETY: loading a CUDA library runs only its initialisers, the
-        // same ones cudarc would run; the handle is dropped at once.
-        unsafe { libloading::Library::new(*n) }.is_ok()
+        // same ones cudarc would run.
+        unsafe { libloading::Library::new(n) }
+            .ok()
+            .map(|l| (n.clone(), l))
     })
 }
 
-/// Errors unless the driver, NVRTC and cuBLAS libraries can all be loaded.
-pub fn check_libraries(device: &str) -> Result<()> {
-    for (what, names) in LIBRARIES {
-        if !library_present(names) {
-            return Err(Error::gpu(
-                device,
-                "loading CUDA",
-                format!(
-                    "{what} was not found (tried {}); install the NVIDIA driver and CUDA libraries, \
-                     or put them on LD_LIBRARY_PATH",
-                    names.join(", ")
-                ),
-            ));
+/// The files mapped into this process whose name starts with `prefix`
+/// (`libcublas.so` matches `libcublas.so.13.0.2.14`, not `libcublasLt.so.13`),
+/// from the text of `/proc/self/maps`, each once, in order.
+pub fn mapped_files(maps: &str, prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path (the path may hold spaces)
+        let Some(path) = line.splitn(6, char::is_whitespace).nth(5).map(str::trim) else {
+            continue;
+        };
+        let base = path.rsplit('/').next().unwrap_or(path);
+        if path.starts_with('/') && base.starts_with(prefix) && !out.iter().any(|p| p == path) {
+            out.push(path.to_string());
         }
     }
-    Ok(())
+    out
+}
+
+/// The release in a library's file name: `13.0.2.14` of
+/// `/usr/local/cuda/lib64/libcublasLt.so.13.0.2.14`; `None` without one.
+pub fn release_of(path: &str) -> Option<&str> {
+    let base = path.rsplit('/').next()?;
+    let (_, version) = base.split_once(".so.")?;
+    Some(version)
+}
+
+/// One CUDA library as this process loaded it.
+#[derive(Clone, Debug)]
+pub struct LoadedLibrary {
+    /// What it is ("cuBLAS (libcublas)").
+    pub what: &'static str,
+    /// The name that loaded, cudarc's first candidate that exists.
+    pub name: String,
+    /// The file mapped into this process (symbolic links resolved), from
+    /// `/proc/self/maps`.
+    pub path: String,
+}
+
+fn read_maps() -> String {
+    std::fs::read_to_string("/proc/self/maps").unwrap_or_default()
+}
+
+/// Loads the driver, NVRTC, cuBLAS and cuBLASLt in cudarc's order and
+/// reports the file each one is; errors (never panics, as cudarc would)
+/// when one is missing, when the driver found is the toolkit's link stub,
+/// or when two releases of one library, or cuBLAS and cuBLASLt of
+/// different releases, are loaded together.
+pub fn check_libraries(device: &str) -> Result<Vec<LoadedLibrary>> {
+    let fail = |reason: String| Error::gpu(device, "loading CUDA", reason);
+    let mut handles = Vec::new();
+    let mut found = Vec::new();
+    for (what, stems) in LIBRARIES {
+        let prefix = format!("lib{}.so", stems[0]);
+        // cuBLASLt is what cuBLAS, loaded just before, loaded for itself.
+        if stems == ["cublasLt"] && !mapped_files(&read_maps(), &prefix).is_empty() {
+            found.push((what, "(loaded by cuBLAS)".to_string(), prefix));
+            continue;
+        }
+        let names = candidates(stems);
+        let Some((name, handle)) = first_loadable(&names) else {
+            let mut tried: Vec<&str> = Vec::new();
+            for n in &names {
+                if !tried.contains(&n.as_str()) {
+                    tried.push(n);
+                }
+            }
+            return Err(fail(format!(
+                "{what} was not found (tried {}, in cudarc's order); install the NVIDIA driver \
+                 and CUDA libraries, or put their folder on LD_LIBRARY_PATH",
+                tried.join(", ")
+            )));
+        };
+        handles.push(handle);
+        found.push((what, name, prefix));
+    }
+    let maps = read_maps();
+    let mut loaded = Vec::new();
+    for (what, name, prefix) in found {
+        let files = mapped_files(&maps, &prefix);
+        if files.len() > 1 {
+            return Err(fail(format!(
+                "two copies of {what} are loaded: {}; put one CUDA library folder first on \
+                 LD_LIBRARY_PATH",
+                files.join(" and ")
+            )));
+        }
+        // Without /proc (not Linux) the name that loaded stands for the file.
+        let path = files.into_iter().next().unwrap_or_else(|| name.clone());
+        if path.contains("/stubs/") {
+            return Err(fail(format!(
+                "{what} resolved to {path} (as {name}), the CUDA toolkit's link stub, not the \
+                 driver; take the stubs folder off LD_LIBRARY_PATH"
+            )));
+        }
+        loaded.push(LoadedLibrary { what, name, path });
+    }
+    let blas = loaded.iter().find(|l| l.what.starts_with("cuBLAS ("));
+    let lt = loaded.iter().find(|l| l.what.starts_with("cuBLASLt"));
+    if let (Some(b), Some(l)) = (blas, lt) {
+        if let (Some(vb), Some(vl)) = (release_of(&b.path), release_of(&l.path)) {
+            if vb != vl {
+                return Err(fail(format!(
+                    "cuBLAS {vb} ({}) and cuBLASLt {vl} ({}) are of different releases; put one \
+                     CUDA library folder first on LD_LIBRARY_PATH",
+                    b.path, l.path
+                )));
+            }
+        }
+    }
+    drop(handles);
+    Ok(loaded)
+}
+
+/// The files of the CUDA libraries this process has loaded now (after
+/// [`CudaDevice::open`]: the driver, NVRTC and its builtins, cuBLAS,
+/// cuBLASLt), as `(file name prefix, path)`.
+pub fn loaded_library_files() -> Vec<(&'static str, String)> {
+    let maps = read_maps();
+    let mut out = Vec::new();
+    for prefix in [
+        "libcuda.so",
+        "libnvrtc.so",
+        "libnvrtc-builtins.so",
+        "libcublas.so",
+        "libcublasLt.so",
+    ] {
+        for path in mapped_files(&maps, prefix) {
+            out.push((prefix, path));
+        }
+    }
+    out
 }
 
 /// Whether NVRTC alone can be loaded (kernel compilation needs no GPU).
 pub fn nvrtc_present() -> bool {
-    library_present(LIBRARIES[1].1)
+    first_loadable(&candidates(LIBRARIES[1].1)).is_some()
 }
 
 /// Compiles `kernels.cu` for `arch` ("sm_90", or "compute_90" for PTX) and

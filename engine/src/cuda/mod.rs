@@ -100,13 +100,55 @@ pub fn open(ordinal: usize) -> Result<Arc<dyn Backend>> {
     }
     #[cfg(not(feature = "cuda"))]
     {
-        Err(Error::gpu(
-            format!("cuda:{ordinal}"),
-            "opening the GPU",
-            "this build has no GPU support; build with `--features cuda` \
-             (cargo build --release --features cuda)",
-        ))
+        Err(no_cuda(ordinal))
     }
+}
+
+/// The CUDA libraries GPU `ordinal` would use, as `(what, file)` lines:
+/// each found under cudarc's names in cudarc's order, and the file it is
+/// (from `/proc/self/maps`). What `main-score inspect --device cuda` prints
+/// first; an error naming the library when one is missing or mixed.
+pub fn libraries(ordinal: usize) -> Result<Vec<(String, String)>> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(driver::check_libraries(&format!("cuda:{ordinal}"))?
+            .into_iter()
+            .map(|l| (l.what.to_string(), format!("{} (as {})", l.path, l.name)))
+            .collect())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(no_cuda(ordinal))
+    }
+}
+
+/// Opens GPU `ordinal` (compiling the kernels) and returns its name and
+/// the files of every CUDA library the process then holds (the driver,
+/// NVRTC and its builtins, cuBLAS, cuBLASLt), as `(what, value)` lines.
+pub fn device_report(ordinal: usize) -> Result<Vec<(String, String)>> {
+    #[cfg(feature = "cuda")]
+    {
+        let gpu = driver::CudaDevice::open(ordinal)?;
+        let mut out = vec![("device".to_string(), gpu.name().to_string())];
+        for (prefix, path) in driver::loaded_library_files() {
+            out.push((format!("loaded {prefix}"), path));
+        }
+        Ok(out)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(no_cuda(ordinal))
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn no_cuda(ordinal: usize) -> Error {
+    Error::gpu(
+        format!("cuda:{ordinal}"),
+        "opening the GPU",
+        "this build has no GPU support; build with `--features cuda` \
+         (cargo build --release --features cuda)",
+    )
 }
 
 /// `out[i] = log p(ids[i] | ids[..i])` on GPU `ordinal` (`out[0]` is

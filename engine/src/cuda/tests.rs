@@ -2,6 +2,13 @@
 //! pass, through `emulator::Emulator` (kernels.cu compiled as C++) here, and
 //! on a real GPU (device 0) when `MAIN_GPU_TESTS=1` (`scripts/check-gpu`,
 //! which builds with `--features cuda` and runs these one at a time).
+//!
+//! On a GPU each test runs in a process of its own (`scripts/check-gpu
+//! tests` calls the test binary once per test with `--exact`): a kernel
+//! that faults (an illegal address) leaves its CUDA context unusable for
+//! every later call, so tests sharing one process (one context, opened
+//! once by `device`) would all fail after the first fault. One process per
+//! test keeps a fault to the test that caused it.
 
 use std::sync::Arc;
 
@@ -57,7 +64,8 @@ fn packing_tolerance(p: Precision) -> f64 {
 }
 
 /// A fixture file: under `$MAIN_FIXTURES` (as scripts/fetch-fixtures and
-/// scripts/check-gpu name it), else the checkout's fixtures/.
+/// scripts/check-gpu name it), else the checkout's fixtures/. Missing, the
+/// test is skipped, or fails with `MAIN_REQUIRE_FIXTURES=1`.
 fn fixture(rel: &str) -> Option<std::path::PathBuf> {
     let dir = std::env::var_os("MAIN_FIXTURES").map_or_else(
         || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures"),
@@ -66,6 +74,9 @@ fn fixture(rel: &str) -> Option<std::path::PathBuf> {
     let p = dir.join(rel);
     if p.exists() {
         Some(p)
+    } else if std::env::var_os("MAIN_REQUIRE_FIXTURES").is_some_and(|v| v == "1") {
+        // scripts/check-gpu: a missing fixture is a failure, not a pass.
+        panic!("{} is missing (MAIN_REQUIRE_FIXTURES=1)", p.display())
     } else {
         eprintln!(
             "skipped: {} is missing (run scripts/fetch-fixtures)",
@@ -673,6 +684,90 @@ fn a_missing_gpu_is_a_clear_error() {
     } else {
         assert!(e.contains("--features cuda"), "{e}");
     }
+    // What `main-score inspect --device cuda` calls: errors too, never a panic.
+    let e = super::libraries(0)
+        .and_then(|_| super::device_report(0))
+        .expect_err("no GPU here")
+        .to_string();
+    assert!(e.starts_with("GPU cuda:0: "), "{e}");
+}
+
+/// Libraries are looked for under cudarc's names in cudarc's order, so the
+/// file checked is the file cudarc loads: `libcuda.so` (which may be a
+/// toolkit's link stub) before `libcuda.so.1`.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_libraries_are_looked_for_in_cudarcs_order() {
+    use super::driver::{candidates, LIBRARIES};
+    for (what, stems) in LIBRARIES {
+        let ours = candidates(stems);
+        let cudarcs: Vec<String> = stems
+            .iter()
+            .flat_map(|s| cudarc::get_lib_name_candidates(s))
+            .collect();
+        assert_eq!(ours, cudarcs, "{what}");
+    }
+    let driver = candidates(LIBRARIES[0].1);
+    let at = |n: &str| driver.iter().position(|c| c == n).unwrap();
+    assert_eq!(driver[0], "libcuda.so");
+    assert!(at("libcuda.so.13") < at("libcuda.so.1"));
+    let lt = candidates(LIBRARIES[3].1);
+    assert_eq!(lt[0], "libcublasLt.so");
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn library_files_and_releases_are_read_from_proc_maps() {
+    use super::driver::{mapped_files, release_of};
+    let maps = "\
+7f0000000000-7f0000001000 r--p 00000000 00:2a 123 /usr/local/cuda-13.0/lib64/libcublasLt.so.13.0.2.14
+7f0000001000-7f0000002000 r-xp 00001000 00:2a 123 /usr/local/cuda-13.0/lib64/libcublasLt.so.13.0.2.14
+7f0000002000-7f0000003000 r--p 00000000 00:2a 124 /usr/local/cuda-13.0/lib64/libcublas.so.13.0.2.14
+7f0000003000-7f0000004000 r--p 00000000 00:2a 125 /opt/my libs/libcuda.so.580.159.04
+7f0000004000-7f0000005000 rw-p 00000000 00:00 0 
+7f0000005000-7f0000006000 r--p 00000000 00:2a 126 /usr/lib/x86_64-linux-gnu/libcudart.so.13.0.96
+7ffd00000000-7ffd00001000 rw-p 00000000 00:00 0                          [stack]
+";
+    assert_eq!(
+        mapped_files(maps, "libcublas.so"),
+        ["/usr/local/cuda-13.0/lib64/libcublas.so.13.0.2.14"]
+    );
+    assert_eq!(
+        mapped_files(maps, "libcublasLt.so"),
+        ["/usr/local/cuda-13.0/lib64/libcublasLt.so.13.0.2.14"]
+    );
+    assert_eq!(
+        mapped_files(maps, "libcuda.so"),
+        ["/opt/my libs/libcuda.so.580.159.04"]
+    );
+    assert!(mapped_files(maps, "libnvrtc.so").is_empty());
+    assert_eq!(
+        release_of("/usr/local/cuda-13.0/lib64/libcublasLt.so.13.0.2.14"),
+        Some("13.0.2.14")
+    );
+    assert_eq!(release_of("/x/libcublas.so"), None);
+}
+
+/// Once the kernels are compiled, the NVRTC this process loaded is named
+/// by its real file (what `inspect --device cuda` prints), and it is the
+/// one cudarc's first candidate finds.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_loaded_nvrtc_is_named_by_its_file() {
+    if !super::driver::nvrtc_present() {
+        eprintln!("skipped: libnvrtc was not found (scripts/nvrtc-lib)");
+        return;
+    }
+    super::driver::compile_kernels("compute_80", "test").unwrap_or_else(|e| panic!("{e}"));
+    let files = super::driver::loaded_library_files();
+    eprintln!("{files:?}");
+    let nvrtc: Vec<&String> = files
+        .iter()
+        .filter(|(p, _)| *p == "libnvrtc.so")
+        .map(|(_, f)| f)
+        .collect();
+    assert_eq!(nvrtc.len(), 1, "{files:?}");
+    assert!(std::path::Path::new(nvrtc[0]).is_file(), "{}", nvrtc[0]);
 }
 
 /// The kernel source compiles with NVRTC for the GPUs MAIN targets, so a
