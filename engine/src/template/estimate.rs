@@ -6,7 +6,7 @@
 use minijinja::value::{Value, ValueKind};
 use minijinja::Error as JinjaError;
 
-use super::bounds::{bounded_text, exceeded, Budget, MAX_ITEMS};
+use super::budget::{bounded_text, exceeded, Budget, MAX_ITEMS};
 
 /// Bytes of `items` printed and joined with `joiner`, refused past the limit.
 pub(super) fn joined_len(

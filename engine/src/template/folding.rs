@@ -9,7 +9,7 @@
 use minijinja::machinery::ast::{self, BinOpKind, CallArg, Expr, Stmt};
 use minijinja::value::{Value, ValueKind};
 
-use super::bounds::{exceeded, MAX_ITEMS};
+use super::budget::{exceeded, MAX_ITEMS};
 
 /// What a constant expression folds to, by size only.
 #[derive(Clone, Copy)]

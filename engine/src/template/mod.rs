@@ -15,8 +15,8 @@
 //! memory: at most [`FUEL`] MiniJinja steps; no string, and no text written
 //! (output and captures together), past a limit of [`MAX_EXTRA_OUTPUT`]
 //! bytes beyond four times the messages' own text; no list or map past
-//! [`bounds::MAX_ITEMS`] items or [`bounds::MAX_NESTING`] levels; no more
-//! than [`bounds::WORK_FACTOR`] times the limit allocated in all; no
+//! [`budget::MAX_ITEMS`] items or [`budget::MAX_NESTING`] levels; no more
+//! than [`budget::WORK_FACTOR`] times the limit allocated in all; no
 //! namespace inside a namespace (so no value contains itself) and a lowered
 //! recursion limit (so no stack overflow). The checks run while the
 //! template runs (`bounds`), so a template that loops, inflates or recurses
@@ -25,6 +25,7 @@
 //! once when a model loads.
 
 mod bounds;
+mod budget;
 mod estimate;
 mod folding;
 
@@ -37,7 +38,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind};
 
 use crate::error::{Error, Result};
 
-pub use bounds::{MAX_ITEMS, MAX_NESTING, MAX_VISITS, RECURSION_LIMIT, WORK_FACTOR};
+pub use budget::{MAX_ITEMS, MAX_NESTING, MAX_VISITS, RECURSION_LIMIT, WORK_FACTOR};
 
 /// The template for models that ship none (DESIGN.md §2): the prompt is
 /// `### Instruction:\n{x}\n\n### Response:\n`, and an assistant turn ends
@@ -222,7 +223,7 @@ impl ChatTemplate {
             ("documents", Value::from(())),
             // Where the checks find this rendering's limit; not a name a
             // template can look up.
-            (bounds::LIMIT_KEY, Value::from(limit)),
+            (budget::LIMIT_KEY, Value::from(limit)),
         ]);
         let mut text = String::new();
         let mut out = machinery::make_string_output(&mut text);
@@ -242,7 +243,7 @@ impl ChatTemplate {
                 ))))
             }
             Err(e) => {
-                return Err(if bounds::exceeded_in(&e).is_some() || is_recursion(&e) {
+                return Err(if budget::exceeded_in(&e).is_some() || is_recursion(&e) {
                     RenderError::Bound(bound_error(&e, content_bytes))
                 } else {
                     RenderError::Other(template_error(e))
@@ -315,7 +316,7 @@ fn location(e: &minijinja::Error) -> String {
 /// limit (for `content_bytes` bytes of messages).
 fn bound_error(e: &minijinja::Error, content_bytes: usize) -> Error {
     let at = location(e);
-    match bounds::exceeded_in(e) {
+    match budget::exceeded_in(e) {
         // A limit in bytes grows with the messages: say how.
         Some(x) if x.unit == "bytes" => Error::Template(format!(
             "{at}: {x} (the limit for {content_bytes} bytes of messages: {MAX_EXTRA_OUTPUT} \
@@ -517,11 +518,11 @@ fn tojson(
     // Values are acyclic and shallow (bounds), but a shared one printed many
     // times, or a huge indent, can still make far more text than memory
     // holds: the JSON is written into a buffer capped at the limit.
-    let limit = bounds::limit(state);
+    let limit = budget::limit(state);
     if indent.is_some_and(|n| n > limit) {
-        return Err(bounds::exceeded("tojson's indent", limit, "bytes"));
+        return Err(budget::exceeded("tojson's indent", limit, "bytes"));
     }
-    let mut out = bounds::CappedBytes::new(limit);
+    let mut out = budget::CappedBytes::new(limit);
     let written = match indent {
         // Python's indented form is serde_json's pretty form: "," + newline
         // + indent between items, ": " after keys.
@@ -539,13 +540,13 @@ fn tojson(
         ),
     };
     if out.over {
-        return Err(bounds::exceeded("the JSON tojson writes", limit, "bytes"));
+        return Err(budget::exceeded("the JSON tojson writes", limit, "bytes"));
     }
     written.map_err(|e| {
         minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: cannot serialize")
             .with_source(e)
     })?;
-    bounds::made(state, out.bytes.len(), "tojson")?;
+    budget::made(state, out.bytes.len(), "tojson")?;
     let s = String::from_utf8(out.bytes).map_err(|e| {
         minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: not UTF-8").with_source(e)
     })?;
