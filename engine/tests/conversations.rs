@@ -291,17 +291,47 @@ fn a_turn_answered_by_another_conversation_scores_lower() {
     assert_eq!(n, 80);
     let model = model();
     let mut scorer = scorer(&model, Precision::default(), 768);
+    let swapped: Vec<(usize, Conversation)> = convs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (k, mine) = longest(c);
+            let answer = (n / 2..n + n / 2)
+                .map(|j| longest(&convs[(i + j) % n]).1)
+                .find(|a| *a != mine)
+                .unwrap();
+            (k, swap_answer(c, k, answer))
+        })
+        .collect();
+    // Every turn of the originals, and of each swapped conversation the
+    // turns from the swapped one on, in one fused call (turns of different
+    // conversations batch like pairs), cut back per conversation. The turns
+    // before the swap have the same history and texts as the original's,
+    // so they take the original's scores: scoring them again, or 160 calls
+    // one conversation at a time, costs minutes.
+    let mut turns: Vec<Turn> = convs.iter().flat_map(|c| c.turns()).collect();
+    turns.extend(swapped.iter().flat_map(|(k, c)| c.turns().skip(*k)));
+    let mut scores = scorer.score_turns(&turns).unwrap().into_iter();
+    let originals: Vec<Vec<PairScore>> = convs
+        .iter()
+        .map(|c| scores.by_ref().take(c.n_turns()).collect())
+        .collect();
+    let per_conversation: Vec<Vec<PairScore>> = originals
+        .iter()
+        .cloned()
+        .chain(swapped.iter().zip(&originals).map(|((k, c), orig)| {
+            let mut s = orig[..*k].to_vec();
+            s.extend(scores.by_ref().take(c.n_turns() - k));
+            s
+        }))
+        .collect();
+    assert!(scores.next().is_none());
     let (mut lower, mut conv_lower) = (0, 0);
     let (mut last, mut last_lower, mut last_not_higher) = (0, 0, 0);
     for (i, c) in convs.iter().enumerate() {
         let (k, mine) = longest(c);
-        let answer = (n / 2..n + n / 2)
-            .map(|j| longest(&convs[(i + j) % n]).1)
-            .find(|a| *a != mine)
-            .unwrap();
-        let swapped = swap_answer(c, k, answer);
-        let orig = scorer.score_conversation(c).unwrap();
-        let swap = scorer.score_conversation(&swapped).unwrap();
+        let answer = swapped[i].1.turns().nth(k).unwrap().assistant;
+        let (orig, swap) = (&per_conversation[i], &per_conversation[n + i]);
         let fell = swap[k].alignment < orig[k].alignment;
         lower += usize::from(fell);
         if !fell {
@@ -321,8 +351,8 @@ fn a_turn_answered_by_another_conversation_scores_lower() {
             );
         }
         let (a, b) = (
-            weakest(&swap).unwrap().alignment,
-            weakest(&orig).unwrap().alignment,
+            weakest(swap).unwrap().alignment,
+            weakest(orig).unwrap().alignment,
         );
         conv_lower += usize::from(a < b);
         if k + 1 == c.n_turns() {
