@@ -72,3 +72,14 @@ export const FIELDS = [
   ['semantic', 'semantic'], ['structural', 'structural'], ['intentional', 'intentional'],
   ['fwd_pmi_total', 'fwdPmiTotal'], ['rev_pmi_total', 'revPmiTotal'],
 ];
+
+/**
+ * The bound on a field's difference from native. A per-token mean has `tol`;
+ * a total is that mean times its token count, so it has `tol` times the count
+ * (fwd_pmi_total sums the response's tokens, rev_pmi_total the instruction's).
+ */
+export function fieldTolerance(snake, native, tol) {
+  if (snake === 'fwd_pmi_total') return tol * Math.max(1, native.response_tokens);
+  if (snake === 'rev_pmi_total') return tol * Math.max(1, native.instruction_tokens);
+  return tol;
+}

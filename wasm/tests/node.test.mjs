@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
 
-import { FIELDS, modelPath, nativeScores, requireFile, root, samplePairs } from './common.mjs';
+import { FIELDS, fieldTolerance, modelPath, nativeScores, requireFile, root, samplePairs } from './common.mjs';
 
 const require = createRequire(import.meta.url);
 const pkgPath = requireFile(join(root, 'wasm', 'pkg-node', 'main_wasm.js'), 'run scripts/build-wasm');
@@ -48,7 +48,7 @@ describe('scores equal the native engine', () => {
     scorer = new Scorer(model, null, {});
   });
 
-  test(`${N_PAIRS} Alpaca pairs, every §3 field within ${TOL}, every token within ${TOKEN_TOL}`, () => {
+  test(`${N_PAIRS} Alpaca pairs, every §3 field within ${TOL} (a total within ${TOL} per token), every token within ${TOKEN_TOL}`, () => {
     const pairs = lines.map((l, i) => parseRecord(l, i + 1));
     // Half one by one, half in one fused batch: both paths must agree with native.
     const half = N_PAIRS / 2;
@@ -65,7 +65,7 @@ describe('scores equal the native engine', () => {
         assert.equal(typeof w[camel], 'number', `pair ${i}: ${camel} missing`);
         const d = Math.abs(n[snake] - w[camel]);
         worst = Math.max(worst, d);
-        assert.ok(d <= TOL, `pair ${i}: ${camel} wasm ${w[camel]} vs native ${n[snake]} (diff ${d})`);
+        assert.ok(d <= fieldTolerance(snake, n, TOL), `pair ${i}: ${camel} wasm ${w[camel]} vs native ${n[snake]} (diff ${d})`);
       }
       assert.equal(w.responseTokens, n.response_tokens, `pair ${i}: response tokens`);
       assert.equal(w.instructionTokens, n.instruction_tokens, `pair ${i}: instruction tokens`);
