@@ -5,8 +5,10 @@ repeats a list, makes a namespace hold itself or recurses is refused when
 ``Scorer`` loads it, with ``ModelError`` and the engine's message naming
 the template and the limit: within a second, and the Python process that
 loads it under 200 MB at its peak. Each case runs in a fresh interpreter
-that reports its own peak resident memory (``ru_maxrss``), so one case's
-peak cannot hide behind another's.
+that reports its own peak resident memory (``VmHWM`` of /proc/self/status,
+which starts again at exec), so one case's peak cannot hide behind
+another's. Not ``ru_maxrss``: Linux carries it across exec from the process
+that forked, so a child of a large pytest reports pytest's peak.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def with_template(src: bytes, template: str) -> bytes:
 
 # Run in a fresh interpreter: load, time the load, report the peak.
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import main_align
 start = time.perf_counter()
 try:
@@ -96,7 +98,9 @@ try:
 except main_align.ModelError as e:
     out = {"error": str(e)}
 out["seconds"] = time.perf_counter() - start
-out["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+with open("/proc/self/status") as f:
+    hwm = next(line for line in f if line.startswith("VmHWM:"))
+out["peak"] = int(hwm.split()[1]) * 1024
 print(json.dumps(out))
 """
 
