@@ -15,6 +15,7 @@ use crate::gguf::{Gguf, Value};
 use crate::kernels::attention::{attend_head, HeadAttention};
 use crate::matmul::{matmul, Precision, Weight};
 use crate::quant::dequantize_row;
+use crate::template::ChatTemplate;
 use crate::tensor::{Storage, TensorRef, TensorStore};
 use crate::threads::Threads;
 use crate::tokenizer::Tokenizer;
@@ -341,8 +342,17 @@ impl Model {
         };
         // The chat template is a stranger's code: one that runs past its
         // bounds is refused here, before any data is read.
-        crate::template::check_model(&model)?;
+        let (bos, eos) = model.special_token_texts();
+        crate::template::check_bounds(model.chat_template.as_deref(), bos, eos)?;
         Ok(model)
+    }
+
+    /// The texts of the tokenizer's BOS and EOS tokens, which chat
+    /// templates write as `bos_token` and `eos_token`.
+    fn special_token_texts(&self) -> (Option<String>, Option<String>) {
+        let tok = &self.tokenizer;
+        let text_of = |id: Option<u32>| id.and_then(|id| tok.id_to_token(id));
+        (text_of(tok.bos_id()), text_of(tok.eos_id()))
     }
 
     pub(crate) fn weight(&self, t: &TensorRef) -> Weight<'_> {
@@ -766,5 +776,16 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         for ((oi, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
             *oi = xi * inv * wi;
         }
+    }
+}
+
+/// The template of a model lives with the model, so that `template` needs
+/// nothing of `Model` (the two would import each other).
+impl ChatTemplate {
+    /// The template of `model` (Alpaca when the file has none), with the
+    /// texts of its tokenizer's BOS and EOS tokens.
+    pub fn for_model(model: &Model) -> Result<ChatTemplate> {
+        let (bos, eos) = model.special_token_texts();
+        ChatTemplate::new(model.chat_template.as_deref(), bos, eos)
     }
 }

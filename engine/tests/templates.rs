@@ -330,7 +330,7 @@ fn hostile_templates_in_a_gguf_fail_fast_with_a_clear_error() {
     for &(name, source, says) in HOSTILE {
         let gguf: Arc<[u8]> = Arc::from(gguf_with_template(source));
         let start = Instant::now();
-        // Refused where the model loads (template::check_model), before
+        // Refused where the model loads (template::check_bounds, from Model::assemble), before
         // any scorer or data.
         let msg = within(Duration::from_secs(20), move || {
             template_error(Model::from_gguf_bytes(gguf).map(|_| ()))

@@ -21,7 +21,7 @@
 //! recursion limit (so no stack overflow). The checks run while the
 //! template runs (`bounds`), so a template that loops, inflates or recurses
 //! without bound is an error, not a hang or a crash, wherever the engine
-//! runs (CLI, libmain, Python, the browser). [`check_model`] applies them
+//! runs (CLI, libmain, Python, the browser). [`check_bounds`] applies them
 //! once when a model loads.
 
 mod bounds;
@@ -132,24 +132,6 @@ impl ChatTemplate {
         t.render_bounded(&[("user", "")], true)?;
         t.end_of_turn = t.derive_end_of_turn()?;
         Ok(t)
-    }
-
-    /// The template of `model` (Alpaca when the file has none), with the
-    /// texts of its tokenizer's BOS and EOS tokens.
-    pub fn for_model(model: &crate::model::Model) -> Result<ChatTemplate> {
-        ChatTemplate::for_model_unchecked(model).map_err(RenderError::into_error)
-    }
-
-    fn for_model_unchecked(
-        model: &crate::model::Model,
-    ) -> std::result::Result<ChatTemplate, RenderError> {
-        let tok = &model.tokenizer;
-        let text_of = |id: Option<u32>| id.and_then(|id| tok.id_to_token(id));
-        ChatTemplate::build(
-            model.chat_template.as_deref(),
-            text_of(tok.bos_id()),
-            text_of(tok.eos_id()),
-        )
     }
 
     /// The prompt for one user message with `user_content`, followed by the
@@ -272,7 +254,7 @@ impl ChatTemplate {
 }
 
 /// A rendering's failure: a bound that stopped it (refused at model load,
-/// [`check_model`]) or the template's own error (a syntax error,
+/// [`check_bounds`]) or the template's own error (a syntax error,
 /// `raise_exception`, a role it does not support).
 enum RenderError {
     Bound(Error),
@@ -335,13 +317,17 @@ fn is_recursion(e: &minijinja::Error) -> bool {
     e.kind() == ErrorKind::InvalidOperation && e.to_string().contains("recursion limit")
 }
 
-/// Renders `model`'s template on a probe conversation under the bounds, so
-/// a model whose template runs away is refused when it loads, before any
-/// data is read. Only a bound refuses the model here: a template's own
-/// error (one that rejects a system message, say) stays the error of the
-/// scorer that would use it, as before.
-pub fn check_model(model: &crate::model::Model) -> Result<()> {
-    let t = match ChatTemplate::for_model_unchecked(model) {
+/// Renders the template [`ChatTemplate::new`] would build from these parts
+/// on a probe conversation under the bounds, so a model whose template runs
+/// away is refused when it loads, before any data is read. Only a bound
+/// refuses here: a template's own error (one that rejects a system
+/// message, say) stays the error of the scorer that would use it.
+pub fn check_bounds(
+    source: Option<&str>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+) -> Result<()> {
+    let t = match ChatTemplate::build(source, bos_token, eos_token) {
         Ok(t) => t,
         Err(RenderError::Bound(e)) => return Err(e),
         Err(RenderError::Other(_)) => return Ok(()),
