@@ -375,3 +375,51 @@ pub unsafe extern "C" fn main_score_jsonl(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_params_are_the_jobs() {
+        let mut p = main_job_default_params();
+        p.input = c"in.jsonl".as_ptr();
+        p.output = c"out.jsonl".as_ptr();
+        p.model = c"m.gguf".as_ptr();
+        // SAFETY: every string field is NULL or a static C string.
+        let got = unsafe { job_params(&p) }.unwrap();
+        let want = JobParams {
+            input: "in.jsonl".into(),
+            output: "out.jsonl".into(),
+            model: "m.gguf".into(),
+            precision: Some(Device::Cpu.default_precision()),
+            ..JobParams::default()
+        };
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut p = main_job_default_params();
+        p.input = c"in.jsonl".as_ptr();
+        p.output = c"out.jsonl".as_ptr();
+        // SAFETY: as above.
+        let e = unsafe { job_params(&p) }.unwrap_err().to_string();
+        assert_eq!(e, "invalid argument 'params->model': is NULL");
+        p.model = c"m.gguf".as_ptr();
+        p.keep_top = 1.5;
+        // SAFETY: as above.
+        let e = unsafe { job_params(&p) }.unwrap_err().to_string();
+        assert!(e.contains("params->keep_top"), "{e}");
+        p.keep_top = 0.0;
+        p.response_field = c"out".as_ptr();
+        // SAFETY: as above.
+        let e = unsafe { job_params(&p) }.unwrap_err().to_string();
+        assert!(e.contains("params->instruction_field"), "{e}");
+        p.response_field = std::ptr::null();
+        p.rank_by = c"nope".as_ptr();
+        // SAFETY: as above.
+        let e = unsafe { job_params(&p) }.unwrap_err().to_string();
+        assert!(e.contains("params->rank_by"), "{e}");
+    }
+}
