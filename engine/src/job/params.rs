@@ -164,3 +164,59 @@ pub fn scored_path(output: &Path) -> PathBuf {
     name.push(".scored.jsonl");
     PathBuf::from(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_model() -> JobParams {
+        JobParams {
+            model: "m.gguf".into(),
+            ..JobParams::default()
+        }
+    }
+
+    #[test]
+    fn check_refuses_what_cannot_run() {
+        assert!(with_model().check().is_ok());
+        let e = |p: JobParams| p.check().unwrap_err().to_string();
+        assert!(e(JobParams::default()).contains("'--model': not given"));
+        let filter_to_stdout = JobParams {
+            keep_top: Some(0.5),
+            ..with_model()
+        };
+        assert!(e(filter_to_stdout).contains("need an output file"));
+        let negatives = JobParams {
+            negatives: 16,
+            ..with_model()
+        };
+        assert!(e(negatives).contains("--batch must be above it (it is 16)"));
+        let batch = JobParams {
+            batch: 0,
+            ..with_model()
+        };
+        assert!(e(batch).contains("'--batch'"));
+        let fraction = JobParams {
+            output: "o.jsonl".into(),
+            keep_top: Some(1.5),
+            ..with_model()
+        };
+        assert!(e(fraction).contains("not a fraction"));
+        let shard = JobParams {
+            shard: Shard { index: 3, count: 2 },
+            ..with_model()
+        };
+        assert!(e(shard).contains("below the shard count"));
+    }
+
+    #[test]
+    fn filtering_stages_the_scores() {
+        let p = JobParams {
+            output: "kept.jsonl".into(),
+            min_alignment: Some(0.0),
+            ..with_model()
+        };
+        assert_eq!(p.staged(), PathBuf::from("kept.jsonl.scored.jsonl"));
+        assert_eq!(with_model().staged(), PathBuf::from("-"));
+    }
+}
