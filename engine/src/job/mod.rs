@@ -3,7 +3,7 @@
 //! the same bytes. Behind the file-system feature.
 //!
 //! JSONL records in, each record out unchanged plus an `"alignment"`
-//! object: [`JobParams`] says what to do, [`run`] does it and reports each
+//! object: [`JobParams`] says what to do, [`run()`] does it and reports each
 //! [`JobEvent`] to a progress callback (which may stop it), and returns a
 //! [`JobReport`]. The steps, one file each: [`read`] the input records and
 //! [`shard`] them, [`batch`] them (with negatives), score and [`splice`]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::summary::{Summary, SummaryRow};
 
-/// The outcome of [`super::run`].
+/// The outcome of [`super::run()`].
 #[derive(Clone, Debug)]
 pub struct JobReport {
     /// Where every scored record is: the output, or its `.scored.jsonl`

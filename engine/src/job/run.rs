@@ -1,7 +1,7 @@
 //! Running a job: read the input, skip what the output already holds,
 //! batch, score, write, then filter and summarise.
 //!
-//! Resume: the output itself is the checkpoint (see [`super::sink`]). On
+//! Resume: the output itself is the checkpoint (see `job/sink.rs`). On
 //! start its complete lines are counted, and that many eligible input
 //! records (in this shard, and valid) are skipped, each checked against
 //! the input line its record names (see [`super::provenance`]).
