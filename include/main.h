@@ -127,6 +127,24 @@ typedef enum main_device {
   MAIN_DEVICE_CUDA = 1,
 } main_device;
 
+// What a `main_job_event` reports (a value for `main_job_event.kind`).
+typedef enum main_job_event_kind {
+  // The output held a partial last line left by an interrupted run;
+  // `bytes` of it were cut off. `text`: the output's path.
+  MAIN_JOB_DROPPED_PARTIAL_LINE = 0,
+  // The output already holds `records` records of this job; the run goes
+  // on after them. `text`: the output's path.
+  MAIN_JOB_RESUMING = 1,
+  // The models are loaded and scoring begins: `total` records to score
+  // (-1 when unknown: stdin).
+  MAIN_JOB_STARTED = 2,
+  // A batch was written: `done` of `total` records scored by this run.
+  MAIN_JOB_SCORED = 3,
+  // An invalid record was skipped (`skip_invalid`): `line` is its input
+  // line and `text` the message naming file, line and reason.
+  MAIN_JOB_SKIPPED = 4,
+} main_job_event_kind;
+
 // A loaded model: configuration, weights (memory-mapped for GGUF), tokenizer
 // and chat template. Immutable: any number of threads may use one model at
 // the same time (each through its own scorer).
@@ -266,6 +284,106 @@ typedef struct main_text_logprobs {
   // when there are fewer than two tokens.
   double perplexity;
 } main_text_logprobs;
+
+// Settings of a scoring job (`main-score score`'s options). Start from
+// `main_job_default_params()`, set `input`, `output` and `model`, and
+// change what you need. Strings are NUL-terminated UTF-8 paths or names,
+// read during the call and not retained; NULL where a field says so.
+typedef struct main_job_params {
+  // JSONL records (Alpaca, prompt/response, `messages` or
+  // `conversations`, detected per record); "-" is stdin. Required.
+  const char *input;
+  // Where the scored records go; "-" is stdout (not resumable). A file
+  // holding records of the same job is resumed. Required.
+  const char *output;
+  // The forward model: a GGUF file or a Hugging Face folder. Required.
+  const char *model;
+  // A trained reverse model, or NULL (the forward model serves both).
+  const char *reverse_model;
+  // Worker threads; 0 = one per core.
+  uint32_t n_threads;
+  // Longest view in tokens (default 1024).
+  uint32_t max_tokens;
+  // A `main_precision` value (default: the engine's for the CPU; a GPU
+  // needs `MAIN_PRECISION_BF16` or `MAIN_PRECISION_EXACT`).
+  uint32_t precision;
+  // A `main_device` value (default `MAIN_DEVICE_CPU`).
+  uint32_t device;
+  // The GPU's number with `MAIN_DEVICE_CUDA` (default 0).
+  uint32_t gpu;
+  // A `main_combine` value (default `MAIN_COMBINE_MIN`).
+  uint32_t combine;
+  // Other responses of the same batch per pair for `contrastive` (default 0).
+  uint32_t negatives;
+  // Records per fused scoring call and per write (default 16; above `negatives`).
+  uint32_t batch;
+  // Per-token detail of both directions in each record (default false).
+  bool tokens;
+  // Keep the best fraction in (0, 1] of the records by `rank_by`; 0 = off
+  // (default). The scored records are staged in OUTPUT.scored.jsonl.
+  double keep_top;
+  // The score `keep_top` ranks by (a leading '-' keeps the lowest), or
+  // NULL for the default.
+  const char *rank_by;
+  // With `use_min_alignment`: keep records whose alignment is at least this.
+  double min_alignment;
+  // Whether `min_alignment` applies (default false).
+  bool use_min_alignment;
+  // Score only the records on 0-based lines L with L % shard_count ==
+  // shard_index (default 0 of 1: all).
+  uint32_t shard_index;
+  uint32_t shard_count;
+  // Skip invalid records (each reported as `MAIN_JOB_SKIPPED`) instead
+  // of stopping at the first (default false).
+  bool skip_invalid;
+  // Named fields instead of detecting the format: `instruction_field`
+  // and `response_field` together (and `input_field` with them), or all NULL.
+  const char *instruction_field;
+  const char *response_field;
+  const char *input_field;
+} main_job_params;
+
+// One event of a running job, passed to its progress callback. Valid only
+// during the callback (copy `text` to keep it).
+typedef struct main_job_event {
+  // A `main_job_event_kind` value.
+  uint32_t kind;
+  // MAIN_JOB_SCORED: records scored by this run so far.
+  size_t done;
+  // MAIN_JOB_STARTED and MAIN_JOB_SCORED: records this run scores, or
+  // -1 when unknown (stdin).
+  int64_t total;
+  // MAIN_JOB_RESUMING: records already in the output.
+  size_t records;
+  // MAIN_JOB_DROPPED_PARTIAL_LINE: bytes cut off.
+  uint64_t bytes;
+  // MAIN_JOB_SKIPPED: the record's 1-based input line.
+  size_t line;
+  // A NUL-terminated UTF-8 string (see each kind), or "". Owned by the library.
+  const char *text;
+} main_job_event;
+
+// A job's progress callback: called with each event and `user_data`, on
+// the thread that called `main_score_jsonl`. Return true to go on, false
+// to stop: the job then ends after the batch it is writing, returns
+// `MAIN_OK` with `report.stopped` set, and the same call resumes it.
+typedef bool (*main_job_progress)(const struct main_job_event *event, void *user_data);
+
+// What a finished or stopped job did.
+typedef struct main_job_report {
+  // Records in the scored file: from before and scored now.
+  size_t records;
+  // Records scored by this call.
+  size_t scored_now;
+  // Records that were in the output before (a resumed job).
+  size_t resumed;
+  // Invalid records skipped.
+  size_t invalid;
+  // With a filter: records kept in the output; -1 without one (or when stopped).
+  int64_t kept;
+  // The progress callback stopped the job; call again to resume.
+  bool stopped;
+} main_job_report;
 
 #ifdef __cplusplus
 extern "C" {
@@ -448,6 +566,44 @@ enum main_status main_text_logprobs_new(const struct main_model *model,
 // # Safety
 // `logprobs` is NULL or from `main_text_logprobs_new`, not yet freed.
 void main_text_logprobs_free(struct main_text_logprobs *logprobs);
+
+// The default job settings, `main-score score`'s: `input`, `output` and
+// `model` NULL (set them), no reverse model, all cores, max_tokens
+// 1024, the engine's precision for the CPU, combine MIN, no negatives,
+// batch 16, no filters, the whole input, stop at an invalid record,
+// detected format. Thread-safe.
+struct main_job_params main_job_default_params(void);
+
+// Runs a scoring job: reads `params->input`, writes each record to
+// `params->output` unchanged plus an "alignment" object, exactly the bytes
+// `main-score score` and Python's `score_jsonl` write with the same
+// settings. The output is its own checkpoint: after an interruption (a
+// kill, or `progress` returning false) the same call resumes it;
+// OUTPUT.provenance.json records what made it, and a resume with another
+// input, model or score-changing setting is refused.
+//
+// `params`: required; read, not retained. `progress`: NULL, or called on
+// this thread with each event and `user_data`. `out_report`: NULL, or
+// written with what the job did (on success only). Thread-safe: jobs on
+// other threads may run at the same time (with different outputs).
+//
+// Returns `MAIN_OK` (also when stopped by `progress`: see
+// `out_report->stopped`); `MAIN_ERR_INVALID_ARGUMENT` (a NULL or non-UTF-8
+// required string, a value out of range, an invalid record, the message
+// naming the file and line, or an output holding another job's records);
+// `MAIN_ERR_IO` (a file cannot be read or written); the statuses of
+// `main_model_load`; `MAIN_ERR_DEVICE`; `MAIN_ERR_INTERNAL`. The records
+// scored before an error stay in the output, and the same call resumes
+// after them.
+//
+// # Safety
+// `params` is NULL or points to a live `main_job_params` whose string
+// fields are NULL or NUL-terminated strings; `out_report` is NULL or
+// writable; `progress`, when not NULL, is safe to call with `user_data`.
+enum main_status main_score_jsonl(const struct main_job_params *params,
+                                  main_job_progress progress,
+                                  void *user_data,
+                                  struct main_job_report *out_report);
 
 #ifdef __cplusplus
 }  // extern "C"

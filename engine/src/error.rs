@@ -52,6 +52,15 @@ pub enum Error {
     #[error("input text: {0}")]
     Input(String),
 
+    /// A line of a data file (a JSONL record in, a scored record back) is
+    /// unusable: the file as the user named it, its 1-based line, and why.
+    #[error("input text: {file}, line {line}: {reason}")]
+    Record {
+        file: String,
+        line: usize,
+        reason: String,
+    },
+
     /// The GPU could not do `what`: no driver, library or device, an
     /// unsupported architecture, a kernel that failed to compile or launch.
     #[error("GPU {device}: {what}: {reason}")]
@@ -111,6 +120,13 @@ impl Error {
         Error::Gpu {
             device: device.into(),
             what: what.into(),
+            reason: reason.into(),
+        }
+    }
+    pub fn record(file: impl Into<String>, line: usize, reason: impl Into<String>) -> Self {
+        Error::Record {
+            file: file.into(),
+            line,
             reason: reason.into(),
         }
     }

@@ -48,6 +48,15 @@ pub enum Combine {
 }
 
 impl Combine {
+    /// The name [`Combine::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Combine::Min => "min",
+            Combine::Mean => "mean",
+            Combine::Softmin => "softmin",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Combine> {
         match s {
             "min" => Ok(Combine::Min),

@@ -58,7 +58,9 @@ pub(crate) fn status_of(e: &Error) -> main_status {
         | Error::Tokenizer(_)
         | Error::Template(_) => MAIN_ERR_FORMAT,
         Error::Unsupported { .. } => MAIN_ERR_UNSUPPORTED,
-        Error::InvalidArgument { .. } | Error::Input(_) => MAIN_ERR_INVALID_ARGUMENT,
+        Error::InvalidArgument { .. } | Error::Input(_) | Error::Record { .. } => {
+            MAIN_ERR_INVALID_ARGUMENT
+        }
         Error::Gpu { .. } => MAIN_ERR_DEVICE,
         Error::GpuOutOfMemory { .. } => MAIN_ERR_OUT_OF_MEMORY,
     }
@@ -199,6 +201,10 @@ mod tests {
             ),
             (Error::invalid_argument("a", "b"), MAIN_ERR_INVALID_ARGUMENT),
             (Error::Input("x".into()), MAIN_ERR_INVALID_ARGUMENT),
+            (
+                Error::record("in.jsonl", 3, "bad"),
+                MAIN_ERR_INVALID_ARGUMENT,
+            ),
             (
                 Error::gpu("cuda:0", "opening the GPU", "no driver"),
                 MAIN_ERR_DEVICE,

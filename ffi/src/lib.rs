@@ -14,6 +14,7 @@
 #![allow(non_camel_case_types)]
 
 mod error;
+mod job;
 
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::Arc;
@@ -28,6 +29,10 @@ use main_engine::Error;
 
 pub use error::main_status;
 use error::{guard, guard_void};
+pub use job::{
+    main_job_default_params, main_job_event, main_job_event_kind, main_job_params,
+    main_job_progress, main_job_report, main_score_jsonl,
+};
 
 // ---------------------------------------------------------------------------
 // Types

@@ -10,6 +10,9 @@ scores of DESIGN.md section 3 as an Arrow table.
 >>> t.column("alignment")[0].as_py() > 0
 True
 
+``score_jsonl`` runs the scoring job of ``main-score score`` (JSONL in,
+JSONL out, resumable) and writes the same bytes.
+
 ``main_align.ray`` runs a scorer on Ray Data (one model per actor) and
 ``main_align.hf`` on ``datasets.Dataset.map``.
 """
@@ -17,7 +20,7 @@ True
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import pyarrow as pa
 
@@ -26,6 +29,7 @@ from ._native import ArgumentError, DeviceError, InputError, MainError, ModelErr
 
 __all__ = [
     "Scorer",
+    "score_jsonl",
     "MainError",
     "ModelError",
     "ArgumentError",
@@ -378,3 +382,147 @@ class Scorer:
 
 def _rebuild(args: dict) -> Scorer:
     return Scorer(**args)
+
+
+def _shard(value: Any) -> Optional[str]:
+    """``"I/N"`` or ``(I, N)`` as the engine's ``"I/N"``."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        i, n = value
+        return f"{_whole('shard', i, 0)}/{_whole('shard', n, 1)}"
+    raise ArgumentError(
+        f"invalid argument 'shard': expected \"I/N\" or a tuple (I, N), got {type(value).__name__}"
+    )
+
+
+def _number(name: str, value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgumentError(
+            f"invalid argument '{name}': expected a number, got {type(value).__name__}"
+        )
+    return float(value)
+
+
+def score_jsonl(
+    input: PathLike,
+    output: PathLike,
+    model: PathLike,
+    reverse_model: Optional[PathLike] = None,
+    *,
+    threads: Optional[int] = None,
+    precision: Optional[str] = None,
+    device: Optional[str] = None,
+    max_tokens: int = 1024,
+    combine: str = "min",
+    negatives: int = 0,
+    tokens: bool = False,
+    batch_size: int = 16,
+    keep_top: Optional[float] = None,
+    rank_by: Optional[str] = None,
+    min_alignment: Optional[float] = None,
+    shard: Union[str, tuple, None] = None,
+    skip_invalid: bool = False,
+    instruction_field: Optional[str] = None,
+    response_field: Optional[str] = None,
+    input_field: Optional[str] = None,
+    progress: Optional[Callable[[dict], Any]] = None,
+) -> dict:
+    """Scores a JSONL file the way ``main-score score`` does, with the same
+    engine code: each record of ``input`` is written to ``output`` unchanged
+    plus an ``"alignment"`` object, and the file equals main-score's byte
+    for byte for the same options.
+
+    The output is its own checkpoint: run the same call again after an
+    interruption (a kill, an exception, ``progress`` returning False) and
+    it resumes after the last complete record; ``output +
+    ".provenance.json"`` records what made it, and a resume with another
+    input, model or score-changing option is refused.
+
+    Args:
+        input: JSONL records (Alpaca, prompt/response, ``messages`` or
+            ``conversations``, detected per record); ``"-"`` is stdin.
+        output: where the scored records go (``"-"``: stdout, not resumable).
+        model, reverse_model, threads, precision, device, max_tokens,
+            combine, negatives: as for :class:`Scorer`.
+        tokens: add the per-token detail of both directions to each record.
+        batch_size: records per fused engine call and per write
+            (``--batch``); with negatives it must be above ``negatives``.
+        keep_top: keep the best fraction in (0, 1] by ``rank_by``; the
+            scored records are staged in ``output + ".scored.jsonl"``.
+        rank_by: the score ``keep_top`` ranks by (a leading ``-`` keeps the
+            lowest); None is main-score's default.
+        min_alignment: keep records whose ``alignment`` is at least this.
+        shard: ``"I/N"`` or ``(I, N)``: only the records on 0-based lines
+            ``L`` with ``L % N == I``.
+        skip_invalid: go on past invalid records (each reported to
+            ``progress`` as a ``"skipped"`` event) instead of stopping.
+        instruction_field, response_field, input_field: named fields
+            instead of detecting the format.
+        progress: None, or a callable taking one dict per event, with
+            ``"event"`` one of ``"dropped_partial_line"``, ``"resuming"``
+            (``records``), ``"started"`` (``total``: records to score, None
+            for stdin), ``"scored"`` (``done``, ``total``) and
+            ``"skipped"`` (``message``, ``file``, ``line``, ``reason``).
+            Returning False stops the job after the batch just written; an
+            exception stops it too and is raised.
+
+    Returns:
+        The report: ``scored`` (the file of every scored record),
+        ``records``, ``scored_now``, ``resumed``, ``invalid``, ``kept``
+        (with filters), ``stopped`` and ``summary`` (per main score its
+        ``p10``, ``p50``, ``p90`` and ``rho_length``, the rank correlation
+        with response length, and a ``warning`` when it mostly measures
+        length).
+
+    Raises:
+        InputError: a record is invalid (the message names the file and line).
+        ArgumentError: an argument has the wrong type or value, or the
+            output holds another run's records.
+        ModelError: a model cannot be loaded.
+
+    >>> import json, tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> src = os.path.join(d, "in.jsonl")
+    >>> with open(src, "w") as f:
+    ...     _ = f.write(json.dumps({"instruction": "Say hi.", "output": "Hi!"}) + "\\n")
+    >>> r = score_jsonl(src, os.path.join(d, "out.jsonl"), "fixtures/SmolLM2-135M-Instruct.Q4_1.gguf", threads=1)
+    >>> r["records"], r["stopped"]
+    (1, False)
+    """
+    if threads is not None:
+        _whole("threads", threads, 0)
+    if progress is not None and not callable(progress):
+        raise ArgumentError(
+            f"invalid argument 'progress': expected a callable or None, got {type(progress).__name__}"
+        )
+    for name, value in (("tokens", tokens), ("skip_invalid", skip_invalid)):
+        if not isinstance(value, bool):
+            raise ArgumentError(
+                f"invalid argument '{name}': expected a bool, got {type(value).__name__}"
+            )
+    return _native.score_jsonl(
+        _path("input", input) if input != "-" else "-",
+        _path("output", output) if output != "-" else "-",
+        _path("model", model),
+        _path("reverse_model", reverse_model, optional=True),
+        _threads(threads),
+        _name("precision", precision, optional=True),
+        _name("device", device, optional=True) or "cpu",
+        _whole("max_tokens", max_tokens, 0),
+        _name("combine", combine),
+        _whole("negatives", negatives, 0),
+        tokens,
+        _whole("batch_size", batch_size, 1),
+        _number("keep_top", keep_top),
+        _name("rank_by", rank_by, optional=True),
+        _number("min_alignment", min_alignment),
+        _shard(shard),
+        skip_invalid,
+        _name("instruction_field", instruction_field, optional=True),
+        _name("response_field", response_field, optional=True),
+        _name("input_field", input_field, optional=True),
+        progress,
+    )

@@ -11,12 +11,16 @@
 //!   with a scorer each run in parallel;
 //! - a value of the wrong type names the argument and the index.
 
+use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use main_engine::job::{self, JobEvent, JobParams, JobReport, Shard};
 use main_engine::matmul::Precision;
 use main_engine::model::Model;
+use main_engine::pairs::Format;
+use main_engine::rank::RankBy;
 use main_engine::score::{Combine, Pair, PairScore};
 use main_engine::scorer::{Scorer, ScorerParams};
 use main_engine::{Device, Error};
@@ -68,7 +72,7 @@ fn py_err(e: Error) -> PyErr {
         | Error::Tokenizer(_)
         | Error::Template(_) => ModelError::new_err(msg),
         Error::InvalidArgument { .. } | Error::Unsupported { .. } => ArgumentError::new_err(msg),
-        Error::Input(_) => InputError::new_err(msg),
+        Error::Input(_) | Error::Record { .. } => InputError::new_err(msg),
         Error::Gpu { .. } | Error::GpuOutOfMemory { .. } => DeviceError::new_err(msg),
     }
 }
@@ -107,6 +111,15 @@ fn load(py: Python<'_>, path: PathBuf, role: &str) -> PyResult<Arc<Model>> {
         } else {
             ModelError::new_err(format!("{role} {shown}: {msg}"))
         }
+    })
+}
+
+/// A precision by name.
+fn precision_arg(name: &str) -> PyResult<Precision> {
+    Precision::parse(name).ok_or_else(|| {
+        ArgumentError::new_err(format!(
+            "invalid argument 'precision': {name:?} is not one of exact, fast, int8, bf16"
+        ))
     })
 }
 
@@ -183,15 +196,7 @@ impl NativeScorer {
         negatives: usize,
     ) -> PyResult<Self> {
         let device: Device = device.parse().map_err(py_err)?;
-        let asked = precision
-            .map(|name| {
-                Precision::parse(name).ok_or_else(|| {
-                    ArgumentError::new_err(format!(
-                        "invalid argument 'precision': {name:?} is not one of exact, fast, int8, bf16"
-                    ))
-                })
-            })
-            .transpose()?;
+        let asked = precision.map(precision_arg).transpose()?;
         // Arguments first: a wrong precision fails before a slow model load.
         let precision = device.resolve_precision(asked).map_err(py_err)?;
         let params = ScorerParams {
@@ -228,9 +233,9 @@ impl NativeScorer {
         self.device.to_string()
     }
 
-    /// Scores the pairs in calls of `batch_size` pairs, in order, exactly as
-    /// `main-score --batch batch_size` does (with negatives, a short last
-    /// batch borrows pairs from the batch before). Returns the §3 fields as
+    /// Scores the pairs in calls of `batch_size` pairs, in order, with the
+    /// job's batching (`main-score --batch batch_size`: with negatives, a
+    /// short last batch borrows pairs from the batch before). Returns the §3 fields as
     /// columns: a dict of name -> list.
     #[pyo3(signature = (instructions, responses, inputs, batch_size))]
     fn score<'py>(
@@ -242,11 +247,6 @@ impl NativeScorer {
         batch_size: usize,
     ) -> PyResult<Bound<'py, PyDict>> {
         let k = self.negatives;
-        if batch_size == 0 || (k > 0 && batch_size <= k) {
-            return Err(ArgumentError::new_err(format!(
-                "batch_size {batch_size} must be at least 1 and above negatives ({k}): negatives are drawn from the same batch"
-            )));
-        }
         let xs = texts(instructions, "instructions", false)?;
         let ys = texts(responses, "responses", false)?;
         let inputs = inputs
@@ -280,45 +280,10 @@ impl NativeScorer {
                     "unusable after an earlier internal error; make a new one",
                 ));
             };
-            score_in_batches(&mut scorer, &pairs, batch_size, k)
+            job::score_pairs_in_batches(&mut scorer, &pairs, batch_size, k)
         })?;
         columns(py, &scores, k > 0)
     }
-}
-
-/// The batching of `main-score score` (its `ScoreJob::flush`): the same
-/// batches give the same contrastive scores. Without negatives a pair's
-/// scores do not depend on its batch.
-fn score_in_batches(
-    scorer: &mut Scorer,
-    pairs: &[Pair],
-    batch_size: usize,
-    negatives: usize,
-) -> Result<Vec<PairScore>, Error> {
-    let mut out = Vec::with_capacity(pairs.len());
-    let mut previous: &[Pair] = &[];
-    for chunk in pairs.chunks(batch_size) {
-        let mut batch = chunk.to_vec();
-        if negatives > 0 && batch.len() < negatives + 1 {
-            let need = negatives + 1 - batch.len();
-            batch.extend(previous.iter().take(need).cloned());
-            if batch.len() < negatives + 1 {
-                return Err(Error::invalid_argument(
-                    "negatives",
-                    format!(
-                        "{negatives} negatives need at least {} pairs, got {}",
-                        negatives + 1,
-                        batch.len()
-                    ),
-                ));
-            }
-        }
-        let mut scores = scorer.score_batch(&batch)?;
-        scores.truncate(chunk.len());
-        out.extend(scores);
-        previous = chunk;
-    }
-    Ok(out)
 }
 
 /// One float field of a `PairScore`.
@@ -365,10 +330,184 @@ fn columns<'py>(
     Ok(d)
 }
 
+/// The engine's scoring job (`main_engine::job`), the one `main-score
+/// score` runs: JSONL in, JSONL out, resumable. Use through
+/// `main_align.score_jsonl`, which documents the arguments and checks their
+/// types. `progress` is None or a callable taking one dict per event; it
+/// stops the job by returning False (or raising, which is re-raised here).
+/// Returns the job's report as a dict.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (input, output, model, reverse_model, threads, precision, device, max_tokens,
+                    combine, negatives, tokens, batch_size, keep_top, rank_by, min_alignment,
+                    shard, skip_invalid, instruction_field, response_field, input_field, progress))]
+fn score_jsonl<'py>(
+    py: Python<'py>,
+    input: PathBuf,
+    output: PathBuf,
+    model: PathBuf,
+    reverse_model: Option<PathBuf>,
+    threads: usize,
+    precision: Option<&str>,
+    device: &str,
+    max_tokens: usize,
+    combine: &str,
+    negatives: usize,
+    tokens: bool,
+    batch_size: usize,
+    keep_top: Option<f64>,
+    rank_by: Option<&str>,
+    min_alignment: Option<f64>,
+    shard: Option<&str>,
+    skip_invalid: bool,
+    instruction_field: Option<String>,
+    response_field: Option<String>,
+    input_field: Option<String>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let arg = |name: &str, reason: String| {
+        ArgumentError::new_err(format!("invalid argument '{name}': {reason}"))
+    };
+    let format = match (instruction_field, response_field) {
+        (Some(instruction), Some(response)) => Format::Fields {
+            instruction,
+            response,
+            input: input_field,
+        },
+        (None, None) if input_field.is_none() => Format::Auto,
+        _ => {
+            return Err(arg(
+                "instruction_field",
+                "instruction_field and response_field go together (input_field with them)".into(),
+            ))
+        }
+    };
+    let params = JobParams {
+        input,
+        output,
+        model,
+        reverse_model,
+        n_threads: threads,
+        max_tokens,
+        precision: precision.map(precision_arg).transpose()?,
+        device: device.parse().map_err(py_err)?,
+        combine: Combine::parse(combine).map_err(py_err)?,
+        negatives,
+        tokens,
+        batch: batch_size,
+        keep_top,
+        rank_by: match rank_by {
+            Some(r) => r.parse::<RankBy>().map_err(|e| arg("rank_by", e))?,
+            None => RankBy::default(),
+        },
+        min_alignment,
+        shard: match shard {
+            Some(s) => s.parse::<Shard>().map_err(|e| arg("shard", e))?,
+            None => Shard::default(),
+        },
+        skip_invalid,
+        format,
+    };
+    // The first Python error the callback met (its own exception, or a
+    // signal such as Ctrl-C): the job stops at once and it is raised here.
+    let mut raised: Option<PyErr> = None;
+    let report = engine_call(py, "score_jsonl", || {
+        job::run(&params, &mut |event| {
+            Python::attach(|py| match call_progress(py, progress.as_ref(), event) {
+                Ok(flow) => flow,
+                Err(e) => {
+                    raised.get_or_insert(e);
+                    ControlFlow::Break(())
+                }
+            })
+        })
+    });
+    if let Some(e) = raised {
+        return Err(e);
+    }
+    report_dict(py, &report?)
+}
+
+/// Tells the Python callback of `event`; a signal (Ctrl-C) stops the job too.
+fn call_progress(
+    py: Python<'_>,
+    progress: Option<&Py<PyAny>>,
+    event: &JobEvent,
+) -> PyResult<ControlFlow<()>> {
+    py.check_signals()?;
+    let Some(progress) = progress else {
+        return Ok(ControlFlow::Continue(()));
+    };
+    let d = PyDict::new(py);
+    match event {
+        JobEvent::DroppedPartialLine { output, bytes } => {
+            d.set_item("event", "dropped_partial_line")?;
+            d.set_item("output", output.display().to_string())?;
+            d.set_item("bytes", bytes)?;
+        }
+        JobEvent::Resuming { output, records } => {
+            d.set_item("event", "resuming")?;
+            d.set_item("output", output.display().to_string())?;
+            d.set_item("records", records)?;
+        }
+        JobEvent::Started { total } => {
+            d.set_item("event", "started")?;
+            d.set_item("total", total)?;
+        }
+        JobEvent::Scored { done, total } => {
+            d.set_item("event", "scored")?;
+            d.set_item("done", done)?;
+            d.set_item("total", total)?;
+        }
+        JobEvent::Skipped { error } => {
+            d.set_item("event", "skipped")?;
+            d.set_item("message", error.to_string())?;
+            if let Error::Record { file, line, reason } = error {
+                d.set_item("file", file)?;
+                d.set_item("line", line)?;
+                d.set_item("reason", reason)?;
+            }
+        }
+    }
+    let answer = progress.call1(py, (d,))?;
+    // Only an explicit False stops: a callback that returns nothing goes on.
+    Ok(if answer.bind(py).is(pyo3::types::PyBool::new(py, false)) {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    })
+}
+
+/// A job's report as a dict (its summary rows as a list of dicts).
+fn report_dict<'py>(py: Python<'py>, r: &JobReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("scored", r.scored.display().to_string())?;
+    d.set_item("records", r.records())?;
+    d.set_item("scored_now", r.scored_now)?;
+    d.set_item("resumed", r.resumed)?;
+    d.set_item("invalid", r.invalid)?;
+    d.set_item("kept", r.kept)?;
+    d.set_item("stopped", r.stopped)?;
+    let rows = PyList::empty(py);
+    for row in r.rows() {
+        let x = PyDict::new(py);
+        x.set_item("field", row.field)?;
+        x.set_item("p10", row.p10)?;
+        x.set_item("p50", row.p50)?;
+        x.set_item("p90", row.p90)?;
+        x.set_item("rho_length", row.rho_length)?;
+        x.set_item("warning", row.length_warning())?;
+        rows.append(x)?;
+    }
+    d.set_item("summary", rows)?;
+    Ok(d)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<NativeScorer>()?;
+    m.add_function(wrap_pyfunction!(score_jsonl, m)?)?;
     m.add("MainError", py.get_type::<MainError>())?;
     m.add("ModelError", py.get_type::<ModelError>())?;
     m.add("ArgumentError", py.get_type::<ArgumentError>())?;

@@ -328,6 +328,46 @@ static int run_errors(const char *model_path, const char *tmpdir) {
     EXPECT_ERR(main_text_logprobs_new(model, "x", 1, MAIN_PRECISION_FAST, NULL),
                MAIN_ERR_INVALID_ARGUMENT, "'out': is NULL");
 
+    /* The scoring job: each argument checked and named, a missing input an
+       I/O error, a bad record named by its file and line (the record
+       before it written), skip_invalid going on past it. */
+    char job_in[4096], job_out[4096];
+    static const char job_text[] = "{\"instruction\": \"Say hi.\", \"output\": \"Hi!\"}\n"
+                                   "{\"instruction\": \"x\"}\n";
+    snprintf(job_in, sizeof job_in, "%s/job.jsonl", tmpdir);
+    snprintf(job_out, sizeof job_out, "%s/job-out.jsonl", tmpdir);
+    write_file(job_in, job_text, sizeof job_text - 1);
+    remove(job_out);
+    main_job_params jp = main_job_default_params();
+    main_job_report report;
+    EXPECT_ERR(main_score_jsonl(NULL, NULL, NULL, NULL), MAIN_ERR_INVALID_ARGUMENT,
+               "'params': is NULL");
+    jp.input = job_in;
+    jp.output = job_out;
+    EXPECT_ERR(main_score_jsonl(&jp, NULL, NULL, NULL), MAIN_ERR_INVALID_ARGUMENT,
+               "'params->model': is NULL");
+    jp.model = model_path;
+    jp.negatives = 16;
+    EXPECT_ERR(main_score_jsonl(&jp, NULL, NULL, NULL), MAIN_ERR_INVALID_ARGUMENT,
+               "--batch must be above it");
+    jp.negatives = 0;
+    jp.combine = 7;
+    EXPECT_ERR(main_score_jsonl(&jp, NULL, NULL, NULL), MAIN_ERR_INVALID_ARGUMENT,
+               "'params->combine': 7 is not one of");
+    jp.combine = MAIN_COMBINE_MIN;
+    jp.input = "/nonexistent/job.jsonl";
+    EXPECT_ERR(main_score_jsonl(&jp, NULL, NULL, NULL), MAIN_ERR_IO, "/nonexistent/job.jsonl");
+    jp.input = job_in;
+    EXPECT_ERR(main_score_jsonl(&jp, NULL, NULL, &report), MAIN_ERR_INVALID_ARGUMENT,
+               "job.jsonl, line 2: missing field 'output'");
+    jp.skip_invalid = true;
+    CHECK(main_score_jsonl(&jp, NULL, NULL, &report) == MAIN_OK, "skip_invalid: %s",
+          main_last_error());
+    CHECK(report.resumed == 1 && report.invalid == 1 && report.records == 1 &&
+              report.scored_now == 0 && report.kept == -1 && !report.stopped,
+          "report: resumed %zu invalid %zu records %zu", report.resumed, report.invalid,
+          report.records);
+
     /* Freeing NULL is a no-op, for every free function. */
     main_model_free(NULL);
     main_scorer_free(NULL);

@@ -1,0 +1,88 @@
+//! The progress bar of `main-score score`, driven by the job's events.
+
+use std::io::{IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+
+/// Pairs done / total, pairs per second and time left, on stderr (an
+/// indicatif bar): redrawn in place on a terminal; with `--progress`
+/// elsewhere, plain lines at most once a second, so logs stay readable.
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    pub fn new(enabled: bool, total: Option<usize>) -> Progress {
+        let target = if !enabled {
+            ProgressDrawTarget::hidden()
+        } else if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::term_like_with_hz(Box::new(LogLines), 1)
+        };
+        let template = match total {
+            Some(_) => "[{bar:30}] {pos}/{len} pairs  {rate}  ETA {eta}",
+            None => "{pos} pairs  {rate}",
+        };
+        let style = ProgressStyle::with_template(template)
+            .expect("the progress template is valid")
+            .progress_chars("#>-")
+            .with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.2} pairs/s", state.per_sec());
+                },
+            );
+        let bar = ProgressBar::with_draw_target(total.map(|t| t as u64), target).with_style(style);
+        bar.tick();
+        Progress { bar }
+    }
+
+    /// `done` records scored by this run.
+    pub fn set(&self, done: usize) {
+        self.bar.set_position(done as u64);
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish();
+    }
+}
+
+/// A terminal for logs: every drawing of the bar becomes one line, and the
+/// cursor moves that would redraw in place are ignored.
+#[derive(Debug)]
+struct LogLines;
+
+impl indicatif::TermLike for LogLines {
+    fn width(&self) -> u16 {
+        100
+    }
+    fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.write_str(s)
+    }
+    // Blank writes are the padding that would erase an old drawing.
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        if s.trim().is_empty() {
+            return Ok(());
+        }
+        writeln!(std::io::stderr(), "{s}")
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
