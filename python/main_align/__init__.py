@@ -39,28 +39,11 @@ __all__ = [
     "score_schema",
 ]
 
-#: The score columns, in the order main-score writes them (DESIGN.md section 3).
-#: ``contrastive`` is present only when the scorer has ``negatives > 0``.
-SCORE_FIELDS: tuple[str, ...] = (
-    "alignment",
-    "fwd_pmi",
-    "rev_pmi",
-    "fwd_cond",
-    "fwd_uncond",
-    "rev_cond",
-    "rev_uncond",
-    "ifd",
-    "rifd",
-    "semantic",
-    "structural",
-    "intentional",
-    "fwd_pmi_total",
-    "rev_pmi_total",
-    "contrastive",
-    "response_tokens",
-    "instruction_tokens",
-    "truncated",
-)
+#: The score columns, in the order main-score writes them (DESIGN.md section 3):
+#: the engine's list (``main_engine::score::SCORE_FIELDS``), then the
+#: ``truncated`` flag. ``contrastive`` is present only when the scorer has
+#: ``negatives > 0``.
+SCORE_FIELDS: tuple[str, ...] = (*_native.SCORE_FIELDS, "truncated")
 
 # float64, not float32: the engine computes the means in f64, and these are
 # the very values main-score writes (a float32 column would round them).

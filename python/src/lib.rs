@@ -508,6 +508,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<NativeScorer>()?;
     m.add_function(wrap_pyfunction!(score_jsonl, m)?)?;
+    // The engine's one list of score fields, so the Python columns cannot
+    // drift from what main-score writes.
+    m.add("SCORE_FIELDS", main_engine::score::SCORE_FIELDS.to_vec())?;
     m.add("MainError", py.get_type::<MainError>())?;
     m.add("ModelError", py.get_type::<ModelError>())?;
     m.add("ArgumentError", py.get_type::<ArgumentError>())?;
