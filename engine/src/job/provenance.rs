@@ -18,8 +18,8 @@ use crate::atomic_write::write_atomic;
 use crate::error::{Error, Result};
 use crate::matmul::Precision;
 use crate::pairs::Format;
+use crate::rank::RankBy;
 
-use super::filter::Filter;
 use super::params::{is_stdio, JobParams};
 
 /// Bumped when the records or the provenance file change meaning. 2:
@@ -347,5 +347,41 @@ impl Provenance {
             }
         }
         d
+    }
+}
+
+/// What a filtered output was cut from and by which rules: the `"filter"`
+/// of its provenance file, so the file says which field ranked it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Filter {
+    pub keep_top: Option<f64>,
+    /// The field `keep_top` ranked by (a leading '-': the lowest were kept).
+    pub rank_by: Option<String>,
+    pub min_alignment: Option<f64>,
+    /// The field `min_alignment` is a threshold of.
+    pub min_alignment_field: Option<String>,
+    /// The file of every scored record the filter read.
+    pub scored: String,
+    pub kept: usize,
+    pub of: usize,
+}
+
+impl Filter {
+    /// The rules of a job, before they ran (`kept` and `of` are 0).
+    pub fn new(
+        keep_top: Option<f64>,
+        rank_by: &RankBy,
+        min_alignment: Option<f64>,
+        scored: &Path,
+    ) -> Filter {
+        Filter {
+            keep_top,
+            rank_by: keep_top.map(|_| rank_by.to_string()),
+            min_alignment,
+            min_alignment_field: min_alignment.map(|_| "alignment".to_string()),
+            scored: scored.display().to_string(),
+            kept: 0,
+            of: 0,
+        }
     }
 }

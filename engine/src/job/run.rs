@@ -17,9 +17,10 @@ use crate::scorer::{Scorer, ScorerParams};
 use crate::summary::Summary;
 
 use super::batch::{Batcher, Scored};
-use super::filter::{filter, Filter};
+use super::filter::filter;
 use super::params::{is_stdio, JobParams};
 use super::progress::JobEvent;
+use super::provenance::Filter;
 use super::provenance::{record_mismatch, start_afresh, Provenance};
 use super::read::{parse_record, record_text, Entry};
 use super::report::JobReport;
