@@ -12,10 +12,10 @@ use main_engine::pairs::Format;
 use main_engine::rank::RankBy;
 use main_engine::{Device, Error};
 
-use crate::error::{guard, main_status};
-use crate::{
+use crate::args::{
     combine_value, enum_arg, null, precision_arg, precision_value, str_arg, COMBINES, DEVICES,
 };
+use crate::error::{guard, main_status};
 
 /// What a `main_job_event` reports (a value for `main_job_event.kind`).
 #[repr(C)]

@@ -13,26 +13,31 @@
 
 #![allow(non_camel_case_types)]
 
+mod args;
 mod error;
 mod job;
+mod owned;
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 use std::sync::Arc;
 
 use main_engine::logprob::{perplexity, sequence_logprobs};
-use main_engine::matmul::Precision;
 use main_engine::model::{Model, Runtime};
-use main_engine::score::{Combine, Pair, PairScore, TokenScore};
+use main_engine::score::Pair;
 use main_engine::scorer::{Scorer, ScorerParams};
 use main_engine::Device;
-use main_engine::Error;
 
+use args::{
+    c_score, combine_value, engine_params, mut_arg, null, precision_arg, precision_value, ref_arg,
+    str_arg,
+};
 pub use error::main_status;
 use error::{guard, guard_void};
 pub use job::{
     main_job_default_params, main_job_event, main_job_event_kind, main_job_params,
     main_job_progress, main_job_report, main_score_jsonl,
 };
+use owned::{c_tokens, free_text, free_tokens, leak_slice, leak_text, take_slice};
 
 // ---------------------------------------------------------------------------
 // Types
@@ -231,212 +236,6 @@ pub struct main_text_logprobs {
     /// exp of the mean negative log-prob over tokens 1 .. n_tokens-1; NaN
     /// when there are fewer than two tokens.
     pub perplexity: f64,
-}
-
-// ---------------------------------------------------------------------------
-// Argument checks (the messages name the argument)
-// ---------------------------------------------------------------------------
-
-fn null(name: &str) -> Error {
-    Error::invalid_argument(name, "is NULL")
-}
-
-/// # Safety
-/// `p` is NULL or a NUL-terminated string that outlives `'a`.
-unsafe fn str_arg<'a>(p: *const c_char, name: &str) -> Result<&'a str, Error> {
-    if p.is_null() {
-        return Err(null(name));
-    }
-    // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
-    let s = unsafe { CStr::from_ptr(p) };
-    s.to_str().map_err(|e| {
-        Error::invalid_argument(
-            name,
-            format!(
-                "is not valid UTF-8 (byte {} of {})",
-                e.valid_up_to(),
-                s.to_bytes().len()
-            ),
-        )
-    })
-}
-
-/// # Safety
-/// `p` is NULL or points to a live `T`.
-unsafe fn ref_arg<'a, T>(p: *const T, name: &str) -> Result<&'a T, Error> {
-    // SAFETY: the caller promises a live object behind any non-NULL pointer.
-    unsafe { p.as_ref() }.ok_or_else(|| null(name))
-}
-
-/// # Safety
-/// `p` is NULL or points to a live `T` no one else uses during the call.
-unsafe fn mut_arg<'a, T>(p: *mut T, name: &str) -> Result<&'a mut T, Error> {
-    // SAFETY: the caller promises exclusive use of a live object (one thread at a time).
-    unsafe { p.as_mut() }.ok_or_else(|| null(name))
-}
-
-fn enum_arg<T: Copy>(value: u32, name: &str, options: &[(u32, T)]) -> Result<T, Error> {
-    options
-        .iter()
-        .find(|(v, _)| *v == value)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| {
-            let valid: Vec<String> = options.iter().map(|(v, _)| v.to_string()).collect();
-            Error::invalid_argument(name, format!("{value} is not one of {}", valid.join(", ")))
-        })
-}
-
-const PRECISIONS: [(u32, Precision); 4] = [
-    (
-        main_precision::MAIN_PRECISION_EXACT as u32,
-        Precision::Exact,
-    ),
-    (main_precision::MAIN_PRECISION_FAST as u32, Precision::Fast),
-    (main_precision::MAIN_PRECISION_INT8 as u32, Precision::Int8),
-    (main_precision::MAIN_PRECISION_BF16 as u32, Precision::Bf16),
-];
-
-const DEVICES: [(u32, bool); 2] = [
-    (main_device::MAIN_DEVICE_CPU as u32, false),
-    (main_device::MAIN_DEVICE_CUDA as u32, true),
-];
-
-fn device_arg(p: &main_scorer_params) -> Result<Device, Error> {
-    let gpu = enum_arg(p.device, "params->device", &DEVICES)?;
-    Ok(if gpu {
-        Device::Cuda(p.gpu as usize)
-    } else {
-        Device::Cpu
-    })
-}
-
-fn precision_arg(value: u32, name: &str) -> Result<Precision, Error> {
-    enum_arg(value, name, &PRECISIONS)
-}
-
-/// The C value of an engine precision (for the defaults, which the engine owns).
-fn precision_value(p: Precision) -> u32 {
-    PRECISIONS
-        .iter()
-        .find(|(_, q)| *q == p)
-        .map(|(v, _)| *v)
-        .expect("every engine precision has a main_precision value")
-}
-
-const COMBINES: [(u32, Combine); 3] = [
-    (main_combine::MAIN_COMBINE_MIN as u32, Combine::Min),
-    (main_combine::MAIN_COMBINE_MEAN as u32, Combine::Mean),
-    (main_combine::MAIN_COMBINE_SOFTMIN as u32, Combine::Softmin),
-];
-
-fn combine_value(c: Combine) -> u32 {
-    COMBINES
-        .iter()
-        .find(|(_, d)| *d == c)
-        .map(|(v, _)| *v)
-        .expect("every engine combination has a main_combine value")
-}
-
-fn engine_params(p: &main_scorer_params) -> Result<ScorerParams, Error> {
-    let combine = enum_arg(p.combine, "params->combine", &COMBINES)?;
-    Ok(ScorerParams {
-        n_threads: p.n_threads as usize,
-        max_tokens: p.max_tokens as usize,
-        combine,
-        negatives: p.negatives as usize,
-        // Always on: the detail is cheap next to the forward passes, and one
-        // scorer then serves both main_score_* and main_score_pair_detail.
-        tokens: true,
-        precision: precision_arg(p.precision, "params->precision")?,
-        batch_tokens: p.batch_tokens as usize,
-        device: device_arg(p)?,
-    })
-}
-
-fn c_score(s: &PairScore) -> main_pair_score {
-    main_pair_score {
-        alignment: s.alignment,
-        fwd_pmi: s.fwd_pmi,
-        rev_pmi: s.rev_pmi,
-        fwd_cond: s.fwd_cond,
-        fwd_uncond: s.fwd_uncond,
-        rev_cond: s.rev_cond,
-        rev_uncond: s.rev_uncond,
-        ifd: s.ifd,
-        rifd: s.rifd,
-        semantic: s.semantic,
-        structural: s.structural,
-        intentional: s.intentional,
-        contrastive: s.contrastive.unwrap_or(f64::NAN),
-        instruction_tokens: s.instruction_tokens,
-        response_tokens: s.response_tokens,
-        truncated: s.truncated as u32,
-        fwd_pmi_total: s.fwd_pmi_total,
-        rev_pmi_total: s.rev_pmi_total,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Library-owned arrays and strings: Box<[T]> handed to C as (pointer, length)
-// and rebuilt with the same length to be freed.
-// ---------------------------------------------------------------------------
-
-/// `bytes` plus a NUL, leaked; returns the pointer and the length without NUL.
-fn leak_text(bytes: &[u8]) -> (*const c_char, usize) {
-    let mut v = Vec::with_capacity(bytes.len() + 1);
-    v.extend_from_slice(bytes);
-    v.push(0);
-    let len = bytes.len();
-    (Box::into_raw(v.into_boxed_slice()) as *const c_char, len)
-}
-
-/// # Safety
-/// `text` came from `leak_text` with this `len` and is not used again.
-unsafe fn free_text(text: *const c_char, len: usize) {
-    let slice = std::ptr::slice_from_raw_parts_mut(text as *mut u8, len + 1);
-    // SAFETY: rebuilds exactly the Box<[u8]> that leak_text leaked.
-    drop(unsafe { Box::from_raw(slice) });
-}
-
-fn leak_slice<T>(v: Vec<T>) -> (*const T, usize) {
-    let len = v.len();
-    (Box::into_raw(v.into_boxed_slice()) as *const T, len)
-}
-
-/// # Safety
-/// `p` came from `leak_slice` with this `len` and is not used again.
-unsafe fn take_slice<T>(p: *const T, len: usize) -> Box<[T]> {
-    // SAFETY: rebuilds exactly the Box<[T]> that leak_slice leaked.
-    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p as *mut T, len)) }
-}
-
-fn c_tokens(tokens: &[TokenScore]) -> (*const main_token_score, usize) {
-    leak_slice(
-        tokens
-            .iter()
-            .map(|t| {
-                let (text, text_len) = leak_text(t.text.as_bytes());
-                main_token_score {
-                    id: t.id,
-                    text,
-                    text_len,
-                    cond: t.cond,
-                    uncond: t.uncond,
-                    pmi: t.pmi,
-                }
-            })
-            .collect(),
-    )
-}
-
-/// # Safety
-/// `(p, n)` came from `c_tokens` and is not used again.
-unsafe fn free_tokens(p: *const main_token_score, n: usize) {
-    // SAFETY: forwarded from the caller.
-    for t in unsafe { take_slice(p, n) }.iter() {
-        // SAFETY: each text was leaked by c_tokens with its text_len.
-        unsafe { free_text(t.text, t.text_len) };
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -882,6 +681,7 @@ pub unsafe extern "C" fn main_text_logprobs_free(logprobs: *mut main_text_logpro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::{COMBINES, PRECISIONS};
 
     #[test]
     fn default_params_are_the_engines() {
