@@ -1,8 +1,8 @@
 """``main_align.report`` and ``report_summary`` (issue 23): the same report as
 ``main-score report``, from the same engine code. On the shared scored demo
 set (target/report/scored-1000.jsonl, scripts/scored-demo): the dict equals
-the CLI's ``--json``, the page equals the CLI's byte for byte, an Arrow table
-and a list of the same records give the same data (bar the source's name and
+the CLI's ``--json``, the page equals the CLI's byte for byte, an Arrow
+table, a ``datasets.Dataset`` and a list of the same records give the same data (bar the source's name and
 the provenance only a file has), and an unusable record is a ValueError
 naming its line."""
 
@@ -45,15 +45,21 @@ def test_the_dict_and_the_page_equal_main_score_report(cli, tmp_path):
     assert data["provenance"]["options"]["--max-tokens"] == "64"
 
 
-def test_tables_and_records_give_the_same_data(cli):
+def test_tables_datasets_and_records_give_the_same_data(cli):
     data, _ = cli
     records = [json.loads(line) for line in SCORED.read_text().splitlines() if line.strip()]
     from_records = main_align.report_summary(records, **OPTIONS)
     # read_json: the schema of every record (Table.from_pylist takes the
     # first record's keys and would drop the conversations).
-    from_table = main_align.report_summary(pyarrow.json.read_json(SCORED), **OPTIONS)
+    table = pyarrow.json.read_json(SCORED)
+    from_table = main_align.report_summary(table, **OPTIONS)
+    datasets = pytest.importorskip("datasets")
+    from datasets.table import InMemoryTable
+
+    from_dataset = main_align.report_summary(datasets.Dataset(InMemoryTable(table)), **OPTIONS)
     expected = {k: v for k, v in data.items() if k not in ("source", "provenance")}
-    for got, source in ((from_records, "<records>"), (from_table, "<pyarrow.Table>")):
+    for got, source in ((from_records, "<records>"), (from_table, "<pyarrow.Table>"),
+                        (from_dataset, "<datasets.Dataset>")):
         assert got.pop("source") == source
         assert got.pop("provenance") is None
         assert got == expected, source

@@ -221,7 +221,11 @@
         place(t);
         options.onThreshold(h.field, v);
       };
-      svg.addEventListener("pointerdown", function (ev) { drag = true; if (svg.setPointerCapture) svg.setPointerCapture(ev.pointerId); move(ev); });
+      svg.addEventListener("pointerdown", function (ev) {
+        drag = true;
+        try { svg.setPointerCapture(ev.pointerId); } catch (e) { /* a synthetic event has no pointer to capture */ }
+        move(ev);
+      });
       svg.addEventListener("pointermove", function (ev) { if (drag) move(ev); });
       svg.addEventListener("pointerup", function () { drag = false; });
     }

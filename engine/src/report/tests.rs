@@ -322,3 +322,65 @@ fn the_page_embeds_the_data_safely() {
     assert!(!html.contains("http://") || !html.contains("src=\"http"));
     assert_eq!(html, render_html(&d), "deterministic");
 }
+
+#[test]
+fn the_provenance_filter_is_the_default_and_options_win() {
+    let provenance = serde_json::json!({
+        "main_score": "0.1.0",
+        "filter": {"keep_top": 0.4, "rank_by": "fwd_pmi", "min_alignment": 0.0,
+                   "min_alignment_field": "alignment", "scored": "o.jsonl.scored.jsonl", "kept": 2, "of": 10}
+    });
+    let mut b = ReportBuilder::new(&ReportParams::default(), "t.jsonl").unwrap();
+    b.set_provenance(provenance.clone());
+    for (i, l) in ten().iter().enumerate() {
+        b.add_line(l.as_bytes(), i + 1).unwrap();
+    }
+    let d = b.finish();
+    let f = d.filter.unwrap();
+    // The best 4 by fwd_pmi (i = 0..=3) with alignment >= 0 (i even): 2.
+    assert_eq!(
+        (f.source.as_str(), f.kept, f.rules.len()),
+        ("provenance", 2, 2)
+    );
+    assert_eq!(d.provenance.unwrap()["main_score"], "0.1.0");
+    let params = ReportParams {
+        rules: vec![Rule::parse_min("rev_pmi=0").unwrap()],
+        ..ReportParams::default()
+    };
+    let mut b = ReportBuilder::new(&params, "t.jsonl").unwrap();
+    b.set_provenance(provenance);
+    for (i, l) in ten().iter().enumerate() {
+        b.add_line(l.as_bytes(), i + 1).unwrap();
+    }
+    let f = b.finish().filter.unwrap();
+    assert_eq!((f.source.as_str(), f.kept), ("options", 5));
+}
+
+#[cfg(feature = "std-fs")]
+#[test]
+fn a_scored_stage_reads_its_filtered_outputs_provenance() {
+    let dir = std::env::temp_dir().join(format!("main-report-prov-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("o.jsonl");
+    let stage = dir.join("o.jsonl.scored.jsonl");
+    std::fs::write(&stage, ten().join("\n")).unwrap();
+    assert!(provenance_beside(&stage).is_none());
+    std::fs::write(
+        dir.join("o.jsonl.scored.jsonl.provenance.json"),
+        r#"{"filter": null}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        provenance_beside(&stage).unwrap()["filter"],
+        serde_json::Value::Null
+    );
+    std::fs::write(
+        crate::job::provenance_path(&out),
+        r#"{"filter": {"keep_top": 0.5, "rank_by": "alignment", "scored": "x", "kept": 5, "of": 10}}"#,
+    )
+    .unwrap();
+    let d = report_file(&stage, &ReportParams::default(), &mut |_, _| {}).unwrap();
+    let f = d.filter.unwrap();
+    assert_eq!((f.source.as_str(), f.kept), ("provenance", 5));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
