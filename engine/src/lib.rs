@@ -25,6 +25,7 @@ pub mod model;
 pub mod pairs;
 pub mod quant;
 pub mod rank;
+pub mod report;
 pub mod safetensors;
 pub mod sample;
 pub mod score;

@@ -1,7 +1,9 @@
 //! `main-score`: the command-line face of the engine.
 //!
 //! Subcommands: `score` (alignment scores of JSONL pairs, DESIGN.md §5),
-//! `inspect` (model metadata), `logprobs` (per-token log-probs and perplexity
+//! `report` (a self-contained HTML report of a scored file: histograms,
+//! the fwd/rev quadrants, scores against length, example pairs,
+//! duplicates, the weakest conversation turns, provenance), `inspect` (model metadata), `logprobs` (per-token log-probs and perplexity
 //! of a text), `quantize` (re-encode weights to GGUF), `export` (an F32 Hugging
 //! Face safetensors copy).
 
@@ -9,6 +11,7 @@ mod convert;
 mod inspect;
 mod logprobs;
 mod progress;
+mod report;
 mod score;
 
 use std::path::PathBuf;
@@ -21,6 +24,7 @@ use main_engine::{Device, Error, Result};
 use crate::convert::{export, quantize};
 use crate::inspect::{inspect, inspect_device};
 use crate::logprobs::logprobs;
+use crate::report::{report, ReportArgs};
 use crate::score::{score, ScoreArgs};
 
 #[derive(Parser)]
@@ -39,6 +43,9 @@ enum Command {
     /// Score instruction/response pairs: JSONL in, each record out unchanged
     /// plus an "alignment" object. Resumable: re-run with the same --output.
     Score(Box<ScoreArgs>),
+    /// A report of a scored JSONL file that a curator reads in a minute: one
+    /// self-contained HTML page (no network), and with --json its data.
+    Report(Box<ReportArgs>),
     /// Print a model's architecture, sizes, tensor types, tokenizer and chat
     /// template; with `--device cuda`, the GPU and the CUDA library files it
     /// loads (the model may then be left out).
@@ -102,6 +109,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Score(args) => score(*args),
+        Command::Report(args) => report(*args),
         Command::Inspect {
             model,
             tensors,

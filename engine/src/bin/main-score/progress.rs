@@ -1,4 +1,5 @@
-//! The progress bar of `main-score score`, driven by the job's events.
+//! The progress bars of `main-score score` (driven by the job's events)
+//! and `main-score report` (bytes read).
 
 use std::io::{IsTerminal, Write};
 
@@ -11,15 +12,33 @@ pub struct Progress {
     bar: ProgressBar,
 }
 
+/// Where a bar is drawn: nowhere, in place on a terminal, or as log lines.
+fn draw_target(enabled: bool) -> ProgressDrawTarget {
+    if !enabled {
+        ProgressDrawTarget::hidden()
+    } else if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::term_like_with_hz(Box::new(LogLines), 1)
+    }
+}
+
 impl Progress {
+    /// Bytes read of a file of `total` bytes (`main-score report`).
+    pub fn bytes(enabled: bool, total: u64) -> Progress {
+        let style = ProgressStyle::with_template(
+            "[{bar:30}] {bytes}/{total_bytes}  {bytes_per_sec}  ETA {eta}",
+        )
+        .expect("the progress template is valid")
+        .progress_chars("#>-");
+        let bar =
+            ProgressBar::with_draw_target(Some(total), draw_target(enabled)).with_style(style);
+        bar.tick();
+        Progress { bar }
+    }
+
     pub fn new(enabled: bool, total: Option<usize>) -> Progress {
-        let target = if !enabled {
-            ProgressDrawTarget::hidden()
-        } else if std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::term_like_with_hz(Box::new(LogLines), 1)
-        };
+        let target = draw_target(enabled);
         let template = match total {
             Some(_) => "[{bar:30}] {pos}/{len} pairs  {rate}  ETA {eta}",
             None => "{pos} pairs  {rate}",
@@ -38,7 +57,7 @@ impl Progress {
         Progress { bar }
     }
 
-    /// `done` records scored by this run.
+    /// `done` records scored by this run (or bytes read).
     pub fn set(&self, done: usize) {
         self.bar.set_position(done as u64);
     }
