@@ -132,7 +132,9 @@ impl ExactDuplicates {
     }
 }
 
+/// The start of a text; a pair's two texts joined by " → ".
 fn preview(text: &str) -> String {
+    let text = &text.replace('\u{1f}', " → ");
     match text.char_indices().nth(PREVIEW_CHARS) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_string(),

@@ -196,13 +196,15 @@ pub struct FilterData {
     pub exact: bool,
 }
 
-/// A threshold line (JSON: `{"field", "value", "keep"}`, `keep` "above" or
-/// "below": the side kept, the value itself included).
+/// A threshold line (JSON: `{"field", "value", "keep", "share"}`, `keep`
+/// "above" or "below": the side kept, the value itself included; `share`:
+/// the records this rule alone keeps, of all).
 #[derive(Clone, Debug, Serialize)]
 pub struct Threshold {
     pub field: String,
     pub value: f64,
     pub keep: String,
+    pub share: f64,
 }
 
 /// A field's numbers (JSON: `{"field", "count", "missing", "min", "max",
@@ -370,6 +372,8 @@ pub struct ReportBuilder {
     quadrants: Quadrants,
     /// Records every `Min` rule keeps.
     pass_min: u64,
+    /// Records each rule keeps alone (`Min` rules; 0 for `KeepTop`).
+    pass_rule: Vec<u64>,
     dots: Reservoir<Dot>,
     exact_instruction: ExactDuplicates,
     exact_response: ExactDuplicates,
@@ -446,6 +450,7 @@ impl ReportBuilder {
             ],
             quadrants: Quadrants::default(),
             pass_min: 0,
+            pass_rule: vec![0; params.rules.len()],
             dots: Reservoir::new(params.dots, seed ^ 0x1),
             exact_instruction: ExactDuplicates::new(params.max_distinct),
             exact_response: ExactDuplicates::new(params.max_distinct),
@@ -457,11 +462,12 @@ impl ReportBuilder {
     }
 
     /// Shows `provenance` (a provenance file's JSON); when the params have
-    /// no rules, marks the filter it records.
+    /// no rules (and no line was added yet), marks the filter it records.
     pub fn set_provenance(&mut self, provenance: serde_json::Value) {
-        if self.params.rules.is_empty() {
+        if self.params.rules.is_empty() && self.records == 0 {
             let rules = rules_of_provenance(&provenance);
             if !rules.is_empty() {
+                self.pass_rule = vec![0; rules.len()];
                 self.params.rules = rules;
                 self.filter_source = "provenance".to_string();
             }
@@ -521,6 +527,11 @@ impl ReportBuilder {
         }
         if self.passes_min(&r.values) {
             self.pass_min += 1;
+        }
+        for (n, rule) in self.pass_rule.iter_mut().zip(&self.params.rules) {
+            if let Rule::Min { field, value } = rule {
+                *n += field_index(field).is_some_and(|i| r.values[i] >= *value) as u64;
+            }
         }
         // Histograms, once their ranges are fixed.
         if let Some(hs) = &mut self.histograms {
@@ -667,12 +678,14 @@ impl ReportBuilder {
         let mut keep = min_pass.clone();
         let mut thresholds = Vec::new();
         let mut cut_key: Option<(usize, bool, f64)> = None;
-        for rule in &p.rules {
+        let of = |n: f64, total: f64| if total > 0.0 { n / total } else { 0.0 };
+        for (rule, passed) in p.rules.iter().zip(&self.pass_rule) {
             match rule {
                 Rule::Min { field, value } => thresholds.push(Threshold {
                     field: field.clone(),
                     value: *value,
                     keep: "above".into(),
+                    share: of(*passed as f64, self.records as f64),
                 }),
                 Rule::KeepTop { fraction, rank_by } => {
                     let by: rank::RankBy = rank_by.parse().expect("a checked ranking");
@@ -694,6 +707,7 @@ impl ReportBuilder {
                             field: by.field.to_string(),
                             value: if by.keep_low { -cut } else { cut },
                             keep: if by.keep_low { "below" } else { "above" }.into(),
+                            share: of(top.iter().filter(|t| **t).count() as f64, rows.len() as f64),
                         });
                     }
                 }

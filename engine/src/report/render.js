@@ -28,7 +28,9 @@
  *                                      for a bin wholly on the kept side)
  *     rect.outside[data-side=below|above][data-count]  values outside the range
  *     line.threshold[data-value]       the threshold, when this field has one
- *     text.kept-share[data-share]      share kept by this field's threshold
+ *     text.kept-share[data-share]      share this field's threshold alone keeps (exact
+ *                                      from the data; estimated from the bars, "≈",
+ *                                      for options.threshold or a dragged line)
  *   svg.main-scatter[data-x][data-y]   one per scatter; svg.main-quadrants is the
  *                                      fwd_pmi / rev_pmi one, svg.main-length the
  *                                      score-against-response-length ones
@@ -39,6 +41,7 @@
  *     text.rho[data-field][data-value] Spearman's rho with response length
  *   div.main-example[data-percentile][data-line]  one per example pair
  *     span.tok[data-pmi]               one per token of the heat map (--tokens)
+ *   p.main-dup-count[data-kind][data-text][data-groups][data-records]  one per kind and text
  *   table.main-dups[data-kind=exact|near][data-text=instruction|response|pair]
  *     tr.group[data-count][data-lines]
  *   table.main-turns tr.turn[data-line][data-turn][data-alignment]
@@ -201,9 +204,9 @@
       line.setAttribute("x1", xOf(t.value).toFixed(2));
       line.setAttribute("x2", xOf(t.value).toFixed(2));
       line.setAttribute("data-value", t.value);
-      var share = keptShare(h, t.value, t.keep);
+      var share = t.estimated || typeof t.share !== "number" ? keptShare(h, t.value, t.keep) : t.share;
       label.setAttribute("data-share", share);
-      label.textContent = (t.estimated ? "≈" : "") + pct(share) + " kept (" + (t.keep === "below" ? "≤ " : "≥ ") + num(t.value) + ")";
+      label.textContent = (t.estimated ? "≈" : "") + pct(share) + " pass (" + (t.keep === "below" ? "≤ " : "≥ ") + num(t.value) + ")";
     }
     if (th) { place(th); svg.appendChild(line); svg.appendChild(label); }
     if (options.onThreshold) {
@@ -384,7 +387,7 @@
       var g = a[2];
       var what = a[0] === "exact" ? "Exact duplicate " + a[1] + "s" + (a[1] === "pair" ? " (instruction and response)" : "") + " (lower case, whitespace collapsed)"
         : "Near-duplicate " + a[1] + "s (MinHash Jaccard ≥ " + d.near.jaccard + " on word 3-shingles" + (d.near.sample < d.near.of ? ", in a uniform sample of " + d.near.sample.toLocaleString("en-US") + " of " + d.near.of.toLocaleString("en-US") + " records" : "") + ")";
-      s.appendChild(el("p", { class: "main-dup-count", "data-kind": a[0], "data-text": a[1], text: what + ": " + g.groups + " groups, " + g.records + " records, " + g.extra + " removable." }));
+      s.appendChild(el("p", { class: "main-dup-count", "data-kind": a[0], "data-text": a[1], "data-groups": g.groups, "data-records": g.records, text: what + ": " + g.groups + " groups, " + g.records + " records, " + g.extra + " removable." }));
       if (g.list.length) s.appendChild(dupTable(a[0], a[1], g));
     });
     if (!d.exact_complete) s.appendChild(el("p", { class: "main-sub", text: "Exact duplicates counted among the first distinct texts only (see notes)." }));

@@ -48,12 +48,19 @@ pub struct ReportArgs {
     /// Records searched for near-duplicates (a uniform sample).
     #[arg(long, value_name = "N", default_value_t = ReportParams::default().near_sample)]
     near_sample: usize,
+    /// Distinct texts tracked per kind for exact duplicates.
+    #[arg(long, value_name = "N", default_value_t = ReportParams::default().max_distinct)]
+    max_distinct: usize,
     /// The longest line read, in bytes; a longer one is an error.
     #[arg(long, value_name = "BYTES", default_value_t = ReportParams::default().max_line_bytes)]
     max_line_bytes: usize,
     /// Show the progress bar even when stderr is not a terminal.
     #[arg(long)]
     progress: bool,
+    /// Print `{"peak_bytes": N}` (VmHWM of /proc/self/status) to stderr at
+    /// the end (the memory test and benches/report_scale.sh).
+    #[arg(long, hide = true)]
+    report_peak_memory: bool,
 }
 
 impl ReportArgs {
@@ -84,6 +91,7 @@ impl ReportArgs {
             exact_cap: self.exact_cap,
             near_sample: self.near_sample,
             max_line_bytes: self.max_line_bytes,
+            max_distinct: self.max_distinct,
             ..ReportParams::default()
         })
     }
@@ -124,5 +132,16 @@ pub fn report(a: ReportArgs) -> Result<()> {
     for w in data.summary.iter().filter_map(|r| r.warning.as_ref()) {
         eprintln!("main-score: warning: {w}");
     }
+    if a.report_peak_memory {
+        eprintln!("{{\"peak_bytes\": {}}}", peak_bytes().unwrap_or(0));
+    }
     Ok(())
+}
+
+/// This process's peak resident memory (VmHWM), where /proc has it.
+fn peak_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
