@@ -125,6 +125,7 @@ test('data set view: charts, threshold drag, export, table', async () => {
   assert.equal(Number(kept.kept), expected.length, `kept at alignment >= ${t}`);
   assert.equal(Number(await page.inputValue('#threshold-value')), t, 'the number input follows the drag');
   assert.equal(Number(await page.getAttribute('svg.main-hist[data-field="alignment"] line.threshold', 'data-value')), t, 'the line stays where it was dropped');
+  assert.equal(Number(await page.getAttribute('svg.main-hist[data-field="alignment"] text.kept-share', 'data-share')), expected.length / n, 'the histogram shows the exact share');
   // Drawn again once released: the dots by the same rule.
   for (const [line, isKept] of await dotColours()) assert.equal(isKept, value(byLine.get(line), 'alignment') >= t, `dot of line ${line}`);
 

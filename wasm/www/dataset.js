@@ -165,7 +165,8 @@ function showKept() {
  * are recoloured in place, and everything is drawn again once it ends.
  */
 function renderCharts() {
-  const marked = { field: threshold.field, value: threshold.value, keep: 'above' };
+  // The share counted over every record: render.js shows it exact (its own is the bars' estimate).
+  const marked = { field: threshold.field, value: threshold.value, keep: 'above', share: ds.n ? keptCount() / ds.n : 0 };
   const draw = (id, sections, more = {}) => ds.MainReport.render($(id), ds.report, { threshold: marked, sections, ...more });
   draw('dataset-hists', ['header', 'histograms'], { onThreshold: (field, value) => dragTo(field, value) });
   draw('dataset-scatter', ['quadrants']);
