@@ -30,6 +30,9 @@ onmessage = async ({ data: { id, file, params } }) => {
     const out = { ...records, fields };
     postMessage({ id, type: 'loaded', name: file.name, bytes: bytes.buffer, report, records: out, seconds }, [bytes.buffer, ...Object.values(fields).map((f) => f.buffer)]);
   } catch (e) {
-    postMessage({ id, type: 'error', message: `${file?.name ?? 'file'}: ${e instanceof Error ? e.message : String(e)}` });
+    // The engine's errors name the file (params.source) and the line; others get the file's name here.
+    const message = e instanceof Error ? e.message : String(e);
+    const name = file?.name ?? 'file';
+    postMessage({ id, type: 'error', message: message.includes(name) ? message : `${name}: ${message}` });
   }
 };

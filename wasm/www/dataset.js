@@ -94,9 +94,7 @@ worker.onmessage = async ({ data }) => {
   }
   for (const div of document.querySelectorAll('#errors .dataset-error')) div.remove();
   const { records } = data;
-  const fields = {};
-  for (const [name, values] of Object.entries(records.fields)) fields[name] = values;
-  ds = { name: data.name, bytes: new Uint8Array(data.bytes), report: data.report, rec: { ...records, fields }, n: records.line.length, MainReport };
+  ds = { name: data.name, bytes: new Uint8Array(data.bytes), report: data.report, rec: records, n: records.line.length, MainReport };
   ds.search = null; // lower-cased texts, made on the first search
   chooseDefaultThreshold();
   sort = { col: 'fileLine', dir: 1 };
