@@ -114,10 +114,19 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
     })
 }
 
-/// The report params the page may set (JSON; every key optional): `source`
-/// (the file's name, in the report and in errors), `dots`, `bins`,
-/// `percentiles` and `min` (`{field: value}`: a threshold to mark).
-fn params_of(json: &str) -> Result<(ReportParams, String), WasmError> {
+/// What the page may set (JSON; every key optional): `source` (the file's
+/// name, in the report and in errors), `dots`, `bins`, `percentiles`, `min`
+/// (`{field: value}`: a threshold to mark) and `provenance` (the scored
+/// file's `.provenance.json`, which a page cannot find beside the file as
+/// `main-score report` does: shown, and its filter marked unless `min` is given).
+#[derive(Debug)]
+struct Params {
+    report: ReportParams,
+    source: String,
+    provenance: Option<Value>,
+}
+
+fn params_of(json: &str) -> Result<Params, WasmError> {
     let bad = |reason: String| WasmError::Option {
         name: "params",
         reason,
@@ -129,6 +138,7 @@ fn params_of(json: &str) -> Result<(ReportParams, String), WasmError> {
     };
     let mut params = ReportParams::default();
     let mut source = "data set".to_string();
+    let mut provenance = None;
     let whole = |key: &str, v: &Value, hi: u64| -> Result<usize, WasmError> {
         v.as_u64()
             .filter(|n| (1..=hi).contains(n))
@@ -171,29 +181,41 @@ fn params_of(json: &str) -> Result<(ReportParams, String), WasmError> {
                     });
                 }
             }
+            "provenance" => {
+                if !v.is_object() {
+                    return Err(bad(format!(
+                        "provenance: expected the JSON object of a .provenance.json file, found {v}"
+                    )));
+                }
+                provenance = Some(v.clone());
+            }
             _ => {
                 return Err(bad(format!(
-                    "unknown key '{key}', expected one of [\"source\", \"dots\", \"bins\", \"percentiles\", \"min\"]"
+                    "unknown key '{key}', expected one of [\"source\", \"dots\", \"bins\", \"percentiles\", \"min\", \"provenance\"]"
                 )))
             }
         }
     }
-    Ok((params, source))
+    Ok(Params {
+        report: params,
+        source,
+        provenance,
+    })
 }
 
 /// The report and the records of the scored file `bytes`.
-fn read(
-    bytes: &[u8],
-    params: &ReportParams,
-    source: &str,
-) -> Result<(ReportData, Records), String> {
+fn read(bytes: &[u8], params: &Params) -> Result<(ReportData, Records), String> {
+    let source = params.source.as_str();
     if bytes.len() > MAX_FILE_BYTES {
         return Err(format!(
             "{source}: {} bytes is more than the {MAX_FILE_BYTES} this page can hold; report it with `main-score report`",
             bytes.len()
         ));
     }
-    let mut builder = ReportBuilder::new(params, source).map_err(|e| e.to_string())?;
+    let mut builder = ReportBuilder::new(&params.report, source).map_err(|e| e.to_string())?;
+    if let Some(p) = &params.provenance {
+        builder.set_provenance(p.clone());
+    }
     let mut records = Records::new();
     for (line_no, range) in lines(bytes) {
         let line = &bytes[range.clone()];
@@ -237,9 +259,9 @@ export interface DatasetRecords {
 /// `min`. The first bad line stops it, and the error names it.
 #[wasm_bindgen(js_name = reportData, unchecked_return_type = "{ report: any; records: DatasetRecords }")]
 pub fn report_data(bytes: &[u8], params_json: &str) -> Result<JsValue, JsError> {
-    let (params, source) = params_of(params_json).map_err(JsError::from)?;
+    let params = params_of(params_json).map_err(JsError::from)?;
     let (report, records) =
-        read(bytes, &params, &source).map_err(|e| JsError::from(WasmError::Record(e)))?;
+        read(bytes, &params).map_err(|e| JsError::from(WasmError::Record(e)))?;
     // Through serde_json: the report reaches render.js exactly as the HTML
     // report embeds it (NaN as null).
     let report = serde_json::to_value(&report)
@@ -259,11 +281,15 @@ mod tests {
     const A: &str = r#"{"instruction":"a","input":"","output":"b","alignment":{"alignment":-0.5,"fwd_pmi":1.0,"rev_pmi":-0.5,"line":7}}"#;
     const B: &str = r#"{"prompt":"c","response":"d","alignment":{"alignment":null,"fwd_pmi":2.0,"rev_pmi":0.5}}"#;
 
+    fn params(source: &str) -> Params {
+        params_of(&format!("{{\"source\":\"{source}\"}}")).unwrap()
+    }
+
     #[test]
     fn byte_ranges_lines_and_fields() {
         let file = format!("\u{feff}{A}\r\n\n  \n{B}");
         let bytes = file.as_bytes();
-        let (report, r) = read(bytes, &ReportParams::default(), "f.jsonl").unwrap();
+        let (report, r) = read(bytes, &params("f.jsonl")).unwrap();
         assert_eq!(report.records, 2);
         assert_eq!(r.file_line, [1, 4]);
         assert_eq!(r.line, [7, 4], "the record's own line, else its line here");
@@ -292,7 +318,7 @@ mod tests {
     #[test]
     fn a_conversation_shows_its_weakest_turn() {
         let line = r#"{"messages":[{"role":"user","content":"u1"},{"role":"assistant","content":"a1"},{"role":"user","content":"u2"},{"role":"assistant","content":"a2"}],"alignment":{"alignment":-1.5,"turns":[{"turn":1,"alignment":0.5},{"turn":2,"alignment":-1.5}]}}"#;
-        let (_, r) = read(line.as_bytes(), &ReportParams::default(), "c").unwrap();
+        let (_, r) = read(line.as_bytes(), &params("c")).unwrap();
         assert_eq!(
             (r.instruction[0].as_str(), r.response[0].as_str()),
             ("u2", "a2")
@@ -308,8 +334,7 @@ mod tests {
         ] {
             let e = read(
                 format!("{A}\n{B}\n{bad}\n").as_bytes(),
-                &ReportParams::default(),
-                "bad.jsonl",
+                &params("bad.jsonl"),
             )
             .unwrap_err();
             assert!(
@@ -321,11 +346,11 @@ mod tests {
 
     #[test]
     fn params_are_checked() {
-        let (p, source) =
-            params_of(r#"{"source":"x.jsonl","dots":10,"min":{"alignment":0.5}}"#).unwrap();
-        assert_eq!((p.dots, source.as_str()), (10, "x.jsonl"));
+        let p = params_of(r#"{"source":"x.jsonl","dots":10,"min":{"alignment":0.5},"provenance":{"filter":null}}"#).unwrap();
+        assert_eq!((p.report.dots, p.source.as_str()), (10, "x.jsonl"));
+        assert!(p.provenance.is_some());
         assert_eq!(
-            p.rules,
+            p.report.rules,
             [Rule::Min {
                 field: "alignment".into(),
                 value: 0.5
@@ -336,6 +361,7 @@ mod tests {
             (r#"{"dot":1}"#, "unknown key 'dot'"),
             (r#"{"bins":0}"#, "bins"),
             (r#"{"percentiles":[101]}"#, "percentiles"),
+            (r#"{"provenance":"p.json"}"#, "provenance"),
         ] {
             let e = params_of(bad).unwrap_err().to_string();
             assert!(e.contains(what), "{bad}: {e}");

@@ -6,7 +6,7 @@
 // itself, never read back from the page. No model is loaded: the view needs
 // none. Screenshot: target/wasm-e2e/dataset.png.
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
@@ -79,9 +79,16 @@ test('data set view: charts, threshold drag, export, table', async () => {
   assert.equal(await page.isVisible('#dataset-view'), true, '#dataset opens the data set view');
   assert.equal(await page.isVisible('#annotate-view'), false);
 
-  await page.setInputFiles('#dataset-file', scoredPath);
+  // With its provenance (scripts/scored-demo writes it), which the report then shows.
+  const provenancePath = `${scoredPath}.provenance.json`;
+  const withProvenance = existsSync(provenancePath);
+  await page.setInputFiles('#dataset-file', withProvenance ? [scoredPath, provenancePath] : [scoredPath]);
   await page.waitForSelector('body[data-dataset="ready"]', { timeout: 60_000 });
   assert.equal(await page.textContent('#errors'), '', 'no errors shown');
+  if (withProvenance) {
+    const shownProvenance = JSON.parse(await page.textContent('pre.main-provenance'));
+    assert.deepEqual(shownProvenance, JSON.parse(readFileSync(provenancePath, 'utf8')), 'the provenance shown is the file');
+  }
   const status = await page.textContent('#dataset-status');
   assert.equal(Number(await page.getAttribute('.main-count[data-key="records"]', 'data-value')), n, 'the report counts every record');
 
@@ -206,6 +213,17 @@ test('data set view: bad files name the line and keep the loaded one', async () 
     assert.equal(await page.textContent('#kept'), before, `${name}: the loaded file stays`);
     assert.equal(Number(await page.getAttribute('#records-count', 'data-shown')), lines.length);
   }
+  // A provenance file that is not JSON.
+  const badProvenance = join(e2eDir, 'dataset-bad.provenance.json');
+  writeFileSync(badProvenance, '{"main_score": ');
+  await page.evaluate(() => {
+    document.getElementById('errors').replaceChildren();
+    delete document.body.dataset.dataset;
+  });
+  await page.setInputFiles('#dataset-file', [good, badProvenance]);
+  await page.waitForSelector('body[data-dataset="error"]');
+  assert.match(await page.textContent('#errors'), /dataset-bad\.provenance\.json: not a provenance file/);
+  assert.equal(await page.textContent('#kept'), before);
   assert.deepEqual(pageErrors, []);
   await context.close();
 });

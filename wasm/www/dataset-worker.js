@@ -4,7 +4,8 @@
 // It loads the one-thread build (pkg/), which runs in any page, isolated or
 // not, and stays apart from worker.js, which may be busy scoring.
 //
-// Message in:  {id, file: File, params: {…}}   (params: reportData's, as JSON)
+// Message in:  {id, file: File, provenance: File | null, params: {…}}   (params: reportData's, as JSON;
+//               the provenance file's object goes into params.provenance)
 // Messages out: {id, type: 'loaded', name, bytes: ArrayBuffer, report, records, seconds}
 //               (records: reportData's columns, `fields` as {name: Float64Array})
 //               {id, type: 'error', message}
@@ -16,12 +17,23 @@ const ready = import('../pkg/main_wasm.js').then(async (pkg) => {
   reportData = pkg.reportData;
 });
 
-onmessage = async ({ data: { id, file, params } }) => {
+/** The object of a .provenance.json file; an error names the file. */
+async function readProvenance(file) {
+  try {
+    return JSON.parse(await file.text());
+  } catch (e) {
+    throw new Error(`${file.name}: not a provenance file (${e.message})`);
+  }
+}
+
+onmessage = async ({ data: { id, file, provenance, params } }) => {
   try {
     await ready;
     const t0 = performance.now();
+    const all = { ...params };
+    if (provenance) all.provenance = await readProvenance(provenance);
     const bytes = new Uint8Array(await file.arrayBuffer());
-    const { report, records } = reportData(bytes, JSON.stringify(params ?? {}));
+    const { report, records } = reportData(bytes, JSON.stringify(all));
     // Each score column as a Float64Array (NaN where missing): compact, and
     // compared with a threshold without a null check.
     const fields = {};

@@ -65,14 +65,25 @@ const count = (n) => n.toLocaleString('en-US');
 // Loading
 // ---------------------------------------------------------------------------
 
+/** A scored file's provenance is FILE.provenance.json (main-score score writes it beside the output). */
+const isProvenance = (f) => f.name.endsWith('.provenance.json');
+
 $('dataset-file').addEventListener('change', (e) => {
-  const file = e.target.files[0];
+  const files = [...e.target.files];
   e.target.value = ''; // the same file may be opened again after a fix
-  if (!file) return;
+  if (!files.length) return;
+  const scored = files.filter((f) => !isProvenance(f));
+  const provenance = files.filter(isProvenance);
+  if (scored.length !== 1 || provenance.length > 1) {
+    showError(`Open one scored JSONL file, and at most one .provenance.json with it (got ${files.map((f) => f.name).join(', ')}).`);
+    document.body.dataset.dataset = 'error';
+    return;
+  }
+  const [file] = scored;
   const id = ++loadId;
   document.body.dataset.dataset = 'loading';
   $('dataset-status').textContent = `Reading ${file.name} (${(file.size / 1e6).toFixed(1)} MB)…`;
-  worker.postMessage({ id, file, params: { source: file.name } });
+  worker.postMessage({ id, file, provenance: provenance[0] ?? null, params: { source: file.name } });
 });
 
 worker.onmessage = async ({ data }) => {
