@@ -11,7 +11,10 @@ scores of DESIGN.md section 3 as an Arrow table.
 True
 
 ``score_jsonl`` runs the scoring job of ``main-score score`` (JSONL in,
-JSONL out, resumable) and writes the same bytes.
+JSONL out, resumable) and writes the same bytes. ``report`` writes the
+self-contained HTML report of ``main-score report`` of scored records (a
+file, an Arrow table, a ``datasets.Dataset`` or dicts) and
+``report_summary`` returns its data as a dict.
 
 ``main_align.ray`` runs a scorer on Ray Data (one model per actor) and
 ``main_align.hf`` on ``datasets.Dataset.map``.
@@ -19,8 +22,10 @@ JSONL out, resumable) and writes the same bytes.
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import pyarrow as pa
 
@@ -30,6 +35,9 @@ from ._native import ArgumentError, DeviceError, InputError, MainError, ModelErr
 __all__ = [
     "Scorer",
     "score_jsonl",
+    "report",
+    "report_summary",
+    "ReportInputError",
     "MainError",
     "ModelError",
     "ArgumentError",
@@ -509,3 +517,199 @@ def score_jsonl(
         _name("input_field", input_field, optional=True),
         progress,
     )
+
+
+# ---------------------------------------------------------------------------
+# The report of a scored data set (main-score report)
+# ---------------------------------------------------------------------------
+
+
+class ReportInputError(InputError, ValueError):
+    """A scored record is unusable (not scored, invalid JSON, cut short, a
+    line over ``max_line_bytes``): the message names the source and its
+    1-based line. Both an :class:`InputError` and a ``ValueError``."""
+
+
+#: Records converted to JSON lines per call into the engine.
+_REPORT_CHUNK = 4096
+
+
+def _report_args(
+    min: Union[str, Sequence[str], dict, None],
+    keep_top: Optional[float],
+    rank_by: Optional[str],
+    percentiles: Optional[Sequence[float]],
+    examples_by: Optional[str],
+    dots: Optional[int],
+    exact_cap: Optional[int],
+    near_sample: Optional[int],
+    max_distinct: Optional[int],
+    max_line_bytes: Optional[int],
+) -> list:
+    if min is None:
+        rules = []
+    elif isinstance(min, str):
+        rules = [min]
+    elif isinstance(min, dict):
+        rules = [f"{k}={v!r}" for k, v in min.items()]
+    else:
+        rules = [str(m) for m in min]
+    whole = lambda name, v: None if v is None else _whole(name, v, 1)  # noqa: E731
+    return [
+        rules,
+        _number("keep_top", keep_top),
+        _name("rank_by", rank_by, optional=True),
+        None if percentiles is None else [float(p) for p in percentiles],
+        _name("examples_by", examples_by, optional=True),
+        whole("dots", dots),
+        whole("exact_cap", exact_cap),
+        whole("near_sample", near_sample),
+        whole("max_distinct", max_distinct),
+        whole("max_line_bytes", max_line_bytes),
+    ]
+
+
+def _json_line(row: Any) -> str:
+    """A record as one JSON line; NaN (which JSON lacks) as null."""
+    try:
+        return json.dumps(row, allow_nan=False, ensure_ascii=False, default=str)
+    except ValueError:
+        def clean(x: Any) -> Any:
+            if isinstance(x, float) and math.isnan(x):
+                return None
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [clean(v) for v in x]
+            return x
+        return json.dumps(clean(row), ensure_ascii=False, default=str)
+
+
+def _without_nulls(x: Any) -> Any:
+    """A row of a typed table without its null fields: a table's schema is
+    the union of its records' keys, so a key one record lacks is null there
+    (a pair's ``"conversations"``, a pair's ``"turns"``)."""
+    if isinstance(x, dict):
+        return {k: _without_nulls(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_without_nulls(v) for v in x]
+    return x
+
+
+def _rows(source: Any) -> tuple[str, Iterable[Any]]:
+    """The source's name and its records as dicts, batch by batch."""
+    if isinstance(source, pa.Table):
+        return "<pyarrow.Table>", (
+            _without_nulls(r) for b in source.to_batches(_REPORT_CHUNK) for r in b.to_pylist()
+        )
+    if type(source).__module__.startswith("datasets") and hasattr(source, "iter"):
+        return "<datasets.Dataset>", (
+            _without_nulls(dict(zip(batch.keys(), values)))
+            for batch in source.iter(batch_size=_REPORT_CHUNK)
+            for values in zip(*batch.values())
+        )
+    if isinstance(source, (str, bytes, dict)):
+        raise ArgumentError(f"invalid argument 'source': expected a path, a pyarrow.Table, a datasets.Dataset or records, got {type(source).__name__}")
+    try:
+        return "<records>", iter(source)
+    except TypeError:
+        raise ArgumentError(
+            f"invalid argument 'source': expected a path, a pyarrow.Table, a datasets.Dataset or records, got {type(source).__name__}"
+        ) from None
+
+
+def _report(source: Any, html: bool, args: list) -> tuple[str, Optional[str]]:
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            return _native.report_path(os.fspath(source), *args, html)
+        name, rows = _rows(source)
+        builder = _native.ReportBuilder(name, *args)
+        chunk: list[str] = []
+        first = 1
+        for row in rows:
+            chunk.append(_json_line(row))
+            if len(chunk) == _REPORT_CHUNK:
+                builder.add_lines(chunk, first)
+                first += len(chunk)
+                chunk = []
+        if chunk:
+            builder.add_lines(chunk, first)
+        return builder.finish(html)
+    except InputError as e:
+        raise ReportInputError(str(e)) from None
+
+
+def report_summary(
+    source: Any,
+    *,
+    min: Union[str, Sequence[str], dict, None] = None,
+    keep_top: Optional[float] = None,
+    rank_by: Optional[str] = None,
+    percentiles: Optional[Sequence[float]] = None,
+    examples_by: Optional[str] = None,
+    dots: Optional[int] = None,
+    exact_cap: Optional[int] = None,
+    near_sample: Optional[int] = None,
+    max_distinct: Optional[int] = None,
+    max_line_bytes: Optional[int] = None,
+) -> dict:
+    """The data of ``main-score report`` of scored records, as a dict: the
+    same JSON as ``main-score report --json`` (the ``ReportData`` shape of
+    engine/src/report/mod.rs: ``records``, ``filter``, ``histograms``,
+    ``stats``, ``summary``, ``quadrants``, ``sample``, ``examples``,
+    ``duplicates``, ``conversations_detail``, ``provenance``, ``notes``...).
+
+    Args:
+        source: a scored JSONL file (path; its ``.provenance.json`` is read
+            as main-score does), a ``pyarrow.Table``, a
+            ``datasets.Dataset``, or an iterable of dicts: records as
+            ``main-score score`` writes them (each with its
+            ``"alignment"`` object). Rows are fed to the engine as JSON
+            lines, 4,096 at a time, so memory stays bounded.
+        min: ``"FIELD=X"`` rules (a string, a list, or ``{field: x}``): mark
+            the filter keeping records whose FIELD is at least X.
+        keep_top, rank_by: mark the filter keeping the best fraction by
+            ``rank_by`` (main-score's default ranking when None).
+        percentiles: whose pairs are shown (default 5, 50, 95).
+        examples_by: the score those percentiles are of (default: the
+            filter's field, else ``alignment``).
+        dots, exact_cap, near_sample, max_distinct, max_line_bytes: the
+            bounds of ``main-score report`` (``--dots`` ...); None keeps
+            its defaults.
+
+    Raises:
+        ReportInputError: an unusable record (a ``ValueError`` naming the
+            line); ArgumentError: a bad argument.
+    """
+    args = _report_args(min, keep_top, rank_by, percentiles, examples_by, dots, exact_cap,
+                        near_sample, max_distinct, max_line_bytes)
+    data, _ = _report(source, False, args)
+    return json.loads(data)
+
+
+def report(
+    source: Any,
+    path: PathLike,
+    *,
+    min: Union[str, Sequence[str], dict, None] = None,
+    keep_top: Optional[float] = None,
+    rank_by: Optional[str] = None,
+    percentiles: Optional[Sequence[float]] = None,
+    examples_by: Optional[str] = None,
+    dots: Optional[int] = None,
+    exact_cap: Optional[int] = None,
+    near_sample: Optional[int] = None,
+    max_distinct: Optional[int] = None,
+    max_line_bytes: Optional[int] = None,
+) -> dict:
+    """Writes the self-contained HTML report of scored records to ``path``:
+    for a file, the very bytes ``main-score report FILE -o path`` writes
+    with the same options. Arguments as :func:`report_summary`; returns the
+    report's data as a dict."""
+    target = _path("path", path)
+    args = _report_args(min, keep_top, rank_by, percentiles, examples_by, dots, exact_cap,
+                        near_sample, max_distinct, max_line_bytes)
+    data, page = _report(source, True, args)
+    with open(target, "w", encoding="utf-8", newline="") as f:
+        f.write(page)
+    return json.loads(data)

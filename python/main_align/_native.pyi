@@ -57,3 +57,39 @@ def score_jsonl(
     input_field: Optional[str],
     progress: Optional[Callable[[dict[str, Any]], Any]],
 ) -> dict[str, Any]: ...
+
+def report_path(
+    path: str,
+    min: list[str],
+    keep_top: Optional[float],
+    rank_by: Optional[str],
+    percentiles: Optional[list[float]],
+    examples_by: Optional[str],
+    dots: Optional[int],
+    exact_cap: Optional[int],
+    near_sample: Optional[int],
+    max_distinct: Optional[int],
+    max_line_bytes: Optional[int],
+    html: bool,
+) -> tuple[str, Optional[str]]:
+    """The report of a scored JSONL file: its JSON and, with html, its page."""
+
+class ReportBuilder:
+    """The report of records given as JSON lines, added in chunks."""
+
+    def __init__(
+        self,
+        source: str,
+        min: list[str],
+        keep_top: Optional[float],
+        rank_by: Optional[str],
+        percentiles: Optional[list[float]],
+        examples_by: Optional[str],
+        dots: Optional[int],
+        exact_cap: Optional[int],
+        near_sample: Optional[int],
+        max_distinct: Optional[int],
+        max_line_bytes: Optional[int],
+    ) -> None: ...
+    def add_lines(self, lines: list[str], first_line: int) -> None: ...
+    def finish(self, html: bool) -> tuple[str, Optional[str]]: ...

@@ -21,6 +21,7 @@ use main_engine::matmul::Precision;
 use main_engine::model::Model;
 use main_engine::pairs::Format;
 use main_engine::rank::RankBy;
+use main_engine::report::{self, ReportParams, Rule};
 use main_engine::score::{Combine, Pair, PairScore};
 use main_engine::scorer::{Scorer, ScorerParams};
 use main_engine::{Device, Error};
@@ -503,11 +504,164 @@ fn report_dict<'py>(py: Python<'py>, r: &JobReport) -> PyResult<Bound<'py, PyDic
     Ok(d)
 }
 
+// ---------------------------------------------------------------------------
+// The report of a scored data set (`main-score report`)
+// ---------------------------------------------------------------------------
+
+/// The engine's [`ReportParams`] from `main_align.report`'s arguments
+/// (documented there); `None` keeps the engine's default.
+#[allow(clippy::too_many_arguments)]
+fn report_params(
+    min: Vec<String>,
+    keep_top: Option<f64>,
+    rank_by: Option<&str>,
+    percentiles: Option<Vec<f64>>,
+    examples_by: Option<String>,
+    dots: Option<usize>,
+    exact_cap: Option<usize>,
+    near_sample: Option<usize>,
+    max_distinct: Option<usize>,
+    max_line_bytes: Option<usize>,
+) -> PyResult<ReportParams> {
+    let d = ReportParams::default();
+    let mut rules = min
+        .iter()
+        .map(|m| Rule::parse_min(m))
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(py_err)?;
+    if let Some(f) = keep_top {
+        let by = rank_by.unwrap_or(main_engine::rank::DEFAULT_RANK_BY);
+        rules.push(Rule::keep_top(f, by).map_err(py_err)?);
+    }
+    Ok(ReportParams {
+        rules,
+        percentiles: percentiles.unwrap_or(d.percentiles),
+        examples_by,
+        dots: dots.unwrap_or(d.dots),
+        exact_cap: exact_cap.unwrap_or(d.exact_cap),
+        near_sample: near_sample.unwrap_or(d.near_sample),
+        max_distinct: max_distinct.unwrap_or(d.max_distinct),
+        max_line_bytes: max_line_bytes.unwrap_or(d.max_line_bytes),
+        ..d
+    })
+}
+
+/// `main_align.report` / `report_summary` of a scored JSONL file: the
+/// report's JSON and, with `html`, its page (both exactly main-score's).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (path, min, keep_top, rank_by, percentiles, examples_by, dots, exact_cap,
+                    near_sample, max_distinct, max_line_bytes, html))]
+fn report_path(
+    py: Python<'_>,
+    path: PathBuf,
+    min: Vec<String>,
+    keep_top: Option<f64>,
+    rank_by: Option<&str>,
+    percentiles: Option<Vec<f64>>,
+    examples_by: Option<String>,
+    dots: Option<usize>,
+    exact_cap: Option<usize>,
+    near_sample: Option<usize>,
+    max_distinct: Option<usize>,
+    max_line_bytes: Option<usize>,
+    html: bool,
+) -> PyResult<(String, Option<String>)> {
+    let params = report_params(
+        min,
+        keep_top,
+        rank_by,
+        percentiles,
+        examples_by,
+        dots,
+        exact_cap,
+        near_sample,
+        max_distinct,
+        max_line_bytes,
+    )?;
+    engine_call(py, "report", move || {
+        let data = report::report_file(&path, &params, &mut |_, _| {})?;
+        Ok((data.to_json(), html.then(|| report::render_html(&data))))
+    })
+}
+
+/// The report of records that are not a file (a table, a dataset, dicts):
+/// Python writes each as one JSON line and adds them in chunks, so memory
+/// stays bounded as for a file.
+#[pyclass(name = "ReportBuilder")]
+struct NativeReportBuilder {
+    inner: Option<report::ReportBuilder>,
+}
+
+#[pymethods]
+impl NativeReportBuilder {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (source, min, keep_top, rank_by, percentiles, examples_by, dots, exact_cap,
+                        near_sample, max_distinct, max_line_bytes))]
+    fn new(
+        source: &str,
+        min: Vec<String>,
+        keep_top: Option<f64>,
+        rank_by: Option<&str>,
+        percentiles: Option<Vec<f64>>,
+        examples_by: Option<String>,
+        dots: Option<usize>,
+        exact_cap: Option<usize>,
+        near_sample: Option<usize>,
+        max_distinct: Option<usize>,
+        max_line_bytes: Option<usize>,
+    ) -> PyResult<Self> {
+        let params = report_params(
+            min,
+            keep_top,
+            rank_by,
+            percentiles,
+            examples_by,
+            dots,
+            exact_cap,
+            near_sample,
+            max_distinct,
+            max_line_bytes,
+        )?;
+        let inner = report::ReportBuilder::new(&params, source).map_err(py_err)?;
+        Ok(NativeReportBuilder { inner: Some(inner) })
+    }
+
+    /// Adds JSON lines, the first being line `first_line` (1-based).
+    fn add_lines(&mut self, py: Python<'_>, lines: Vec<String>, first_line: usize) -> PyResult<()> {
+        let builder = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| ArgumentError::new_err("the report was already finished"))?;
+        engine_call(py, "report", move || {
+            for (k, line) in lines.iter().enumerate() {
+                builder.add_line(line.as_bytes(), first_line + k)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The report's JSON and, with `html`, its page.
+    fn finish(&mut self, py: Python<'_>, html: bool) -> PyResult<(String, Option<String>)> {
+        let builder = self
+            .inner
+            .take()
+            .ok_or_else(|| ArgumentError::new_err("the report was already finished"))?;
+        engine_call(py, "report", move || {
+            let data = builder.finish();
+            Ok((data.to_json(), html.then(|| report::render_html(&data))))
+        })
+    }
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<NativeScorer>()?;
     m.add_function(wrap_pyfunction!(score_jsonl, m)?)?;
+    m.add_function(wrap_pyfunction!(report_path, m)?)?;
+    m.add_class::<NativeReportBuilder>()?;
     // The engine's one list of score fields, so the Python columns cannot
     // drift from what main-score writes.
     m.add("SCORE_FIELDS", main_engine::score::SCORE_FIELDS.to_vec())?;

@@ -327,6 +327,13 @@ pub struct WeakTurn {
     pub assistant: String,
 }
 
+impl ReportData {
+    /// The JSON of `main-score report --json` and Python's `report_summary`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("report data serializes")
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The builder
 // ---------------------------------------------------------------------------

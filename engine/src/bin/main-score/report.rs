@@ -109,9 +109,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
     bar.finish();
     let data = data?;
     if let Some(path) = &a.json {
-        let json = serde_json::to_string(&data)
-            .map_err(|e| Error::Input(format!("serializing the report: {e}")))?;
-        std::fs::write(path, json).map_err(|e| Error::io(path, e))?;
+        std::fs::write(path, data.to_json()).map_err(|e| Error::io(path, e))?;
     }
     let html = report::render_html(&data);
     std::fs::write(&a.output, html).map_err(|e| Error::io(&a.output, e))?;
