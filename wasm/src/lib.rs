@@ -7,6 +7,9 @@
 //!   `scorer.scoreBatch(...)` and `scorer.generate(...)` (the reverse model's
 //!   guess of the instruction behind a response).
 //! - `parseRecord(line, lineNumber)`: the engine's JSONL pair formats.
+//! - `reportData(bytes, paramsJson)`: a file scored by `main-score score`,
+//!   summarised by the engine's report builder, and its records for a table
+//!   (`dataset.rs`; the annotation tool's data set view).
 //! - Threads: the `threads` feature (the build in `pkg-threads/`, with
 //!   atomics and shared memory) exports `initThreadPool(n)`, which starts `n`
 //!   Web Workers sharing this module's memory as rayon's global pool; the
@@ -669,3 +672,10 @@ pub fn parse_record(line: &str, line_number: u32) -> Result<JsValue, JsError> {
         response: pair.response,
     })
 }
+
+// ---------------------------------------------------------------------------
+// A scored data set
+// ---------------------------------------------------------------------------
+
+mod dataset;
+pub use dataset::report_data;

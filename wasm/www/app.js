@@ -422,7 +422,8 @@ $('guess').addEventListener('click', () => {
 });
 
 document.addEventListener('keydown', (e) => {
-  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  // The keys label pairs: not while the data set view is open instead.
+  if (e.ctrlKey || e.metaKey || e.altKey || $('annotate-view').hidden) return;
   const typing = e.target.closest('input, textarea, select');
   if (typing) {
     if (e.key === 'Escape' && e.target.id === 'note') e.target.blur();

@@ -8,9 +8,10 @@
  * annotation tool call it on the same data.
  *
  * options (all optional):
- *   threshold: {field, value}  a threshold to draw instead of the filter's
- *                              (the tool's current one; share kept estimated
- *                              from the histogram's bars, shown with "≈")
+ *   threshold: {field, value, keep?, share?}  a threshold to draw instead of the
+ *                              filter's (the tool's current one); its share kept is
+ *                              `share` when given (the caller's exact count), else
+ *                              estimated from the histogram's bars, shown with "≈"
  *   onThreshold(field, value)  makes every histogram interactive: click or
  *                              drag to move the threshold; called on each move
  *   sections: [names]          which sections to draw (default all): "header",
@@ -101,7 +102,8 @@
     if (options.threshold && options.threshold.field) {
       var t = options.threshold, keep = "above";
       (data.filter ? data.filter.thresholds : []).forEach(function (f) { if (f.field === t.field) keep = f.keep; });
-      return [{ field: t.field, value: t.value, keep: t.keep || keep, estimated: true }];
+      // A caller that counted the records itself passes `share`: shown exact.
+      return [{ field: t.field, value: t.value, keep: t.keep || keep, share: t.share, estimated: typeof t.share !== "number" }];
     }
     return data.filter ? data.filter.thresholds : [];
   }
