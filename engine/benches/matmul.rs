@@ -3,7 +3,8 @@
 //! Q4_1 and Q8_0 weights in `Fast` mode, Q4_1 and F16 in `Exact` mode, for one
 //! token (decode) and 256 (prefill), on 1 and 2 threads.
 //!
-//! `MAIN_BENCH_ISA=scalar|avx2|avx512|avx512vnni` forces a kernel set.
+//! `MAIN_BENCH_ISA=scalar|avx2|avxvnni|avx512|avx512vnni|neon|neon-dotprod`
+//! forces a kernel set.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use main_engine::kernels::{self, Isa, Kernels};
@@ -26,9 +27,11 @@ fn kernels_under_test() -> &'static Kernels {
     let isa = match name.as_str() {
         "scalar" => Isa::Scalar,
         "avx2" => Isa::Avx2,
+        "avxvnni" => Isa::AvxVnni,
         "avx512" => Isa::Avx512,
         "avx512vnni" => Isa::Avx512Vnni,
         "neon" => Isa::Neon,
+        "neon-dotprod" => Isa::NeonDot,
         "simd128" => Isa::Simd128,
         other => panic!("MAIN_BENCH_ISA: unknown kernel set {other:?}"),
     };

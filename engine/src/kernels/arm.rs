@@ -1,4 +1,9 @@
-//! aarch64 NEON kernels, 4 rows per tile (one lane of a 128-bit vector each).
+//! aarch64 NEON kernels, 4 rows per tile (one lane of a 128-bit vector each),
+//! in two sets that differ only in the byte dot product: plain NEON
+//! (`smull` + two pairwise adds, six instructions per 16 byte products) and
+//! NEON with the dot-product extension (`sdot`, one instruction), chosen
+//! when the CPU has `dotprod`. Both sum the same integers, so they give the
+//! same bits.
 //!
 //! NEON multiplies signed bytes by signed bytes, so packed codes are shifted
 //! back by the zero point once per tile group (`u - zero`) and the
@@ -11,19 +16,31 @@ use super::{scalar, Isa, Kernels, OutTile, PackedF, PackedQ, QuantActs};
 
 const TR: usize = 4;
 
-pub fn kernels() -> Kernels {
-    Kernels {
+/// The kernel sets this CPU runs, weakest first: NEON, and NEON with
+/// `sdot` when the CPU has the dot-product extension.
+pub fn kernels() -> Vec<Kernels> {
+    let neon = Kernels {
         isa: Isa::Neon,
         tile_rows: TR,
         wide_acts: false,
         quantize: scalar::quantize_row,
         pack_q: |rows, packed| scalar::pack_q_with(rows, TR, packed),
         // SAFETY: NEON is part of the aarch64 baseline.
-        dot_q: |packed, acts, out| unsafe { dot_q(packed, acts, out) },
+        dot_q: |packed, acts, out| unsafe { dot_q::<false>(packed, acts, out) },
         pack_f: |rows, scratch, packed| scalar::pack_f_with(rows, TR, scratch, packed),
         // SAFETY: as above.
         dot_f: |packed, x, out| unsafe { dot_f(packed, x, out) },
+    };
+    let mut all = vec![neon.clone()];
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        all.push(Kernels {
+            isa: Isa::NeonDot,
+            // SAFETY: the CPU has the dot-product extension (checked above).
+            dot_q: |packed, acts, out| unsafe { dot_q::<true>(packed, acts, out) },
+            ..neon
+        });
     }
+    all
 }
 
 /// Copies the first `n_rows` lanes of `v` into `out`.
@@ -35,37 +52,68 @@ unsafe fn store_rows(v: float32x4_t, n_rows: usize, out: &mut [f32]) {
     out[..n_rows].copy_from_slice(&lanes[..n_rows]);
 }
 
+/// The integer dot products; `SDOT`: on the dot-product extension, which
+/// only a caller that saw `dotprod` may ask for (the `asm!` in [`dot4`]
+/// enables the extension for the assembler, so no `target_feature` is needed).
 #[target_feature(enable = "neon")]
-unsafe fn dot_q(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+unsafe fn dot_q<const SDOT: bool>(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
     let fine = acts.has_fine();
     by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
         acts.n_tok,
         8,
         |t0, NT| unsafe {
             match fine {
-                true => dot_q_tile::<NT, G, MIN, true>(packed, acts, t0, out),
-                false => dot_q_tile::<NT, G, MIN, false>(packed, acts, t0, out),
+                true => dot_q_tile::<NT, G, MIN, true, SDOT>(packed, acts, t0, out),
+                false => dot_q_tile::<NT, G, MIN, false, SDOT>(packed, acts, t0, out),
             }
         }
     ))
 }
 
 /// Adds each row's products of its four signed weight bytes with the four
-/// bytes at `a` (broadcast) to `sum`.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn dot4(sum: int32x4_t, w: int8x16_t, a: *const i8) -> int32x4_t {
+/// bytes at `a` (broadcast) to `sum`; `SDOT`: with one `sdot`, which the
+/// caller must have checked the CPU runs.
+#[inline(always)]
+unsafe fn dot4<const SDOT: bool>(sum: int32x4_t, w: int8x16_t, a: *const i8) -> int32x4_t {
     // SAFETY: the caller passes 4 readable bytes.
-    let av = vreinterpretq_s8_s32(vdupq_n_s32(unsafe { (a as *const i32).read_unaligned() }));
+    let av = unsafe { vreinterpretq_s8_s32(vdupq_n_s32((a as *const i32).read_unaligned())) };
+    if SDOT {
+        // `vdotq_s32` is unstable in Rust 1.95 (`stdarch_neon_dotprod`), so
+        // the instruction is written out: lane r += the four products of
+        // bytes 4r..4r+4 of `w` and `av`.
+        let mut sum = sum;
+        // SAFETY: `sdot` reads and writes only these registers, touches no
+        // memory or flags; the caller checked the CPU has `dotprod`.
+        unsafe {
+            std::arch::asm!(
+                ".arch_extension dotprod",
+                "sdot {sum:v}.4s, {w:v}.16b, {a:v}.16b",
+                sum = inout(vreg) sum,
+                w = in(vreg) w,
+                a = in(vreg) av,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        return sum;
+    }
     // Rows 0-1 in the low half, 2-3 in the high half; two pairwise adds leave
     // one sum of four products per row.
-    let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(av)));
-    let hi = vpaddlq_s16(vmull_high_s8(w, av));
-    vaddq_s32(sum, vpaddq_s32(lo, hi))
+    // SAFETY: NEON is part of the aarch64 baseline.
+    unsafe {
+        let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(av)));
+        let hi = vpaddlq_s16(vmull_high_s8(w, av));
+        vaddq_s32(sum, vpaddq_s32(lo, hi))
+    }
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool, const FINE: bool>(
+unsafe fn dot_q_tile<
+    const NT: usize,
+    const G: usize,
+    const MIN: bool,
+    const FINE: bool,
+    const SDOT: bool,
+>(
     packed: &PackedQ,
     acts: &QuantActs,
     t0: usize,
@@ -98,9 +146,9 @@ unsafe fn dot_q_tile<const NT: usize, const G: usize, const MIN: bool, const FIN
                 let f = f0.add(j * n_in + s * 4 * G);
                 let (mut sum, mut fine) = (vdupq_n_s32(0), vdupq_n_s32(0));
                 for (g, w) in w.iter().enumerate() {
-                    sum = dot4(sum, *w, a.add(4 * g));
+                    sum = dot4::<SDOT>(sum, *w, a.add(4 * g));
                     if FINE {
-                        fine = dot4(fine, *w, f.add(4 * g));
+                        fine = dot4::<SDOT>(fine, *w, f.add(4 * g));
                     }
                 }
                 if FINE {

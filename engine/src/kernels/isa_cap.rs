@@ -4,15 +4,17 @@
 //! AVX-512 VNNI, some with AVX2 only), and the defaults follow the CPU (the
 //! default precision is `fast` only with VNNI). A test suite that passes on
 //! one can fail on the other, so the engine can be told to use no more than
-//! a named instruction set: `MAIN_ISA=avx2` runs the AVX2 kernels, the AVX2
-//! element-wise code and the AVX2 defaults on an AVX-512 machine;
+//! a named instruction set: `MAIN_ISA=avx2` runs the plain AVX2 kernels (no
+//! VNNI, whatever the CPU has), the AVX2 element-wise code and the AVX2
+//! defaults on an AVX-512 machine;
 //! `MAIN_ISA=scalar` runs the portable code everywhere. The variable is read
 //! once per process. The names are a contract (scripts and CI use them):
 //!
 //! | `MAIN_ISA`   | matmul kernels at most | element-wise code |
 //! |--------------|------------------------|-------------------|
 //! | `scalar`     | scalar                 | the build's baseline (SSE2, NEON, simd128) |
-//! | `avx2`       | AVX2 + FMA + F16C      | AVX2 + FMA        |
+//! | `avx2`       | AVX2 + FMA + F16C (byte products on `vpmaddubsw`) | AVX2 + FMA |
+//! | `avxvnni`    | AVX2 + AVX-VNNI (byte products on VEX `vpdpbusd`) | AVX2 + FMA |
 //! | `avx512`     | AVX-512 F/BW/VL        | AVX-512F + FMA    |
 //! | `avx512vnni` | AVX-512 VNNI           | AVX-512F + FMA    |
 //! | `native` or unset | the best this CPU has | the best this CPU has |
@@ -29,15 +31,19 @@ use crate::error::{Error, Result};
 /// The environment variable's name.
 pub const VAR: &str = "MAIN_ISA";
 
-/// How far up the x86 ladder an ISA is (`Scalar` 0; NEON and simd128 sit
-/// beside it as their targets' only SIMD kernels).
+/// How far up the x86 ladder an ISA is (`Scalar` 0; NEON, NEON with
+/// dotprod and simd128 sit beside AVX2: `MAIN_ISA` names no aarch64 or wasm
+/// level, so only `scalar` caps them). AVX-VNNI sits below AVX-512: its
+/// kernels are AVX2's 8-lane tiles, which the 16-lane AVX-512 ones beat
+/// wherever both run.
 pub(crate) fn rank(isa: Isa) -> u8 {
     match isa {
         Isa::Scalar => 0,
         Isa::Avx2 => 1,
-        Isa::Avx512 => 2,
-        Isa::Avx512Vnni => 3,
-        Isa::Neon | Isa::Simd128 => 1,
+        Isa::AvxVnni => 2,
+        Isa::Avx512 => 3,
+        Isa::Avx512Vnni => 4,
+        Isa::Neon | Isa::NeonDot | Isa::Simd128 => 1,
     }
 }
 
@@ -47,10 +53,11 @@ fn parse(value: &str) -> std::result::Result<Option<Isa>, String> {
         "" | "native" => Ok(None),
         "scalar" => Ok(Some(Isa::Scalar)),
         "avx2" => Ok(Some(Isa::Avx2)),
+        "avxvnni" => Ok(Some(Isa::AvxVnni)),
         "avx512" => Ok(Some(Isa::Avx512)),
         "avx512vnni" => Ok(Some(Isa::Avx512Vnni)),
         other => Err(format!(
-            "{other:?} is not one of scalar, avx2, avx512, avx512vnni, native"
+            "{other:?} is not one of scalar, avx2, avxvnni, avx512, avx512vnni, native"
         )),
     }
 }
@@ -110,6 +117,7 @@ mod tests {
     fn names_are_the_contract() {
         assert_eq!(parse("scalar"), Ok(Some(Isa::Scalar)));
         assert_eq!(parse("AVX2"), Ok(Some(Isa::Avx2)));
+        assert_eq!(parse("avxvnni"), Ok(Some(Isa::AvxVnni)));
         assert_eq!(parse("avx512"), Ok(Some(Isa::Avx512)));
         assert_eq!(parse("avx512vnni"), Ok(Some(Isa::Avx512Vnni)));
         assert_eq!(parse("native"), Ok(None));
@@ -121,7 +129,8 @@ mod tests {
     #[test]
     fn ranks_order_the_x86_ladder() {
         assert!(rank(Isa::Scalar) < rank(Isa::Avx2));
-        assert!(rank(Isa::Avx2) < rank(Isa::Avx512));
+        assert!(rank(Isa::Avx2) < rank(Isa::AvxVnni));
+        assert!(rank(Isa::AvxVnni) < rank(Isa::Avx512));
         assert!(rank(Isa::Avx512) < rank(Isa::Avx512Vnni));
     }
 

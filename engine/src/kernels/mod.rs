@@ -201,11 +201,16 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C, 8 rows per tile.
     Avx2,
+    /// AVX2 + FMA + F16C + AVX-VNNI (VEX `vpdpbusd`), 8 rows per tile.
+    AvxVnni,
     /// AVX-512 F/BW/VL without VNNI (byte products through `vpmaddubsw`).
     Avx512,
     /// AVX-512 F/BW/VL + VNNI (`vpdpbusd`), 16 rows per tile.
     Avx512Vnni,
+    /// NEON, byte products through `smull` + pairwise adds.
     Neon,
+    /// NEON + the dot-product extension (`sdot`).
+    NeonDot,
     Simd128,
 }
 
@@ -214,9 +219,11 @@ pub fn isa_name(isa: Isa) -> &'static str {
     match isa {
         Isa::Scalar => "scalar",
         Isa::Avx2 => "avx2",
+        Isa::AvxVnni => "avxvnni",
         Isa::Avx512 => "avx512",
         Isa::Avx512Vnni => "avx512vnni",
         Isa::Neon => "neon",
+        Isa::NeonDot => "neon-dotprod",
         Isa::Simd128 => "simd128",
     }
 }
@@ -572,7 +579,7 @@ fn available_uncapped() -> &'static [Kernels] {
         #[cfg(target_arch = "x86_64")]
         all.extend(x86::kernels());
         #[cfg(target_arch = "aarch64")]
-        all.push(arm::kernels());
+        all.extend(arm::kernels());
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         all.push(wasm::kernels());
         all

@@ -328,6 +328,70 @@ fn dot_q_matches_scalar() {
     }
 }
 
+/// Kernel sets that differ only in their byte dot product (`vpmaddubsw` or
+/// `vpdpbusd`, NEON's `smull` or `sdot`) sum the same integers, so they must
+/// give the same bits, not merely agree within the scalar tolerance.
+#[test]
+fn byte_dot_instructions_give_identical_bits() {
+    let pairs = [
+        (Isa::Avx2, Isa::AvxVnni),
+        (Isa::Avx512, Isa::Avx512Vnni),
+        (Isa::Neon, Isa::NeonDot),
+    ];
+    let mut rng = StdRng::seed_from_u64(8);
+    for (plain, dot) in pairs {
+        let (Some(plain), Some(dot)) = (for_isa(plain), for_isa(dot)) else {
+            continue;
+        };
+        let tr = plain.tile_rows;
+        assert_eq!(dot.tile_rows, tr);
+        for (dtype, n_in) in integer_cases() {
+            let scheme = Scheme::for_integer_dots(dtype);
+            let n_rows = tr - 3;
+            let data = random_rows(&mut rng, dtype, n_rows, n_in);
+            let mut packed = PackedQ::default();
+            plain.pack_q(&rows(dtype, n_in, n_rows, &data), &mut packed);
+            for (n_tok, fine) in [(1, false), (17, false), (17, true)] {
+                let x = random_f32(&mut rng, n_tok * n_in);
+                let mut acts = scalar::kernels().quantize_acts(scheme, &x, n_tok, fine);
+                plain.finish_acts(&mut acts);
+                let a = with_out(n_tok, tr, |out| plain.dot_q(&packed, &acts, out));
+                let b = with_out(n_tok, tr, |out| dot.dot_q(&packed, &acts, out));
+                let bits = |v: &[f32]| -> Vec<u32> {
+                    rows_only(v, tr, n_rows).iter().map(|v| v.to_bits()).collect()
+                };
+                assert_eq!(
+                    bits(&a),
+                    bits(&b),
+                    "{:?} vs {:?}: {dtype:?} n_in {n_in} n_tok {n_tok} fine {fine}",
+                    plain.isa,
+                    dot.isa
+                );
+            }
+        }
+    }
+}
+
+/// A CPU with a byte dot-product extension gets (and so tests) its kernels.
+#[test]
+fn dot_product_extensions_are_detected() {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avxvnni")
+        && is_x86_feature_detected!("avx2")
+        && isa_cap::allows(Isa::AvxVnni)
+    {
+        assert!(for_isa(Isa::AvxVnni).is_some());
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        assert!(for_isa(Isa::Neon).is_some());
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            assert!(for_isa(Isa::NeonDot).is_some());
+            assert_eq!(best().isa, Isa::NeonDot);
+        }
+    }
+}
+
 #[test]
 fn pack_f_matches_scalar_exactly() {
     let mut rng = StdRng::seed_from_u64(6);

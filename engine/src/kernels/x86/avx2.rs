@@ -7,11 +7,11 @@ use crate::kernels::{scalar, ActRowMut, OutTile, PackedF, PackedQ, QuantActs, Sc
 use crate::quant::DType;
 
 /// Tile rows: one lane of a 256-bit vector per weight row.
-const TR: usize = 8;
+pub(super) const TR: usize = 8;
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn lane_mask(n_rows: usize) -> __m256i {
+pub(super) fn lane_mask(n_rows: usize) -> __m256i {
     _mm256_cmpgt_epi32(
         _mm256_set1_epi32(n_rows as i32),
         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
@@ -162,102 +162,127 @@ pub unsafe fn pack_q(rows: &WeightRows, packed: &mut PackedQ) {
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
-    let fine = acts.has_fine();
-    by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
-        acts.n_tok,
-        4,
-        |t0, NT| unsafe {
-            match fine {
-                true => dot_q_tile::<NT, G, MIN, WIDE, true>(packed, acts, t0, out),
-                false => dot_q_tile::<NT, G, MIN, WIDE, false>(packed, acts, t0, out),
-            }
-        }
-    ))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_q_tile<
-    const NT: usize,
-    const G: usize,
-    const MIN: bool,
-    const WIDE: bool,
-    const FINE: bool,
->(
-    packed: &PackedQ,
-    acts: &QuantActs,
-    t0: usize,
-    out: &mut OutTile,
-) {
-    let (n_sub, n_in) = (acts.n_sub(), acts.n_in);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); NT];
-    let dot4 = |sum: __m256i, w: __m256i, signs: __m256i, a: *const i8| {
-        // SAFETY: callers pass 4 readable bytes.
-        let mut av = _mm256_set1_epi32(unsafe { (a as *const i32).read_unaligned() });
-        if WIDE {
-            av = _mm256_sign_epi8(av, signs);
-        }
-        let pairs = _mm256_maddubs_epi16(w, av);
-        _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones))
-    };
-    // SAFETY: as in the AVX-512 tile kernel.
-    unsafe {
-        let qs = packed.qs.words().as_ptr();
-        let a0 = acts.qs.as_ptr().add(t0 * n_in);
-        let f0 = if FINE {
-            acts.fine.as_ptr().add(t0 * n_in)
-        } else {
-            a0
-        };
-        for s in 0..n_sub {
-            let mut w = [_mm256_setzero_si256(); G];
-            let mut signs = [_mm256_setzero_si256(); G];
-            for g in 0..G {
-                w[g] = _mm256_loadu_si256(qs.add((s * G + g) * TR) as *const _);
-                if WIDE {
-                    signs[g] = _mm256_xor_si256(w[g], _mm256_set1_epi8(-128));
-                    w[g] = _mm256_abs_epi8(signs[g]);
-                }
-            }
-            let dwv = _mm256_loadu_ps(packed.dw.floats().as_ptr().add(s * TR));
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let t = t0 + j;
-                let a = a0.add(j * n_in + s * 4 * G);
-                let f = f0.add(j * n_in + s * 4 * G);
-                let corr = if WIDE {
-                    _mm256_setzero_si256()
-                } else {
-                    _mm256_set1_epi32(acts.corr[t * n_sub + s])
-                };
-                let (mut sum, mut fine) = match FINE {
-                    true => (_mm256_setzero_si256(), corr),
-                    false => (corr, corr),
-                };
-                for g in 0..G {
-                    sum = dot4(sum, w[g], signs[g], a.add(4 * g));
-                    if FINE {
-                        fine = dot4(fine, w[g], signs[g], f.add(4 * g));
+/// The integer dot product of a packed tile with every token, written once
+/// for both AVX2 kernel sets: `$vnni` picks AVX-VNNI's `vpdpbusd` (VEX, one
+/// instruction per four byte products, no saturation) over `vpmaddubsw` +
+/// `vpmaddwd` (which saturate, hence the sign trick for wide codes). Both
+/// compute the same integers, so both give the same bits.
+macro_rules! dot_q_kernel {
+    ($name:ident, $tile:ident, $features:literal, $vnni:expr) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
+            let fine = acts.has_fine();
+            by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
+                acts.n_tok,
+                4,
+                |t0, NT| unsafe {
+                    match fine {
+                        true => $tile::<NT, G, MIN, WIDE, true>(packed, acts, t0, out),
+                        false => $tile::<NT, G, MIN, WIDE, false>(packed, acts, t0, out),
                     }
                 }
-                if FINE {
-                    sum = _mm256_add_epi32(_mm256_slli_epi32::<8>(sum), fine);
+            ))
+        }
+
+        #[target_feature(enable = $features)]
+        unsafe fn $tile<
+            const NT: usize,
+            const G: usize,
+            const MIN: bool,
+            const WIDE: bool,
+            const FINE: bool,
+        >(
+            packed: &PackedQ,
+            acts: &QuantActs,
+            t0: usize,
+            out: &mut OutTile,
+        ) {
+            let (n_sub, n_in) = (acts.n_sub(), acts.n_in);
+            // `vpdpbusd` takes the offset bytes of wide codes as they are
+            // (the zero-point term corrects them); `vpmaddubsw` could
+            // saturate on them, so without VNNI wide codes take the sign trick.
+            let sign_trick = WIDE && !$vnni;
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); NT];
+            let dot4 = |sum: __m256i, w: __m256i, signs: __m256i, a: *const i8| {
+                // SAFETY: callers pass 4 readable bytes.
+                let av = _mm256_set1_epi32(unsafe { (a as *const i32).read_unaligned() });
+                if $vnni {
+                    _mm256_dpbusd_avx_epi32(sum, w, av)
+                } else {
+                    let av = if sign_trick {
+                        _mm256_sign_epi8(av, signs)
+                    } else {
+                        av
+                    };
+                    let pairs = _mm256_maddubs_epi16(w, av);
+                    _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones))
                 }
-                let scale = _mm256_mul_ps(dwv, _mm256_set1_ps(acts.da[t * n_sub + s]));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, *acc);
-                if MIN {
-                    let mwv = _mm256_loadu_ps(packed.mw.floats().as_ptr().add(s * TR));
-                    *acc = _mm256_fmadd_ps(mwv, _mm256_set1_ps(acts.sa[t * n_sub + s]), *acc);
+            };
+            // SAFETY: as in the AVX-512 tile kernel.
+            unsafe {
+                let qs = packed.qs.words().as_ptr();
+                let a0 = acts.qs.as_ptr().add(t0 * n_in);
+                let f0 = if FINE {
+                    acts.fine.as_ptr().add(t0 * n_in)
+                } else {
+                    a0
+                };
+                for s in 0..n_sub {
+                    let mut w = [_mm256_setzero_si256(); G];
+                    let mut signs = [_mm256_setzero_si256(); G];
+                    for g in 0..G {
+                        w[g] = _mm256_loadu_si256(qs.add((s * G + g) * TR) as *const _);
+                        if sign_trick {
+                            signs[g] = _mm256_xor_si256(w[g], _mm256_set1_epi8(-128));
+                            w[g] = _mm256_abs_epi8(signs[g]);
+                        }
+                    }
+                    let dwv = _mm256_loadu_ps(packed.dw.floats().as_ptr().add(s * TR));
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let t = t0 + j;
+                        let a = a0.add(j * n_in + s * 4 * G);
+                        let f = f0.add(j * n_in + s * 4 * G);
+                        let corr = if sign_trick {
+                            _mm256_setzero_si256()
+                        } else {
+                            _mm256_set1_epi32(acts.corr[t * n_sub + s])
+                        };
+                        let (mut sum, mut fine) = match FINE {
+                            true => (_mm256_setzero_si256(), corr),
+                            false => (corr, corr),
+                        };
+                        for g in 0..G {
+                            sum = dot4(sum, w[g], signs[g], a.add(4 * g));
+                            if FINE {
+                                fine = dot4(fine, w[g], signs[g], f.add(4 * g));
+                            }
+                        }
+                        if FINE {
+                            sum = _mm256_add_epi32(_mm256_slli_epi32::<8>(sum), fine);
+                        }
+                        let scale = _mm256_mul_ps(dwv, _mm256_set1_ps(acts.da[t * n_sub + s]));
+                        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, *acc);
+                        if MIN {
+                            let mwv = _mm256_loadu_ps(packed.mw.floats().as_ptr().add(s * TR));
+                            *acc =
+                                _mm256_fmadd_ps(mwv, _mm256_set1_ps(acts.sa[t * n_sub + s]), *acc);
+                        }
+                    }
+                }
+                let mask = lane_mask(packed.n_rows);
+                for (j, acc) in acc.iter().enumerate() {
+                    _mm256_maskstore_ps(out.row(t0 + j).as_mut_ptr(), mask, *acc);
                 }
             }
         }
-        let mask = lane_mask(packed.n_rows);
-        for (j, acc) in acc.iter().enumerate() {
-            _mm256_maskstore_ps(out.row(t0 + j).as_mut_ptr(), mask, *acc);
-        }
-    }
+    };
 }
+
+// The AVX-VNNI build of the same kernel is in `avxvnni.rs`.
+pub(super) use dot_q_kernel;
+
+dot_q_kernel!(dot_q, dot_q_tile, "avx2,fma,f16c", false);
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn pack_f(rows: &WeightRows, scratch: &mut PackedQ, packed: &mut PackedF) {
