@@ -358,7 +358,10 @@ fn byte_dot_instructions_give_identical_bits() {
                 let a = with_out(n_tok, tr, |out| plain.dot_q(&packed, &acts, out));
                 let b = with_out(n_tok, tr, |out| dot.dot_q(&packed, &acts, out));
                 let bits = |v: &[f32]| -> Vec<u32> {
-                    rows_only(v, tr, n_rows).iter().map(|v| v.to_bits()).collect()
+                    rows_only(v, tr, n_rows)
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
                 };
                 assert_eq!(
                     bits(&a),
