@@ -2,6 +2,8 @@
 //! hand or by the independent functions of `stats`.
 
 use super::*;
+use crate::error::Error;
+use crate::summary::SUMMARY_FIELDS;
 
 /// A scored pair's line: `fwd` and `rev` pmi, `len` response tokens.
 fn pair(instruction: &str, response: &str, fwd: f64, rev: f64, len: u32, line: u32) -> String {
