@@ -239,10 +239,9 @@ pub fn matmul_input(threads: &Threads, w: &Weight, input: &mut QuantizedInput, y
         return;
     }
     let (k, x) = (input.k, input.x);
-    let acts = match input.scheme_for(w) {
-        Some(scheme) => Some(input.acts(threads, scheme)),
-        None => None,
-    };
+    let acts = input
+        .scheme_for(w)
+        .map(|scheme| input.acts(threads, scheme));
     sweep(k, threads, w, acts, x, n_tok, y);
 }
 
