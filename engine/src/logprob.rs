@@ -5,7 +5,7 @@
 //! picked out, so no `(positions, vocab)` array of logits is ever stored.
 
 use crate::kernels::softmax::max_and_sum_exp;
-use crate::matmul::{matmul, Weight};
+use crate::matmul::{matmul, matmul_input, QuantizedInput, Weight};
 use crate::model::{Model, Runtime};
 
 /// Vocabulary rows per chunk: big enough to keep all threads busy, small
@@ -31,19 +31,14 @@ pub fn head_logprobs(head: &Weight, rt: &Runtime, hidden: &[f32], targets: &[u32
     // Per target row: running max and sum of the log-sum-exp, and its logit.
     let mut rows = vec![(f64::NEG_INFINITY, 0f64, f64::NAN); n];
     let mut logits = vec![0f32; n * VOCAB_CHUNK.min(vocab)];
+    // Quantized once, read by every chunk of the head.
+    let mut input = QuantizedInput::new(rt.precision, hidden, n);
     let mut start = 0;
     while start < vocab {
         let end = (start + VOCAB_CHUNK).min(vocab);
         let width = end - start;
         let chunk = &mut logits[..n * width];
-        matmul(
-            &rt.threads,
-            rt.precision,
-            &head.rows(start, end),
-            hidden,
-            n,
-            chunk,
-        );
+        matmul_input(&rt.threads, &head.rows(start, end), &mut input, chunk);
         let chunk = &*chunk;
         rt.threads.for_each_mut(&mut rows, |i, (max, sum, target)| {
             let row = &chunk[i * width..(i + 1) * width];

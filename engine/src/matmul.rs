@@ -149,7 +149,86 @@ pub fn matmul_with(
     n_tok: usize,
     y: &mut [f32],
 ) {
-    assert_eq!(x.len(), n_tok * w.n_in, "matmul: x has the wrong length");
+    let mut input = QuantizedInput::with_kernels(k, precision, x, n_tok);
+    matmul_input(threads, w, &mut input, y)
+}
+
+/// An activation matrix `x` (`[n_tok, n_in]`) read by several matmuls (q, k
+/// and v; gate and up; every vocabulary chunk of the LM head), quantized once
+/// for all of them: each integer scheme's codes are made the first time a
+/// weight of that scheme meets `x`, and kept for the next weight.
+///
+/// The codes depend only on `x` and the scheme, so a matmul through a shared
+/// input gives exactly the bits of one that quantizes `x` itself.
+pub struct QuantizedInput<'a> {
+    k: &'a Kernels,
+    precision: Precision,
+    /// `[n_tok, n_in]` f32 activations (what `Exact` and float rows read).
+    x: &'a [f32],
+    n_tok: usize,
+    /// `x` quantized for each scheme met so far (usually one: a model's
+    /// matrices that share an input mostly share a format).
+    acts: Vec<QuantActs>,
+}
+
+impl<'a> QuantizedInput<'a> {
+    /// `x` (`[n_tok, n_in]`) for the best kernels of this CPU.
+    pub fn new(precision: Precision, x: &'a [f32], n_tok: usize) -> QuantizedInput<'a> {
+        QuantizedInput::with_kernels(kernels::best(), precision, x, n_tok)
+    }
+
+    /// [`QuantizedInput::new`] with a given kernel set.
+    pub fn with_kernels(
+        k: &'a Kernels,
+        precision: Precision,
+        x: &'a [f32],
+        n_tok: usize,
+    ) -> QuantizedInput<'a> {
+        QuantizedInput {
+            k,
+            precision,
+            x,
+            n_tok,
+            acts: Vec::new(),
+        }
+    }
+
+    /// The integer scheme `w` is multiplied with at this precision, or `None`
+    /// for f32 products.
+    fn scheme_for(&self, w: &Weight) -> Option<Scheme> {
+        match self.precision {
+            // Float rows of odd lengths have no 8-bit blocks: they stay f32.
+            Precision::Fast | Precision::Int8 => Some(Scheme::for_integer_dots(w.dtype))
+                .filter(|s| w.n_in.is_multiple_of(s.act_block)),
+            // Bf16 is the GPU's; CPU entry points refuse it (Device::check_precision).
+            Precision::Exact | Precision::Bf16 => None,
+        }
+    }
+
+    /// `x` quantized for `scheme`: made on first use, reused afterwards.
+    fn acts(&mut self, threads: &Threads, scheme: Scheme) -> &QuantActs {
+        let at = match self.acts.iter().position(|a| a.scheme == scheme) {
+            Some(at) => at,
+            None => {
+                let fine = self.precision == Precision::Fast;
+                let acts = quantize_acts(self.k, threads, scheme, self.x, self.n_tok, fine);
+                self.acts.push(acts);
+                self.acts.len() - 1
+            }
+        };
+        &self.acts[at]
+    }
+}
+
+/// `y = x · wᵀ` for a prepared input `x` (see [`QuantizedInput`]); `y` is
+/// `[n_tok, n_out]`.
+pub fn matmul_input(threads: &Threads, w: &Weight, input: &mut QuantizedInput, y: &mut [f32]) {
+    let n_tok = input.n_tok;
+    assert_eq!(
+        input.x.len(),
+        n_tok * w.n_in,
+        "matmul: x has the wrong length"
+    );
     assert_eq!(y.len(), n_tok * w.n_out, "matmul: y has the wrong length");
     assert_eq!(
         w.data.len(),
@@ -159,17 +238,11 @@ pub fn matmul_with(
     if n_tok == 0 || w.n_out == 0 {
         return;
     }
-    let scheme = match precision {
-        // Float rows of odd lengths have no 8-bit blocks: they stay f32.
-        Precision::Fast | Precision::Int8 => {
-            Some(Scheme::for_integer_dots(w.dtype)).filter(|s| w.n_in.is_multiple_of(s.act_block))
-        }
-        // Bf16 is the GPU's; CPU entry points refuse it (Device::check_precision).
-        Precision::Exact | Precision::Bf16 => None,
-    };
-    let fine = precision == Precision::Fast;
-    let acts = scheme.map(|s| quantize_acts(k, threads, s, x, n_tok, fine));
-    sweep(k, threads, w, acts.as_ref(), x, n_tok, y);
+    let (k, x) = (input.k, input.x);
+    let acts = input
+        .scheme_for(w)
+        .map(|scheme| input.acts(threads, scheme));
+    sweep(k, threads, w, acts, x, n_tok, y);
 }
 
 /// Every tile of `w` against every token: `y = x · wᵀ` with `acts` (the
@@ -214,7 +287,7 @@ fn sweep(
     });
 }
 
-/// Quantizes the activations once for the whole matmul, spread over the
+/// Quantizes the activations once for every matmul that reads them, spread over the
 /// threads when the batch is big enough to pay for it (at 256 tokens a serial
 /// pass would cost about a tenth of a 576x576 matmul on two threads).
 fn quantize_acts(
@@ -421,6 +494,57 @@ mod tests {
                             k.isa,
                             got[i],
                             want[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// One input shared by weights of several formats (three schemes met in
+    /// turn, then met again) and by row chunks of one weight
+    /// (as the LM head reads it) gives the bits of a matmul per weight.
+    #[test]
+    fn shared_input_matches_one_matmul_per_weight() {
+        let mut rng = StdRng::seed_from_u64(14);
+        let threads = Threads::new(2);
+        // Q4_0, Q4_1 and F32 rows all take 96 inputs (`case`).
+        let cases = [
+            DType::Q4_1,
+            DType::Q4_0,
+            DType::F32,
+            DType::Q4_1,
+            DType::Q4_0,
+        ]
+        .map(|t| case(&mut rng, t, 37));
+        let n_tok = 5;
+        let x: Vec<f32> = (0..n_tok * 96)
+            .map(|_| rng.random_range(-2.0..2.0))
+            .collect();
+        for k in available() {
+            for p in [Precision::Exact, Precision::Fast, Precision::Int8] {
+                let mut input = QuantizedInput::with_kernels(k, p, &x, n_tok);
+                for c in &cases {
+                    let mut got = vec![f32::NAN; n_tok * c.n_out];
+                    matmul_input(&threads, &weight(c), &mut input, &mut got);
+                    assert_eq!(got, run(k, &threads, p, c, &x, n_tok), "{:?} {p:?}", k.isa);
+                }
+                // Three schemes met (F32 rows get 8-bit codes of their
+                // own), each quantized once; Exact quantizes nothing.
+                let n_schemes = if p == Precision::Exact { 0 } else { 3 };
+                assert_eq!(input.acts.len(), n_schemes, "{:?} {p:?}", k.isa);
+                // Row chunks of one weight, as the LM head is applied.
+                let w = weight(&cases[0]);
+                let whole = run(k, &threads, p, &cases[0], &x, n_tok);
+                for (start, end) in [(0, 16), (16, 32), (32, 37)] {
+                    let mut got = vec![f32::NAN; n_tok * (end - start)];
+                    matmul_input(&threads, &w.rows(start, end), &mut input, &mut got);
+                    for t in 0..n_tok {
+                        assert_eq!(
+                            got[t * (end - start)..(t + 1) * (end - start)],
+                            whole[t * w.n_out + start..t * w.n_out + end],
+                            "{:?} {p:?} rows {start}..{end}",
+                            k.isa
                         );
                     }
                 }

@@ -13,7 +13,7 @@ use crate::config::{Config, RopeStyle};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value};
 use crate::kernels::attention::{attend_head, HeadAttention};
-use crate::matmul::{matmul, Precision, Weight};
+use crate::matmul::{matmul_input, Precision, QuantizedInput, Weight};
 use crate::quant::dequantize_row;
 use crate::template::ChatTemplate;
 use crate::tensor::{Storage, TensorRef, TensorStore};
@@ -480,16 +480,20 @@ impl Model {
         let mut proj = vec![0f32; n_tok * d];
         let mut gate = vec![0f32; n_tok * c.d_ff];
         let mut up = vec![0f32; n_tok * c.d_ff];
-        let mm = |w: &TensorRef, input: &[f32], out: &mut [f32]| {
-            matmul(threads, rt.precision, &self.weight(w), input, n_tok, out)
+        // Each activation is quantized once (for Fast / Int8) and read by
+        // every matmul that takes it: q, k and v; gate and up.
+        let p = rt.precision;
+        let mm = |w: &TensorRef, input: &mut QuantizedInput, out: &mut [f32]| {
+            matmul_input(threads, &self.weight(w), input, out)
         };
 
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block.
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
-            mm(&layer.wq, &xn, &mut q);
-            mm(&layer.wk, &xn, &mut k);
-            mm(&layer.wv, &xn, &mut v);
+            let mut xn_q = QuantizedInput::new(p, &xn, n_tok);
+            mm(&layer.wq, &mut xn_q, &mut q);
+            mm(&layer.wk, &mut xn_q, &mut k);
+            mm(&layer.wv, &mut xn_q, &mut v);
             rope.apply(&mut q, c.n_heads, hd, c.rope_style);
             rope.apply(&mut k, c.n_kv_heads, hd, c.rope_style);
             let mut t0 = 0;
@@ -498,15 +502,24 @@ impl Model {
                 t0 += toks.len();
             }
             attention(c, threads, l, caches, tokens, &q, &mut attn);
-            mm(&layer.wo, &attn, &mut proj);
+            mm(
+                &layer.wo,
+                &mut QuantizedInput::new(p, &attn, n_tok),
+                &mut proj,
+            );
             add_in_place(&mut x, &proj);
 
             // Feed-forward block (SwiGLU).
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
-            mm(&layer.w_gate, &xn, &mut gate);
-            mm(&layer.w_up, &xn, &mut up);
+            let mut xn_q = QuantizedInput::new(p, &xn, n_tok);
+            mm(&layer.w_gate, &mut xn_q, &mut gate);
+            mm(&layer.w_up, &mut xn_q, &mut up);
             crate::kernels::activation::silu_mul(&mut gate, &up);
-            mm(&layer.w_down, &gate, &mut proj);
+            mm(
+                &layer.w_down,
+                &mut QuantizedInput::new(p, &gate, n_tok),
+                &mut proj,
+            );
             add_in_place(&mut x, &proj);
         }
         for (cache, toks) in caches.iter_mut().zip(tokens) {

@@ -1,4 +1,4 @@
-//! Activations quantized once per matmul for the integer kernels: codes,
+//! Activations quantized once per input for the integer kernels: codes,
 //! optional fine codes, and the per-sub-block scales and sums every kernel
 //! reads.
 

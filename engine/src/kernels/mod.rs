@@ -12,7 +12,8 @@
 //! 2. sweeps *every* token of the batch over the packed tile, several tokens at
 //!    a time, so each weight byte is read from memory once per matmul.
 //!
-//! Quantized weights meet activations quantized once per matmul to 8 bits
+//! Quantized weights meet activations quantized once per input, however many
+//! matmuls read it ([`crate::matmul::QuantizedInput`]), to 8 bits
 //! ([`QuantActs`], the same codes and scales as ggml's Q8_0 / Q8_1 / Q8_K with
 //! the scales kept in f32), with or without a second, *fine* byte for the
 //! rounding error of the first, then integer dot products per sub-block

@@ -228,6 +228,114 @@ fn quantizers_match_scalar_exactly() {
     }
 }
 
+/// Block `b` of `ab` activations of an adversarial kind (`b` picks it):
+/// codes and fine codes exactly halfway (ties go to even), remainders of
+/// exactly half a step (the fine code clamps to ±127), zeros and negative
+/// zeros, all-equal blocks, one lone value, and the largest and very small
+/// magnitudes. Halfway values use scales `2^e` with a largest element
+/// `127 * 2^e`, so `d = 2^e` and `x / d` is exact.
+fn adversarial_block(rng: &mut StdRng, b: usize, ab: usize) -> Vec<f32> {
+    let pow2 = |e: i32| 2f32.powi(e);
+    let e = [0, -3, 5][b % 3];
+    let mut v: Vec<f32> = match b % 10 {
+        // Codes halfway: k + 0.5.
+        0 => (0..ab)
+            .map(|i| (i as f32 - 127.0).clamp(-127.0, 126.0) + 0.5)
+            .collect(),
+        // Fine codes halfway: k + (2m + 1) / 512, so 256 (t - q) = m + 0.5.
+        1 => (0..ab)
+            .map(|i| (i % 200) as f32 - 100.0 + (2 * (i % 128) + 1) as f32 / 512.0)
+            .collect(),
+        // Remainders of exactly ±1/2: the fine code would be ±128.
+        2 => (0..ab)
+            .map(|i| (i % 100) as f32 - 50.0 + if i % 2 == 0 { 0.5 } else { -0.5 })
+            .collect(),
+        3 => vec![0.0; ab],
+        4 => (0..ab)
+            .map(|i| if i % 2 == 0 { -0.0 } else { 0.0 })
+            .collect(),
+        5 => vec![if b % 4 == 1 { -0.3 } else { 1.7 }; ab],
+        // One lone value among zeros.
+        6 => (0..ab)
+            .map(|i| if i == b % ab { -3.25 } else { 0.0 })
+            .collect(),
+        // Huge: up to the largest finite f32.
+        7 => (0..ab)
+            .map(|i| match i {
+                0 => f32::MAX,
+                1 => -f32::MAX,
+                _ => rng.random_range(-1.0..1.0) * 3e38,
+            })
+            .collect(),
+        // Tiny, while the scale `amax / 127` stays a normal f32 (below
+        // that the codes are not defined alike: see `quantizers_match_scalar_on_adversarial_values`).
+        8 => (0..ab)
+            .map(|_| rng.random_range(-1.0..1.0) * 1e-33)
+            .collect(),
+        _ => (0..ab).map(|_| rng.random_range(-1.0..1.0)).collect(),
+    };
+    if b % 10 < 3 {
+        // The largest element sets `d = 2^e` exactly.
+        v[ab - 1] = 127.0;
+        for v in &mut v {
+            *v *= pow2(e);
+        }
+    }
+    v
+}
+
+/// Every quantizer against the scalar one on [`adversarial_block`]s, at
+/// widths that are not a multiple of any unrolling (1, 3, 5 and 11 blocks),
+/// with and without fine codes: the same bits. Finite activations whose
+/// block scale `amax / 127` is zero or a normal f32 only: NaN, infinities and
+/// blocks below about 1.5e-36 (a subnormal scale, whose inverse loses its
+/// precision or overflows) are not given the same codes by every ISA.
+#[test]
+fn quantizers_match_scalar_on_adversarial_values() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for dtype in QUANT_TYPES {
+        let scheme = Scheme::of(dtype).unwrap();
+        let ab = scheme.act_block;
+        for n_blocks in [1, 3, 5, 11] {
+            let n_in = n_blocks * ab;
+            let n_tok = 3;
+            let x: Vec<f32> = (0..n_tok * n_blocks)
+                .flat_map(|b| adversarial_block(&mut rng, b, ab))
+                .collect();
+            for fine in [false, true] {
+                let want = scalar::kernels().quantize_acts(scheme, &x, n_tok, fine);
+                for k in available() {
+                    let got = k.quantize_acts(scheme, &x, n_tok, fine);
+                    let what = format!("{:?} {dtype:?} n_in {n_in} fine {fine}", k.isa);
+                    assert_eq!(got.qs, want.qs, "{what}: codes");
+                    assert_eq!(got.fine, want.fine, "{what}: fine codes");
+                    assert_eq!(got.da, want.da, "{what}: scales");
+                    assert_eq!(got.sa, want.sa, "{what}: scaled sums");
+                    assert_eq!(got.corr, want.corr, "{what}: zero-point terms");
+                }
+            }
+            // The halfway cases are really there: ties went to even.
+            let acts = scalar::kernels().quantize_acts(scheme, &x, n_tok, true);
+            assert_eq!(acts.qs[0], -126, "{dtype:?}: -126.5 rounds to -126");
+            assert_eq!(acts.qs[1], -126, "{dtype:?}: -125.5 rounds to -126");
+            if n_blocks > 1 {
+                // Block 1: t = -100 + 1/512, a 256th-step remainder of 1/2 -> 0.
+                assert_eq!(
+                    (acts.qs[ab], acts.fine[ab]),
+                    (-100, 0),
+                    "{dtype:?}: fine tie"
+                );
+                // Block 2: t = -50 + 1/2 -> code -50 (even), fine 128 clamped.
+                assert_eq!(
+                    (acts.qs[2 * ab], acts.fine[2 * ab]),
+                    (-50, 127),
+                    "{dtype:?}: half-step remainder"
+                );
+            }
+        }
+    }
+}
+
 /// Tile outputs (`tr` lanes per token) with the padding lanes past `n_rows` zeroed.
 fn rows_only(v: &[f32], tr: usize, n_rows: usize) -> Vec<f32> {
     v.iter()

@@ -54,21 +54,40 @@ fn hmax_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// [`scalar::quantize_row`] eight lanes at a time, with and without fine
+/// codes: the same f32 operations in the same order (`cvtps` rounds ties to
+/// even as `round_ties_even` does), so every code, scale and sum is the
+/// scalar one.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn quantize(scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
-    if !row.fine.is_empty() {
-        // Fine codes are rare on AVX2-only machines (Exact is faster
-        // there): the reference computes the same bits.
-        return scalar::quantize_row(scheme, x, row);
-    }
     let (ab, sl) = (scheme.act_block, scheme.sub_len);
     let zero = scheme.zero as i32;
+    let fine = !row.fine.is_empty();
     assert_eq!(x.len(), row.qs.len());
     assert_eq!(x.len() % ab, 0);
+    assert!(!fine || row.fine.len() == x.len());
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let (k256, lo, hi) = (
+        _mm256_set1_ps(256.0),
+        _mm256_set1_epi32(-127),
+        _mm256_set1_epi32(127),
+    );
+    // 32 i32 lanes to 32 bytes in element order: packs interleaves 128-bit
+    // lanes, the permute restores the order.
+    let narrow = |v: [__m256i; 4]| {
+        let w = _mm256_packs_epi16(
+            _mm256_packs_epi32(v[0], v[1]),
+            _mm256_packs_epi32(v[2], v[3]),
+        );
+        _mm256_permutevar8x32_epi32(w, order)
+    };
     let mut s = 0;
-    for (xb, qb) in x.chunks_exact(ab).zip(row.qs.chunks_exact_mut(ab)) {
+    for (b, (xb, qb)) in x
+        .chunks_exact(ab)
+        .zip(row.qs.chunks_exact_mut(ab))
+        .enumerate()
+    {
         let xp = xb.as_ptr();
         let mut m = _mm256_setzero_ps();
         for i in (0..ab).step_by(8) {
@@ -80,30 +99,44 @@ pub unsafe fn quantize(scheme: &Scheme, x: &[f32], row: &mut ActRowMut) {
         }
         let d = hmax_ps(m) / 127.0;
         let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-        let mut sums = [0i32; 2];
-        for (xs, qs) in xb.chunks_exact(32).zip(qb.chunks_exact_mut(32)) {
-            // SAFETY: 32 elements of `xs` and 32 bytes of `qs`.
-            let q: [__m256i; 4] = std::array::from_fn(|k| unsafe {
-                _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs.as_ptr().add(8 * k)), id))
+        let ds = if fine { d / 256.0 } else { d };
+        for (c, (xs, qs)) in xb.chunks_exact(32).zip(qb.chunks_exact_mut(32)).enumerate() {
+            // SAFETY: 32 elements of `xs`.
+            let t: [__m256; 4] = std::array::from_fn(|k| unsafe {
+                _mm256_mul_ps(_mm256_loadu_ps(xs.as_ptr().add(8 * k)), id)
             });
-            sums[0] = hsum_epi32(_mm256_add_epi32(q[0], q[1]));
-            sums[1] = hsum_epi32(_mm256_add_epi32(q[2], q[3]));
-            // packs interleaves 128-bit lanes; the permute restores element order.
-            let w = _mm256_packs_epi16(
-                _mm256_packs_epi32(q[0], q[1]),
-                _mm256_packs_epi32(q[2], q[3]),
-            );
-            let w = _mm256_permutevar8x32_epi32(w, order);
+            let q = t.map(|t| _mm256_cvtps_epi32(t));
             // SAFETY: 32 bytes of `qs`.
-            unsafe { _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, w) };
+            unsafe { _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, narrow(q)) };
+            // Per half of 16 elements (a Q6_K sub-block).
+            let mut sums = [
+                hsum_epi32(_mm256_add_epi32(q[0], q[1])),
+                hsum_epi32(_mm256_add_epi32(q[2], q[3])),
+            ];
+            if fine {
+                // `round(256 * (t - q))` clamped to ±127, as the scalar
+                // quantizer computes it (`q` as f32 is exact).
+                let f: [__m256i; 4] = std::array::from_fn(|k| {
+                    let r = _mm256_sub_ps(t[k], _mm256_cvtepi32_ps(q[k]));
+                    let f = _mm256_cvtps_epi32(_mm256_mul_ps(r, k256));
+                    _mm256_max_epi32(_mm256_min_epi32(f, hi), lo)
+                });
+                let at = b * ab + 32 * c;
+                // SAFETY: `at + 32 <= x.len() == row.fine.len()` (asserted).
+                unsafe {
+                    _mm256_storeu_si256(row.fine.as_mut_ptr().add(at) as *mut __m256i, narrow(f))
+                };
+                sums[0] = 256 * sums[0] + hsum_epi32(_mm256_add_epi32(f[0], f[1]));
+                sums[1] = 256 * sums[1] + hsum_epi32(_mm256_add_epi32(f[2], f[3]));
+            }
             let sub_sums: &[i32] = if sl == 16 {
                 &sums
             } else {
                 &[sums[0] + sums[1]]
             };
             for &sum in sub_sums {
-                row.da[s] = d;
-                row.sa[s] = d * sum as f32;
+                row.da[s] = ds;
+                row.sa[s] = ds * sum as f32;
                 row.corr[s] = -zero * sum;
                 s += 1;
             }
