@@ -9,7 +9,6 @@
 
 use std::ops::Range;
 
-use main_engine::report::lines::record_text;
 use main_engine::report::record::ScoredLine;
 use main_engine::report::{ReportBuilder, ReportData, ReportParams, Rule};
 use main_engine::score::SCORE_FIELDS;
@@ -74,7 +73,7 @@ impl Records {
         }
     }
 
-    fn add(&mut self, r: ScoredLine, file_line: usize, range: Range<usize>) {
+    fn add(&mut self, r: &ScoredLine, file_line: usize, range: Range<usize>) {
         let (instruction, response) = r.shown_exchange().cloned().unwrap_or_default();
         self.file_line.push(file_line);
         self.line.push(r.line);
@@ -83,7 +82,7 @@ impl Records {
         self.instruction.push(instruction);
         self.response.push(response);
         self.truncated.push(r.truncated);
-        for (field, v) in self.fields.iter_mut().zip(r.values) {
+        for (field, &v) in self.fields.iter_mut().zip(&r.values) {
             field.values.push((!v.is_nan()).then_some(v));
         }
     }
@@ -219,15 +218,13 @@ fn read(bytes: &[u8], params: &Params) -> Result<(ReportData, Records), String> 
     let mut records = Records::new();
     for (line_no, range) in lines(bytes) {
         let line = &bytes[range.clone()];
-        // The engine's checks and statistics first: its error names the source and the line.
-        builder.add_line(line, line_no).map_err(|e| e.to_string())?;
-        // The same reader again for the table (add_line keeps no record):
-        // it accepted this line just now, so these cannot fail.
-        let record_error = |reason: String| format!("{source}: line {line_no}: {reason}");
-        if let Some(text) = record_text(line, line_no).map_err(record_error)? {
-            let record = ScoredLine::parse(text, line_no).map_err(record_error)?;
-            records.add(record, line_no, range);
-        }
+        // The engine's checks and statistics (its error names the source
+        // and the line); the table's columns come from the record it parsed.
+        builder
+            .add_line_seen(line, line_no, |record| {
+                records.add(record, line_no, range.clone())
+            })
+            .map_err(|e| e.to_string())?;
     }
     Ok((builder.finish(), records.finish()))
 }

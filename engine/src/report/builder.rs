@@ -169,6 +169,18 @@ impl ReportBuilder {
     /// Adds line `line_no` (1-based) of the scored file: one JSON record,
     /// or a blank line (skipped). An error names the source and the line.
     pub fn add_line(&mut self, line: &[u8], line_no: usize) -> Result<()> {
+        self.add_line_seen(line, line_no, |_| {})
+    }
+
+    /// [`Self::add_line`], and `seen` is shown the parsed record before the
+    /// report takes it: a skin that keeps columns of its own (the browser
+    /// tool's table) gets them without parsing the line a second time.
+    pub fn add_line_seen(
+        &mut self,
+        line: &[u8],
+        line_no: usize,
+        seen: impl FnOnce(&ScoredLine),
+    ) -> Result<()> {
         let err = |reason: String| Error::record(self.source.clone(), line_no, reason);
         if line.len() > self.params.max_line_bytes {
             return Err(err(format!(
@@ -180,6 +192,7 @@ impl ReportBuilder {
         let text = lines::record_text(line, line_no).map_err(err)?;
         let Some(text) = text else { return Ok(()) };
         let record = ScoredLine::parse(text, line_no).map_err(err)?;
+        seen(&record);
         self.add_record(record);
         Ok(())
     }
