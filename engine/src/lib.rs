@@ -19,6 +19,7 @@ pub mod gguf;
 #[cfg(feature = "std-fs")]
 pub mod job;
 pub mod kernels;
+pub mod kv_cache;
 pub mod logprob;
 pub mod matmul;
 pub mod model;
