@@ -15,6 +15,7 @@ pub mod convert;
 pub mod cuda;
 pub mod device;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 #[cfg(feature = "std-fs")]
 pub mod job;

@@ -3,7 +3,7 @@
 //! every target (wasm included).
 
 use crate::error::{Error, Result};
-use crate::logprob::logits;
+use crate::generate::{generate_batch, BatchParams, Request};
 use crate::model::{Model, Runtime};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -26,6 +26,7 @@ impl Default for SamplerParams {
 }
 
 /// SplitMix64: tiny, fast and good enough to draw tokens.
+#[derive(Clone)]
 struct Rng(u64);
 
 impl Rng {
@@ -39,6 +40,7 @@ impl Rng {
     }
 }
 
+#[derive(Clone)]
 pub struct Sampler {
     params: SamplerParams,
     rng: Rng,
@@ -115,8 +117,10 @@ impl Sampler {
 }
 
 /// Generates up to `max_new` tokens after `prompt`, stopping after any id in
-/// `stop` (which is included in the result). Uses a KV cache: the prompt is
-/// prefilled once, then one token per step.
+/// `stop` (which is included in the result): one request of
+/// [`crate::generate::generate_batch`], with a KV cache (the prompt is
+/// prefilled once, then one token per step). `sampler` is used as given:
+/// the same sampler gives the same tokens in every call.
 pub fn generate(
     model: &Model,
     rt: &Runtime,
@@ -125,24 +129,13 @@ pub fn generate(
     stop: &[u32],
     sampler: &mut Sampler,
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return Err(Error::invalid_argument(
-            "prompt",
-            "must hold at least one token",
-        ));
-    }
-    let mut cache = model.new_cache(prompt.len() + max_new);
-    let d = model.config.d_model;
-    let mut hidden = model.forward(rt, std::slice::from_mut(&mut cache), &[prompt])?;
-    let mut out = Vec::new();
-    while out.len() < max_new {
-        let last = &hidden[hidden.len() - d..];
-        let next = sampler.sample(&logits(model, rt, last));
-        out.push(next);
-        if stop.contains(&next) || out.len() == max_new {
-            break;
-        }
-        hidden = model.forward(rt, std::slice::from_mut(&mut cache), &[&[next]])?;
-    }
-    Ok(out)
+    let request = Request {
+        prompt: prompt.to_vec(),
+        max_new,
+        stop_ids: stop.to_vec(),
+        stop_strings: Vec::new(),
+        sampler: sampler.clone(),
+    };
+    let mut out = generate_batch(model, rt, vec![request], BatchParams::default())?;
+    Ok(out.remove(0).tokens)
 }
