@@ -25,6 +25,7 @@ pub mod logprob;
 pub mod matmul;
 pub mod model;
 pub mod pairs;
+pub mod prompt;
 pub mod quant;
 pub mod rank;
 pub mod report;

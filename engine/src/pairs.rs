@@ -187,7 +187,7 @@ fn pair_of(record: &Map<String, Value>, format: &Format) -> Result<Pair, String>
 }
 
 /// The key names and role names of a conversation layout.
-struct Layout {
+pub(crate) struct Layout {
     role_key: &'static str,
     content_key: &'static str,
     /// `(name in the data, role)`.
@@ -196,7 +196,7 @@ struct Layout {
     tool_calls: bool,
 }
 
-const OPENAI: Layout = Layout {
+pub(crate) const OPENAI: Layout = Layout {
     role_key: "role",
     content_key: "content",
     roles: &[
@@ -259,7 +259,7 @@ fn conversation(
         .map_err(|e| format!("{field}[{}] (turn {}): {}", e.message, e.turn, e.reason))
 }
 
-fn message(item: &Value, layout: &Layout) -> Result<Message, String> {
+pub(crate) fn message(item: &Value, layout: &Layout) -> Result<Message, String> {
     let Value::Object(m) = item else {
         return Err(format!("not an object (found {})", kind(item)));
     };
@@ -318,7 +318,10 @@ fn text_parts(key: &str, parts: &[Value]) -> Result<String, String> {
     Ok(text)
 }
 
-fn required_str<'a>(record: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
+pub(crate) fn required_str<'a>(
+    record: &'a Map<String, Value>,
+    key: &str,
+) -> Result<&'a str, String> {
     match record.get(key) {
         None => Err(format!("missing field '{key}'")),
         Some(Value::String(s)) => Ok(s),
@@ -341,7 +344,7 @@ fn optional_str<'a>(record: &'a Map<String, Value>, key: &str) -> Result<&'a str
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod filter;
+pub mod generate;
 pub mod params;
 pub mod progress;
 pub mod provenance;

@@ -27,10 +27,11 @@ pub(crate) enum Sink {
 }
 
 /// What an opened output already held.
-pub(crate) struct Opened {
+pub(crate) struct Opened<T = usize> {
     pub sink: Sink,
-    /// The input line of each complete record (`0`: a record without one).
-    pub lines: Vec<usize>,
+    /// What the reader made of each complete record: for scores, its input
+    /// line (`0`: a record without one).
+    pub lines: Vec<T>,
     /// Bytes of a partial last line cut off (0 when there was none).
     pub dropped: u64,
 }
@@ -39,6 +40,20 @@ impl Sink {
     /// Opens `path`, cutting a trailing partial line; the scores of the
     /// complete records already there go into `summary`.
     pub fn open(path: &Path, summary: &mut Summary) -> Result<Opened> {
+        Sink::open_with(path, |line, line_no| {
+            let s = read_scored(line, path, line_no)?;
+            summary.add(|name| s.number(name));
+            Ok(s.line().unwrap_or(0))
+        })
+    }
+
+    /// Opens `path`, cutting a trailing partial line; `read(line, line_no)`
+    /// checks each complete record already there (1-based `line_no`) and
+    /// says what to keep of it.
+    pub fn open_with<T>(
+        path: &Path,
+        mut read: impl FnMut(&[u8], usize) -> Result<T>,
+    ) -> Result<Opened<T>> {
         if is_stdio(path) {
             return Ok(Opened {
                 sink: Sink::Stdout(std::io::stdout()),
@@ -63,9 +78,7 @@ impl Sink {
             if n == 0 || line.last() != Some(&b'\n') {
                 break;
             }
-            let s = read_scored(&line, path, lines.len() + 1)?;
-            summary.add(|name| s.number(name));
-            lines.push(s.line().unwrap_or(0));
+            lines.push(read(&line, lines.len() + 1)?);
             complete += n as u64;
         }
         drop(reader);

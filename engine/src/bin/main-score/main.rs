@@ -1,6 +1,7 @@
 //! `main-score`: the command-line face of the engine.
 //!
 //! Subcommands: `score` (alignment scores of JSONL pairs, DESIGN.md §5),
+//! `generate` (completions of JSONL prompts, decoded many at once),
 //! `report` (a self-contained HTML report of a scored file: histograms,
 //! the fwd/rev quadrants, scores against length, example pairs,
 //! duplicates, the weakest conversation turns, provenance), `inspect` (model metadata), `logprobs` (per-token log-probs and perplexity
@@ -8,6 +9,7 @@
 //! Face safetensors copy).
 
 mod convert;
+mod generate;
 mod inspect;
 mod logprobs;
 mod progress;
@@ -22,6 +24,7 @@ use main_engine::matmul::Precision;
 use main_engine::{Device, Error, Result};
 
 use crate::convert::{export, quantize};
+use crate::generate::{generate, GenerateArgs};
 use crate::inspect::{inspect, inspect_device};
 use crate::logprobs::logprobs;
 use crate::report::{report, ReportArgs};
@@ -43,6 +46,10 @@ enum Command {
     /// Score instruction/response pairs: JSONL in, each record out unchanged
     /// plus an "alignment" object. Resumable: re-run with the same --output.
     Score(Box<ScoreArgs>),
+    /// Complete prompts: JSONL records with a "prompt" or chat "messages"
+    /// in, each out unchanged plus a "completion", many decoded at once with
+    /// a KV cache. Resumable: re-run with the same --output.
+    Generate(Box<GenerateArgs>),
     /// A report of a scored JSONL file that a curator reads in a minute: one
     /// self-contained HTML page (no network), and with --json its data.
     Report(Box<ReportArgs>),
@@ -110,6 +117,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Score(args) => score(*args),
         Command::Report(args) => report(*args),
+        Command::Generate(args) => generate(*args),
         Command::Inspect {
             model,
             tensors,

@@ -38,18 +38,24 @@ impl Progress {
     }
 
     pub fn new(enabled: bool, total: Option<usize>) -> Progress {
+        Progress::counting(enabled, total, "pairs")
+    }
+
+    /// `unit`s done / total (`main-score score`: pairs; `generate`: records).
+    pub fn counting(enabled: bool, total: Option<usize>, unit: &str) -> Progress {
         let target = draw_target(enabled);
         let template = match total {
-            Some(_) => "[{bar:30}] {pos}/{len} pairs  {rate}  ETA {eta}",
-            None => "{pos} pairs  {rate}",
+            Some(_) => format!("[{{bar:30}}] {{pos}}/{{len}} {unit}  {{rate}}  ETA {{eta}}"),
+            None => format!("{{pos}} {unit}  {{rate}}"),
         };
-        let style = ProgressStyle::with_template(template)
+        let unit = unit.to_string();
+        let style = ProgressStyle::with_template(&template)
             .expect("the progress template is valid")
             .progress_chars("#>-")
             .with_key(
                 "rate",
-                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{:.2} pairs/s", state.per_sec());
+                move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.2} {unit}/s", state.per_sec());
                 },
             );
         let bar = ProgressBar::with_draw_target(total.map(|t| t as u64), target).with_style(style);
