@@ -622,22 +622,49 @@ impl Scorer {
         max_new: usize,
         sampler: &mut crate::sample::Sampler,
     ) -> Result<String> {
+        let mut out = self.guess_instructions(&[response], max_new, vec![sampler.clone()])?;
+        Ok(out.remove(0))
+    }
+
+    /// The reverse model's guesses for many responses at once, one sampler
+    /// each (`samplers[i]` for `responses[i]`): decoded together by
+    /// [`crate::generate::generate_batch`], so each weight is read once per
+    /// step for all of them. A guess depends only on its response and its
+    /// sampler, never on the others.
+    pub fn guess_instructions(
+        &mut self,
+        responses: &[&str],
+        max_new: usize,
+        samplers: Vec<crate::sample::Sampler>,
+    ) -> Result<Vec<String>> {
+        use crate::generate::{chat_stop_ids, generate_batch, BatchParams, Request};
+        if samplers.len() != responses.len() {
+            return Err(Error::invalid_argument(
+                "samplers",
+                format!(
+                    "{} samplers for {} responses: one each is required",
+                    samplers.len(),
+                    responses.len()
+                ),
+            ));
+        }
         let rev = self.reverse_side();
         let tok = &rev.model.tokenizer;
-        let prompt = rev.template.render_prompt(&reverse_content(response))?;
-        let ids = tok.encode(&prompt, tok.add_bos_default(), true)?;
-        let mut stop: Vec<u32> = tok
-            .encode(rev.template.end_of_turn(), false, true)?
-            .into_iter()
-            .take(1)
-            .collect();
-        stop.extend(tok.eos_id());
-        let out = crate::sample::generate(&rev.model, &self.rt, &ids, max_new, &stop, sampler)?;
-        let end = out
+        let stop = chat_stop_ids(&rev.model, &rev.template)?;
+        let requests = responses
             .iter()
-            .position(|t| stop.contains(t))
-            .unwrap_or(out.len());
-        Ok(tok.decode(&out[..end]).trim().to_string())
+            .zip(samplers)
+            .map(|(response, sampler)| {
+                let prompt = rev.template.render_prompt(&reverse_content(response))?;
+                Ok(Request {
+                    stop_ids: stop.clone(),
+                    sampler,
+                    ..Request::new(tok.encode(&prompt, tok.add_bos_default(), true)?, max_new)
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = generate_batch(&rev.model, &self.rt, requests, BatchParams::default())?;
+        Ok(out.into_iter().map(|g| g.text.trim().to_string()).collect())
     }
 
     /// The forward model's mean log-prob (nats per target token) of each

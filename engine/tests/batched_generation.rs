@@ -245,3 +245,31 @@ fn bad_requests_are_refused_with_their_index() {
     let g = run(vec![Request::new(vec![1], 0)]).unwrap();
     assert_eq!(g[0].tokens, Vec::<u32>::new());
 }
+
+#[test]
+fn guesses_for_many_responses_are_each_the_guess_alone() {
+    use main_engine::scorer::{Scorer, ScorerParams};
+    let model = std::sync::Arc::new(Model::load(&default_model()).unwrap());
+    let params = ScorerParams {
+        n_threads: 2,
+        ..Default::default()
+    };
+    let mut scorer = Scorer::new(model, None, params).unwrap();
+    let responses = [
+        "Paris is the capital of France.",
+        "1. Red\n2. Green\n3. Blue",
+        "Water boils at 100 degrees Celsius at sea level.",
+    ];
+    let greedy = || Sampler::new(SamplerParams::default()).unwrap();
+    let together = scorer
+        .guess_instructions(&responses, 8, vec![greedy(), greedy(), greedy()])
+        .unwrap();
+    for (r, g) in responses.iter().zip(&together) {
+        let alone = scorer.guess_instruction(r, 8, &mut greedy()).unwrap();
+        assert_eq!(*g, alone, "{r}");
+        assert!(!g.is_empty(), "{r}");
+    }
+    assert!(scorer
+        .guess_instructions(&responses, 8, vec![greedy()])
+        .is_err());
+}
