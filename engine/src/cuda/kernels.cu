@@ -361,6 +361,82 @@ extern "C" __global__ void attention_bf16(const float* qkv, const float* prefix,
     attention(qkv, prefix, pos, first, out, n_tok, n_heads, n_kv_heads, hd, scale, window);
 }
 
+// Decode attention over per-sequence KV caches: one new token per
+// sequence (batched generation), one warp per (sequence, query head), the
+// same online softmax over chunks of 32 keys as `attention`.
+//
+// qkv: (n_seq, (H + 2 Hkv) hd) f32, the new tokens' rotated rows; caches[t]:
+// the address of sequence t's cached rows for this layer, (capacity, (H +
+// 2 Hkv) hd) f32 in the same layout, positions 0 .. pos[t]-1 filled; the
+// new token sits at position pos[t] and is read from qkv (the caller
+// appends it to the cache after the step). window > 0: keys p-window+1 ..= p.
+// out: (n_seq, H hd). hd <= 256.
+template <typename A>
+__device__ void attention_decode(const float* qkv, const i64* caches, const int* pos, A* out,
+                                 int n_seq, int n_heads, int n_kv_heads, int hd, float scale,
+                                 int window) {
+    __shared__ float q_s[ATT_WARPS][ATT_MAX_HD];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    i64 item = (i64)blockIdx.x * ATT_WARPS + warp;
+    if (item >= (i64)n_seq * n_heads) return;  // the whole warp leaves together
+    int t = (int)(item / n_heads), head = (int)(item % n_heads);
+    int kvh = head / (n_heads / n_kv_heads);
+    i64 stride = (i64)(n_heads + 2 * n_kv_heads) * hd;
+    i64 k_off = (i64)n_heads * hd + (i64)kvh * hd;
+    i64 v_off = (i64)(n_heads + n_kv_heads) * hd + (i64)kvh * hd;
+    int p = pos[t];
+    int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    const float* cache = (const float*)caches[t];
+    const float* fresh = qkv + (i64)t * stride;
+
+    for (int i = lane; i < hd; i += 32) q_s[warp][i] = fresh[(i64)head * hd + i] * scale;
+    __syncwarp(FULL_MASK);
+
+    float acc[ATT_MAX_HD / 32];
+    for (int i = 0; i < ATT_MAX_HD / 32; i++) acc[i] = 0.f;
+    float m = NEG_INF, l = 0.f;
+    for (int c0 = lo; c0 <= p; c0 += 32) {
+        int kp = c0 + lane;
+        float s = NEG_INF;
+        if (kp <= p) {
+            const float* row = kp < p ? cache + (i64)kp * stride : fresh;
+            const float* k = row + k_off;
+            float dot = 0.f;
+            for (int i = 0; i < hd; i++) dot += q_s[warp][i] * k[i];
+            s = dot;
+        }
+        float m_new = fmaxf(m, warp_max(s));
+        float pr = kp <= p ? expf(s - m_new) : 0.f;
+        float corr = expf(m - m_new);  // 0 on the first chunk (m = -inf)
+        l = l * corr + warp_sum(pr);
+        for (int i = 0; i < ATT_MAX_HD / 32; i++) acc[i] *= corr;
+        int n_keys = p - c0 + 1 < 32 ? p - c0 + 1 : 32;
+        for (int j = 0; j < n_keys; j++) {
+            float pj = __shfl_sync(FULL_MASK, pr, j);
+            int kj = c0 + j;
+            const float* row = kj < p ? cache + (i64)kj * stride : fresh;
+            const float* v = row + v_off;
+            for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+                int dd = lane + 32 * i;
+                if (dd < hd) acc[i] += pj * v[dd];
+            }
+        }
+        m = m_new;
+    }
+    float inv = 1.f / l;
+    A* o = out + (i64)t * n_heads * hd + (i64)head * hd;
+    for (int i = 0; i < ATT_MAX_HD / 32; i++) {
+        int dd = lane + 32 * i;
+        if (dd < hd) put(o, dd, acc[i] * inv);
+    }
+}
+extern "C" __global__ void attention_decode_f32(const float* qkv, const i64* caches, const int* pos, float* out, int n_seq, int n_heads, int n_kv_heads, int hd, float scale, int window) {
+    attention_decode(qkv, caches, pos, out, n_seq, n_heads, n_kv_heads, hd, scale, window);
+}
+extern "C" __global__ void attention_decode_bf16(const float* qkv, const i64* caches, const int* pos, bf16* out, int n_seq, int n_heads, int n_kv_heads, int hd, float scale, int window) {
+    attention_decode(qkv, caches, pos, out, n_seq, n_heads, n_kv_heads, hd, scale, window);
+}
+
 // out[t, i] = silu(gate) * up with gu = (T, 2F) = [gate | up] rows; silu as
 // the CPU computes it (kernels/activation.rs): x * s / (1 + e), e = exp(-|x|).
 template <typename A>

@@ -82,6 +82,8 @@ pub const KERNELS: &[&str] = &[
     "rope",
     "attention_f32",
     "attention_bf16",
+    "attention_decode_f32",
+    "attention_decode_bf16",
     "swiglu_f32",
     "swiglu_bf16",
     "gather_rows_f32",

@@ -311,3 +311,86 @@ fn packed_attention_with_a_prefix_gqa_and_a_window_matches_f64() {
         assert!(worst < 2e-5, "window {window}: worst difference {worst}");
     }
 }
+
+#[test]
+fn decode_attention_over_per_sequence_caches_matches_f64() {
+    let gpu = device(GIB);
+    let (h, hkv, hd) = (4usize, 2usize, 40usize);
+    let s = (h + 2 * hkv) * hd;
+    // Three sequences at positions 0 (an empty cache), 37 and 70: chunks
+    // of 32 keys with remainders; each cache has room to spare.
+    let pos = [0i32, 37, 70];
+    let n = pos.len();
+    let capacity = 80;
+    let qkv = values(n * s, 21);
+    let caches: Vec<Vec<f32>> = (0..n)
+        .map(|i| values(capacity * s, 30 + i as u64))
+        .collect();
+    let cache_bufs: Vec<Buf> = caches
+        .iter()
+        .map(|c| Buf::from_f32(&gpu, c, "t").unwrap())
+        .collect();
+    let addrs: Vec<u8> = cache_bufs
+        .iter()
+        .flat_map(|b| (b.ptr as i64).to_le_bytes())
+        .collect();
+    let scale = 1.0 / (hd as f32).sqrt();
+    for window in [0usize, 16] {
+        let qb = Buf::from_f32(&gpu, &qkv, "t").unwrap();
+        let ab = Buf::from_bytes(&gpu, &addrs, "t").unwrap();
+        let posb = Buf::from_i32(&gpu, &pos, "t").unwrap();
+        let out = Buf::new(&gpu, n * h * hd * 4, "t").unwrap();
+        gpu.launch(
+            "attention_decode_f32",
+            (n * h).div_ceil(4) as u32,
+            128,
+            &[
+                qb.arg(),
+                ab.arg(),
+                posb.arg(),
+                out.arg(),
+                Arg::I32(n as i32),
+                Arg::I32(h as i32),
+                Arg::I32(hkv as i32),
+                Arg::I32(hd as i32),
+                Arg::F32(scale),
+                Arg::I32(window as i32),
+            ],
+        )
+        .unwrap();
+        let got = out.to_f32(n * h * hd).unwrap();
+        let mut worst = 0f64;
+        for t in 0..n {
+            let p = pos[t] as usize;
+            // Cached rows below p; the new token's row is its qkv row.
+            let row = |kp: usize| -> &[f32] {
+                if kp < p {
+                    &caches[t][kp * s..(kp + 1) * s]
+                } else {
+                    &qkv[t * s..(t + 1) * s]
+                }
+            };
+            let lo = if window > 0 {
+                (p + 1).saturating_sub(window)
+            } else {
+                0
+            };
+            for head in 0..h {
+                let kvh = head / (h / hkv);
+                let q = &qkv[t * s + head * hd..t * s + (head + 1) * hd];
+                let ks: Vec<&[f32]> = (lo..=p)
+                    .map(|kp| &row(kp)[h * hd + kvh * hd..][..hd])
+                    .collect();
+                let vs: Vec<&[f32]> = (lo..=p)
+                    .map(|kp| &row(kp)[(h + hkv) * hd + kvh * hd..][..hd])
+                    .collect();
+                let want = attention_ref(q, &ks, &vs, scale as f64);
+                for (i, w) in want.iter().enumerate() {
+                    let g = got[t * h * hd + head * hd + i] as f64;
+                    worst = worst.max((g - w).abs());
+                }
+            }
+        }
+        assert!(worst < 2e-5, "window {window}: worst difference {worst}");
+    }
+}
