@@ -345,6 +345,29 @@ impl Side {
     }
 }
 
+/// The reverse prompt of `response` as token ids, leaving `max_new` tokens
+/// of the model's context for the guess (or half the context, if that is
+/// less): a longer response is cut at its end, as scoring cuts content
+/// (DESIGN.md §2), since generation cannot run past the context.
+fn reverse_prompt_ids(rev: &Side, response: &str, max_new: usize) -> Result<Vec<u32>> {
+    let tok = &rev.model.tokenizer;
+    let context = rev.model.config.context_length;
+    let budget = context.saturating_sub(max_new).max(context / 2);
+    let encode = |r: &str| -> Result<Vec<u32>> {
+        let prompt = rev.template.render_prompt(&reverse_content(r))?;
+        tok.encode(&prompt, tok.add_bos_default(), true)
+    };
+    let mut ids = encode(response)?;
+    let content = tok.encode(response, false, false)?;
+    let mut keep = content.len();
+    // Decoded pieces may merge differently when encoded again: cut until it fits.
+    while ids.len() > budget && keep > 0 {
+        keep = keep.saturating_sub(ids.len() - budget).min(keep - 1);
+        ids = encode(&tok.decode(&content[..keep]))?;
+    }
+    Ok(ids)
+}
+
 /// Scores pairs with a forward model and, optionally, a separate reverse
 /// model. Owns its threads and scratch: use one scorer per thread; the
 /// models behind it may be shared.
@@ -649,17 +672,15 @@ impl Scorer {
             ));
         }
         let rev = self.reverse_side();
-        let tok = &rev.model.tokenizer;
         let stop = chat_stop_ids(&rev.model, &rev.template)?;
         let requests = responses
             .iter()
             .zip(samplers)
             .map(|(response, sampler)| {
-                let prompt = rev.template.render_prompt(&reverse_content(response))?;
                 Ok(Request {
                     stop_ids: stop.clone(),
                     sampler,
-                    ..Request::new(tok.encode(&prompt, tok.add_bos_default(), true)?, max_new)
+                    ..Request::new(reverse_prompt_ids(rev, response, max_new)?, max_new)
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -18,9 +18,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use main_engine::generate::{chat_stop_ids, generate_batch, BatchParams, Request};
 use main_engine::matmul::Precision;
 use main_engine::model::{Model as EngineModel, Runtime};
-use main_engine::sample::{generate, Sampler, SamplerParams};
+use main_engine::sample::{Sampler, SamplerParams};
 use main_engine::score::Pair;
 use main_engine::scorer::{Scorer, ScorerParams};
 use main_engine::template::ChatTemplate;
@@ -402,8 +403,12 @@ fn synthesize(
     };
     let mut scorer = Scorer::new(fwd.clone(), Some(rev), params)?;
     let s = &cfg.synthesis;
-    let mut pairs = Vec::new();
-    let mut sources = Vec::new();
+    // Every candidate of every response guessed in one batched call: the
+    // engine decodes them together, each with its own seed, so a guess is
+    // the one this seed gives alone.
+    let mut asked: Vec<&str> = Vec::with_capacity(responses.len() * s.candidates);
+    let mut samplers = Vec::with_capacity(responses.len() * s.candidates);
+    let mut asked_sources = Vec::with_capacity(responses.len() * s.candidates);
     for (i, y) in responses.iter().enumerate() {
         for c in 0..s.candidates {
             let seed = s
@@ -411,18 +416,24 @@ fn synthesize(
                 .wrapping_add((round as u64) << 40)
                 .wrapping_add((i as u64) << 8)
                 .wrapping_add(c as u64);
-            let mut sampler = Sampler::new(SamplerParams {
+            samplers.push(Sampler::new(SamplerParams {
                 temperature: s.temperature,
                 top_p: s.top_p,
                 seed,
-            })?;
-            let x = scorer.guess_instruction(y, s.max_instruction_tokens, &mut sampler)?;
-            if x.is_empty() {
-                continue;
-            }
-            pairs.push(Pair::new(x, y.clone()));
-            sources.push(i);
+            })?);
+            asked.push(y);
+            asked_sources.push(i);
         }
+    }
+    let guesses = scorer.guess_instructions(&asked, s.max_instruction_tokens, samplers)?;
+    let mut pairs = Vec::new();
+    let mut sources = Vec::new();
+    for ((x, y), i) in guesses.into_iter().zip(asked).zip(asked_sources) {
+        if x.is_empty() {
+            continue;
+        }
+        pairs.push(Pair::new(x, y));
+        sources.push(i);
     }
     // Every candidate of the round in one call: the scorer packs them into
     // large batches.
@@ -488,29 +499,29 @@ fn check_agreement(
     let rt = Runtime::new(cfg.threads, Precision::Exact);
     let tpl = ChatTemplate::for_model(fwd)?;
     let tok = &fwd.tokenizer;
-    let mut stop: Vec<u32> = tok
-        .encode(tpl.end_of_turn(), false, true)?
-        .into_iter()
-        .take(1)
-        .collect();
-    stop.extend(tok.eos_id());
+    let stop = chat_stop_ids(fwd, &tpl)?;
     loop {
         let wave: Vec<usize> = queues.values_mut().filter_map(|q| q.pop()).collect();
         if wave.is_empty() {
             return Ok(());
         }
+        // The wave's answers decoded together (greedy: each the answer it
+        // would get alone).
+        let requests = wave
+            .iter()
+            .map(|&i| {
+                let prompt = tpl.render_prompt(&cands[i].instruction)?;
+                let ids = tok.encode(&prompt, tok.add_bos_default(), true)?;
+                Ok(Request {
+                    stop_ids: stop.clone(),
+                    ..Request::new(ids, cfg.synthesis.max_answer_tokens)
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let answers = generate_batch(fwd, &rt, requests, BatchParams::default())?;
         let mut answered = Vec::with_capacity(wave.len());
-        for &i in &wave {
-            let prompt = tpl.render_prompt(&cands[i].instruction)?;
-            let ids = tok.encode(&prompt, tok.add_bos_default(), true)?;
-            let mut greedy = Sampler::new(SamplerParams::default())?;
-            let max_new = cfg.synthesis.max_answer_tokens;
-            let gen = generate(fwd, &rt, &ids, max_new, &stop, &mut greedy)?;
-            let end = gen
-                .iter()
-                .position(|t| stop.contains(t))
-                .unwrap_or(gen.len());
-            let mut answer = tok.decode(&gen[..end]).trim().to_string();
+        for (&i, gen) in wave.iter().zip(answers) {
+            let mut answer = gen.text.trim().to_string();
             if answer.is_empty() {
                 // An empty answer has nothing to score; the end of turn stands for it.
                 answer = " ".into();
