@@ -16,6 +16,7 @@ pub mod export;
 pub mod model;
 pub mod optim;
 pub mod pipeline;
+pub mod remote;
 pub mod sft;
 
 pub use error::{Error, Result};
