@@ -27,7 +27,7 @@ use main_engine::template::ChatTemplate;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomic;
-use crate::data::{read_pairs, read_responses, Direction, WeightedPair};
+use crate::data::{read_pairs, read_responses, Direction, PairPmi, WeightedPair};
 use crate::error::{Error, Result};
 use crate::model::TrainModel;
 use crate::sft::{train, TrainConfig, TrainReport};
@@ -364,6 +364,7 @@ fn training_set(
         .map(|p| WeightedPair {
             pair: p.pair.clone(),
             weight: p.weight * w.seed_weight,
+            pmi: p.pmi,
         })
         .collect();
     for c in kept.iter_mut() {
@@ -376,6 +377,12 @@ fn training_set(
         out.push(WeightedPair {
             pair: Pair::new(c.instruction.clone(), c.response.clone()),
             weight: c.weight,
+            // As scored by the round that kept it: the alignment loss's
+            // consistency targets.
+            pmi: Some(PairPmi {
+                fwd_pmi: c.fwd_pmi,
+                rev_pmi: c.rev_pmi,
+            }),
         });
     }
     out
@@ -822,10 +829,10 @@ mod tests {
     #[test]
     fn kept_pairs_accumulate_across_rounds_with_their_latest_weights() {
         let cfg = config();
-        let seed = vec![WeightedPair {
-            pair: Pair::new("seed instruction", "seed response"),
-            weight: 1.0,
-        }];
+        let seed = vec![WeightedPair::new(
+            Pair::new("seed instruction", "seed response"),
+            1.0,
+        )];
         let round1 = vec![kept(1, 0, 0.5), kept(1, 1, 1.0), kept(1, 2, 0.0)];
         let mut all = accumulate(Vec::new(), round1);
         let data = training_set(&cfg, &seed, &mut all, 2);

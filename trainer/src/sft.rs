@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
-use crate::align::align_loss;
+use crate::align::{align_loss, AlignPair, DEFAULT_NEGATIVES};
 use crate::checkpoint::{self, TrainState};
 use crate::data::{example, split, Direction, Example, Rng, WeightedPair};
 use crate::error::{CandleExt, Error, Result};
@@ -43,8 +43,13 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     pub keep_checkpoints: usize,
     pub seed: u64,
-    /// Add the differentiable alignment loss (both directions, one model).
+    /// Add the differentiable alignment loss (this direction's views only,
+    /// `align.rs`).
     pub align_loss: bool,
+    /// Negatives per pair sampled from the micro-batch for the InfoNCE
+    /// term (`M`; sequences per micro-batch at most `K (M + 2)`; at
+    /// `M >= batch_size - 1` the full in-batch loss).
+    pub align_negatives: usize,
     /// λ1: weight of the in-batch InfoNCE term.
     pub lambda_contrastive: f64,
     /// λ2: weight of the forward/reverse PMI consistency term.
@@ -69,6 +74,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             seed: 0,
             align_loss: false,
+            align_negatives: DEFAULT_NEGATIVES,
             lambda_contrastive: 0.1,
             lambda_consistency: 0.01,
         }
@@ -102,13 +108,19 @@ impl TrainConfig {
                 "the alignment loss needs at least 2 pairs per batch",
             );
         }
+        if self.align_loss && self.align_negatives == 0 {
+            return bad(
+                "align_negatives",
+                "must be at least 1 (the contrastive term needs a negative)",
+            );
+        }
         Ok(())
     }
 
     /// What a resumed run must share with the run it continues.
     fn fingerprint(&self, direction: Direction, n_pairs: usize) -> String {
         format!(
-            "{}|pairs={n_pairs}|steps={}|bs={}|acc={}|lr={}|wu={}|min={}|wd={}|clip={}|max={}|eval={}|seed={}|align={}:{}:{}",
+            "{}|pairs={n_pairs}|steps={}|bs={}|acc={}|lr={}|wu={}|min={}|wd={}|clip={}|max={}|eval={}|seed={}|align={}:{}:{}:{}",
             direction.name(),
             self.steps,
             self.batch_size,
@@ -122,6 +134,7 @@ impl TrainConfig {
             self.eval_fraction,
             self.seed,
             self.align_loss,
+            self.align_negatives,
             self.lambda_contrastive,
             self.lambda_consistency
         )
@@ -435,7 +448,7 @@ pub fn train_parallel(
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr_ratio);
         let mut grads: Vec<Option<Tensor>> = vec![None; model.params.len()];
         let (mut step_loss, mut step_tokens) = (0f64, 0usize);
-        for _ in 0..cfg.grad_accum {
+        for micro_index in 0..cfg.grad_accum {
             let mut micro = Vec::with_capacity(cfg.batch_size);
             for k in 0..cfg.batch_size * world {
                 let pos = state.cursor % n_train;
@@ -457,12 +470,29 @@ pub fn train_parallel(
             };
             let mut loss = lm;
             if cfg.align_loss {
-                let ps: Vec<&main_engine::score::Pair> =
-                    micro.iter().map(|&i| &pairs[train_idx[i]].pair).collect();
+                let ps: Vec<AlignPair> = micro
+                    .iter()
+                    .map(|&i| {
+                        let p = &pairs[train_idx[i]];
+                        AlignPair {
+                            pair: &p.pair,
+                            weight: p.weight,
+                            target_pmi: p.pmi.map(|s| s.other_than(direction)),
+                        }
+                    })
+                    .collect();
+                // Negatives drawn from (seed, step, micro-batch): the same
+                // draw after a resume.
+                let draw = cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ ((step as u64) << 16)
+                    ^ micro_index as u64;
                 let a = align_loss(
                     model,
+                    direction,
                     &ps,
                     cfg.max_tokens,
+                    cfg.align_negatives,
+                    draw,
                     cfg.lambda_contrastive,
                     cfg.lambda_consistency,
                 )?;
