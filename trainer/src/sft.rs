@@ -142,7 +142,7 @@ impl TrainConfig {
 }
 
 /// What a run did.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainReport {
     pub direction: Direction,
     pub steps: usize,
@@ -151,10 +151,13 @@ pub struct TrainReport {
     /// Held-out loss (mean target NLL, nats) before training; `None` without a split.
     pub eval_loss_before: Option<f64>,
     pub eval_loss_after: Option<f64>,
+    #[serde(deserialize_with = "crate::json_float::null_as_nan")]
     pub final_train_loss: f64,
     /// Real (unpadded) tokens through the training forward passes.
     pub tokens: usize,
+    #[serde(deserialize_with = "crate::json_float::null_as_nan")]
     pub seconds: f64,
+    #[serde(deserialize_with = "crate::json_float::null_as_nan")]
     pub tokens_per_s: f64,
     /// Step the run resumed from (0 for a fresh run).
     pub resumed_from: usize,
@@ -386,6 +389,8 @@ pub fn train_parallel(
         epoch_rng: cfg.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0xda7a,
         fingerprint: fingerprint.clone(),
     };
+    // The metrics of the steps a resumed run does not redo.
+    let mut earlier: Vec<serde_json::Value> = Vec::new();
     if resume {
         if let Some(dir) = checkpoint::latest(&run.0)? {
             state = checkpoint::load(&dir, model, &mut opt)?;
@@ -399,7 +404,7 @@ pub fn train_parallel(
                 ));
             }
             if main {
-                truncate_metrics(&run.metrics(), state.step)?;
+                earlier = truncate_metrics(&run.metrics(), state.step)?;
             }
         } else if main {
             let _ = std::fs::remove_file(run.metrics());
@@ -426,6 +431,15 @@ pub fn train_parallel(
     let mut order: Vec<usize> = (0..n_train).collect();
     rng.shuffle(&mut order);
 
+    // A resumed run reports the losses of the steps it did not redo as the
+    // run that did them logged them, so its report is the uninterrupted
+    // run's (the pipeline compares them after a kill).
+    let logged = |step: usize, key: &str| {
+        earlier
+            .iter()
+            .find(|v| v["step"].as_u64() == Some(step as u64))
+            .and_then(|v| v.get(key)?.as_f64())
+    };
     let eval_loss_before = if eval_ex.is_empty() {
         None
     } else if resumed_from == 0 {
@@ -433,7 +447,7 @@ pub fn train_parallel(
         log(serde_json::json!({"step": 0, "eval_loss": l}))?;
         Some(l)
     } else {
-        None
+        logged(0, "eval_loss")
     };
 
     let progress = Progress {
@@ -443,6 +457,12 @@ pub fn train_parallel(
         start_step: resumed_from,
     };
     let (mut tokens, mut last_loss, mut last_eval) = (0usize, f64::NAN, None);
+    if resumed_from > 0 {
+        last_loss = logged(resumed_from, "loss").unwrap_or(f64::NAN);
+        if resumed_from == cfg.steps {
+            last_eval = logged(resumed_from, "eval_loss");
+        }
+    }
     let t0 = Instant::now();
     for step in state.step..cfg.steps {
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr_ratio);
@@ -624,25 +644,28 @@ fn finish(main: bool, model: &TrainModel, run: &RunDir, a: FinishArgs) -> Result
     Ok(report)
 }
 
-/// Keeps the metrics of steps up to `step` (a resumed run rewrites the rest).
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+/// Keeps the metrics of steps up to `step` (a resumed run rewrites the
+/// rest) and returns them.
+fn truncate_metrics(path: &Path, step: usize) -> Result<Vec<serde_json::Value>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let mut kept = String::new();
+    let (mut kept, mut records) = (String::new(), Vec::new());
     for line in text.lines() {
-        let s = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
-        // A line cut by the kill has no parsable step and goes too.
-        if let Some(s) = s {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            // A line cut by the kill does not parse and goes too.
+            continue;
+        };
+        if let Some(s) = v.get("step").and_then(|s| s.as_u64()) {
             if s as usize <= step {
                 kept.push_str(line);
                 kept.push('\n');
+                records.push(v);
             }
         }
     }
-    checkpoint::write_atomic(path, kept.as_bytes())
+    checkpoint::write_atomic(path, kept.as_bytes())?;
+    Ok(records)
 }
