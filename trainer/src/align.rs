@@ -176,15 +176,18 @@ fn unconditional(
     )?)
 }
 
-/// The two terms for `pairs` in `direction`, negatives drawn with `seed`.
-pub fn align_terms(
+/// The sequences the loss runs for `pairs` in `direction`, negatives drawn
+/// with `seed`: per pair its positive then its negatives (`K (M + 1)`),
+/// then the unconditional view of each pair with a consistency target; and
+/// the negatives drawn.
+pub fn align_views(
     model: &TrainModel,
     direction: Direction,
     pairs: &[AlignPair],
     max_tokens: usize,
     negatives: usize,
     seed: u64,
-) -> Result<AlignTerms> {
+) -> Result<(Vec<ViewTokens>, Vec<Vec<usize>>)> {
     let k = pairs.len();
     if k < 2 {
         return Err(Error::invalid(
@@ -228,10 +231,25 @@ pub fn align_terms(
             )?);
         }
     }
-    let with_target: Vec<usize> = (0..k).filter(|&i| pairs[i].target_pmi.is_some()).collect();
-    for &i in &with_target {
-        views.push(unconditional(model, direction, pairs[i].pair, max_tokens)?);
+    for p in pairs.iter().filter(|p| p.target_pmi.is_some()) {
+        views.push(unconditional(model, direction, p.pair, max_tokens)?);
     }
+    Ok((views, negs))
+}
+
+/// The two terms for `pairs` in `direction`, negatives drawn with `seed`.
+pub fn align_terms(
+    model: &TrainModel,
+    direction: Direction,
+    pairs: &[AlignPair],
+    max_tokens: usize,
+    negatives: usize,
+    seed: u64,
+) -> Result<AlignTerms> {
+    let k = pairs.len();
+    let (views, negs) = align_views(model, direction, pairs, max_tokens, negatives, seed)?;
+    let m = negs[0].len();
+    let with_target: Vec<usize> = (0..k).filter(|&i| pairs[i].target_pmi.is_some()).collect();
     let seqs: Vec<(&[u32], usize)> = views.iter().map(|v| (&v.ids[..], v.n_prompt)).collect();
     let batch = Batch::new(&seqs, &model.device)?;
     let means = sequence_means(model, &batch)?;
