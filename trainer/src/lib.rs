@@ -13,6 +13,7 @@ pub mod device;
 pub mod dist;
 pub mod error;
 pub mod export;
+pub mod json_float;
 pub mod model;
 pub mod optim;
 pub mod pipeline;
