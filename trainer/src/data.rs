@@ -46,6 +46,38 @@ impl Direction {
 pub struct WeightedPair {
     pub pair: Pair,
     pub weight: f64,
+    /// The pair's PMIs as last scored (the record's `alignment.fwd_pmi` and
+    /// `alignment.rev_pmi`, as main-score and the pipeline write them): the
+    /// targets of the alignment loss's consistency term.
+    pub pmi: Option<PairPmi>,
+}
+
+impl WeightedPair {
+    pub fn new(pair: Pair, weight: f64) -> WeightedPair {
+        WeightedPair {
+            pair,
+            weight,
+            pmi: None,
+        }
+    }
+}
+
+/// Both directions' PMI of a pair, in nats.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PairPmi {
+    pub fwd_pmi: f64,
+    pub rev_pmi: f64,
+}
+
+impl PairPmi {
+    /// The PMI of the direction other than `d`: what `d`'s consistency term
+    /// pulls toward.
+    pub fn other_than(self, d: Direction) -> f64 {
+        match d {
+            Direction::Forward => self.rev_pmi,
+            Direction::Reverse => self.fwd_pmi,
+        }
+    }
 }
 
 /// One training sequence: prompt then target; the loss covers the target.
@@ -89,7 +121,15 @@ pub fn read_pairs(path: &Path) -> Result<Vec<WeightedPair>> {
                 }
             },
         };
-        out.push(WeightedPair { pair, weight });
+        // A scored record (main-score, the pipeline's curated file) carries
+        // both PMIs; anything else there is not ours to judge.
+        let pmi = record.get("alignment").and_then(|a| {
+            Some(PairPmi {
+                fwd_pmi: a.get("fwd_pmi")?.as_f64()?,
+                rev_pmi: a.get("rev_pmi")?.as_f64()?,
+            })
+        });
+        out.push(WeightedPair { pair, weight, pmi });
     }
     if out.is_empty() {
         return Err(Error::Data {

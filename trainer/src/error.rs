@@ -42,6 +42,14 @@ pub enum Error {
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
 
+    /// The external generator (an OpenAI-compatible server) failed.
+    #[error("generator {url}, request {request}: {reason}")]
+    Generator {
+        url: String,
+        request: usize,
+        reason: String,
+    },
+
     /// Training diverged or produced a non-finite value.
     #[error("step {step}: {reason}")]
     Training { step: usize, reason: String },

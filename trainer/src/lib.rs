@@ -13,9 +13,11 @@ pub mod device;
 pub mod dist;
 pub mod error;
 pub mod export;
+pub mod json_float;
 pub mod model;
 pub mod optim;
 pub mod pipeline;
+pub mod remote;
 pub mod sft;
 
 pub use error::{Error, Result};

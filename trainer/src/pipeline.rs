@@ -14,6 +14,15 @@
 //!    alignment times a synthetic share that grows over rounds;
 //! e. writes the candidates, the curated data, the models and a report.
 //! After the last round both models are retrained on seed + every kept pair.
+//!
+//! Each stage (train forward, train reverse, synthesise and score, filter)
+//! is checkpointed in `out_dir/pipeline-state.json` ([`state`]): the same
+//! command after a kill loads the stages that finished, resumes an
+//! interrupted training from its last SFT checkpoint and redoes an
+//! interrupted synthesis from its start, so the result is the
+//! uninterrupted run's.
+
+pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,10 +37,12 @@ use main_engine::template::ChatTemplate;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomic;
-use crate::data::{read_pairs, read_responses, Direction, WeightedPair};
+use crate::data::{read_pairs, read_responses, Direction, PairPmi, WeightedPair};
 use crate::error::{Error, Result};
+use crate::json_float::null_as_nan;
 use crate::model::TrainModel;
 use crate::sft::{train, TrainConfig, TrainReport};
+use state::{ResumeState, Stage};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,7 +186,7 @@ impl WeightingConfig {
 }
 
 /// One synthetic candidate and its scores.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Candidate {
     pub round: usize,
     /// Index of the unlabeled response.
@@ -186,29 +197,41 @@ pub struct Candidate {
     /// agreement check did not need it (off, or another candidate of the
     /// response agreed first, or the candidate cannot be kept anyway).
     pub answer: Option<String>,
+    #[serde(deserialize_with = "null_as_nan")]
     pub alignment: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub fwd_pmi: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub rev_pmi: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub fwd_cond: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub rev_cond: f64,
     /// `fwd_cond(response | instruction) - fwd_cond(answer | instruction)`,
     /// where the answer was generated.
     pub agreement: Option<f64>,
     pub kept: bool,
     /// Loss weight when kept (set at retraining).
+    #[serde(deserialize_with = "null_as_nan")]
     pub weight: f64,
 }
 
 /// Quantiles of a score, interpolated between closest ranks as the
 /// engine's run summary computes them (`main_engine::stats::quantile`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub n: usize,
+    #[serde(deserialize_with = "null_as_nan")]
     pub mean: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub min: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub q25: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub median: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub q75: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub max: f64,
 }
 
@@ -230,7 +253,7 @@ pub fn summary(values: &[f64]) -> Option<Summary> {
     })
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoundReport {
     pub round: usize,
     pub n_seed: usize,
@@ -300,31 +323,58 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     write_atomic(path, &s)
 }
 
-/// The forward and the reverse model of one round, in `dir/forward` and `dir/reverse`.
+/// A finished stage's output, read back on resume.
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Data {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Data {
+        path: path.to_path_buf(),
+        line: 0,
+        reason: e.to_string(),
+    })
+}
+
+/// The forward and the reverse model of round `round` (`rounds + 1`: the
+/// final retraining), in `dir/forward` and `dir/reverse`; a direction
+/// already trained is read back.
 fn train_both(
     cfg: &PipelineConfig,
+    state: &mut ResumeState,
+    round: usize,
     data: &[WeightedPair],
     dir: &Path,
     progress: bool,
 ) -> Result<(TrainReport, TrainReport)> {
-    let fwd = train_direction(
-        cfg,
-        data,
-        Direction::Forward,
-        &dir.join("forward"),
-        progress,
-    )?;
-    let rev = train_direction(
-        cfg,
-        data,
-        Direction::Reverse,
-        &dir.join("reverse"),
-        progress,
-    )?;
+    let mut one = |direction: Direction, stage: Stage| -> Result<TrainReport> {
+        let run = dir.join(direction.name());
+        if state.is_done(round, stage) {
+            return read_json(&run.join("report.json"));
+        }
+        let report = train_direction(cfg, data, direction, &run, progress)?;
+        state.finish(round, stage)?;
+        Ok(report)
+    };
+    let fwd = one(Direction::Forward, Stage::TrainForward)?;
+    let rev = one(Direction::Reverse, Stage::TrainReverse)?;
     Ok((fwd, rev))
 }
 
-/// Trains one direction from the base model into `run`.
+/// Trains one direction from the base model into `run`, continuing from
+/// the run's last checkpoint when a kill interrupted it (`[train]
+/// checkpoint_every`; without checkpoints it starts over, to the same end).
 fn train_direction(
     cfg: &PipelineConfig,
     data: &[WeightedPair],
@@ -342,7 +392,7 @@ fn train_direction(
             run.display()
         );
     }
-    train(&model, data, direction, &cfg.train, run, false, progress)
+    train(&model, data, direction, &cfg.train, run, true, progress)
 }
 
 /// The training set of a round: seed pairs, then kept synthetic pairs with
@@ -365,6 +415,7 @@ fn training_set(
         .map(|p| WeightedPair {
             pair: p.pair.clone(),
             weight: p.weight * w.seed_weight,
+            pmi: p.pmi,
         })
         .collect();
     for c in kept.iter_mut() {
@@ -377,6 +428,12 @@ fn training_set(
         out.push(WeightedPair {
             pair: Pair::new(c.instruction.clone(), c.response.clone()),
             weight: c.weight,
+            // As scored by the round that kept it: the alignment loss's
+            // consistency targets.
+            pmi: Some(PairPmi {
+                fwd_pmi: c.fwd_pmi,
+                rev_pmi: c.rev_pmi,
+            }),
         });
     }
     out
@@ -626,23 +683,44 @@ pub fn run(cfg: &PipelineConfig, progress: bool) -> Result<PipelineReport> {
         responses.truncate(n);
     }
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
+    let mut state = ResumeState::open(&cfg.out_dir, state::run_identity(cfg)?)?;
     let mut kept: Vec<Candidate> = Vec::new();
     let mut reports = Vec::new();
     for round in 1..=cfg.rounds {
         let dir = cfg.out_dir.join(format!("round-{round}"));
+        if state.is_done(round, Stage::Filter) {
+            // The round's end state: its report and the pairs it hands on.
+            if progress {
+                eprintln!("round {round}: done before, read from {}", dir.display());
+            }
+            reports.push(read_json::<RoundReport>(&dir.join("report.json"))?);
+            kept = read_jsonl(&dir.join("kept.jsonl"))?;
+            continue;
+        }
         let n_synth = kept.len();
         let data = training_set(cfg, &seed, &mut kept, round);
-        let (fwd, rev) = train_both(cfg, &data, &dir, progress)?;
-        if progress {
-            eprintln!("round {round}: synthesis for {} responses", responses.len());
+        let (fwd, rev) = train_both(cfg, &mut state, round, &data, &dir, progress)?;
+        // Synthesis and scoring: every candidate with its scores, before
+        // the filter.
+        let scored = dir.join("scored.jsonl");
+        if !state.is_done(round, Stage::Synthesize) {
+            if progress {
+                eprintln!("round {round}: synthesis for {} responses", responses.len());
+            }
+            let cands = synthesize(
+                cfg,
+                round,
+                &dir.join("forward/model"),
+                &dir.join("reverse/model"),
+                &responses,
+            )?;
+            write_jsonl(&scored, &cands)?;
+            state.finish(round, Stage::Synthesize)?;
         }
-        let mut cands = synthesize(
-            cfg,
-            round,
-            &dir.join("forward/model"),
-            &dir.join("reverse/model"),
-            &responses,
-        )?;
+        // A run goes on from the file whether it just wrote it or resumed,
+        // so a score JSON cannot hold (non-finite, written as null) is the
+        // same NaN either way.
+        let mut cands: Vec<Candidate> = read_jsonl(&scored)?;
         select(&cfg.filter, &mut cands);
         let align = |k: bool| -> Vec<f64> {
             cands
@@ -687,14 +765,18 @@ pub fn run(cfg: &PipelineConfig, progress: bool) -> Result<PipelineReport> {
             ..report
         };
         write_jsonl(&dir.join("curated.jsonl"), &curated_records(&seed, &next))?;
+        write_jsonl(&dir.join("kept.jsonl"), &next)?;
         write_json(&dir.join("report.json"), &report)?;
+        state.finish(round, Stage::Filter)?;
         reports.push(report);
-        kept = next;
+        // From the file, as a resumed run reads it.
+        kept = read_jsonl(&dir.join("kept.jsonl"))?;
     }
     // Final models on seed + every round's kept pairs.
     let dir = cfg.out_dir.join("final");
     let data = training_set(cfg, &seed, &mut kept, cfg.rounds + 1);
-    let (final_forward, final_reverse) = train_both(cfg, &data, &dir, progress)?;
+    let (final_forward, final_reverse) =
+        train_both(cfg, &mut state, cfg.rounds + 1, &data, &dir, progress)?;
     let curated = curated_records(&seed, &kept);
     write_jsonl(&cfg.out_dir.join("curated.jsonl"), &curated)?;
     let report = PipelineReport {
@@ -833,10 +915,10 @@ mod tests {
     #[test]
     fn kept_pairs_accumulate_across_rounds_with_their_latest_weights() {
         let cfg = config();
-        let seed = vec![WeightedPair {
-            pair: Pair::new("seed instruction", "seed response"),
-            weight: 1.0,
-        }];
+        let seed = vec![WeightedPair::new(
+            Pair::new("seed instruction", "seed response"),
+            1.0,
+        )];
         let round1 = vec![kept(1, 0, 0.5), kept(1, 1, 1.0), kept(1, 2, 0.0)];
         let mut all = accumulate(Vec::new(), round1);
         let data = training_set(&cfg, &seed, &mut all, 2);

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
-use crate::align::align_loss;
+use crate::align::{align_loss, AlignPair, DEFAULT_NEGATIVES};
 use crate::checkpoint::{self, TrainState};
 use crate::data::{example, split, Direction, Example, Rng, WeightedPair};
 use crate::error::{CandleExt, Error, Result};
@@ -43,8 +43,13 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     pub keep_checkpoints: usize,
     pub seed: u64,
-    /// Add the differentiable alignment loss (both directions, one model).
+    /// Add the differentiable alignment loss (this direction's views only,
+    /// `align.rs`).
     pub align_loss: bool,
+    /// Negatives per pair sampled from the micro-batch for the InfoNCE
+    /// term (`M`; sequences per micro-batch at most `K (M + 2)`; at
+    /// `M >= batch_size - 1` the full in-batch loss).
+    pub align_negatives: usize,
     /// λ1: weight of the in-batch InfoNCE term.
     pub lambda_contrastive: f64,
     /// λ2: weight of the forward/reverse PMI consistency term.
@@ -69,6 +74,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             seed: 0,
             align_loss: false,
+            align_negatives: DEFAULT_NEGATIVES,
             lambda_contrastive: 0.1,
             lambda_consistency: 0.01,
         }
@@ -102,13 +108,19 @@ impl TrainConfig {
                 "the alignment loss needs at least 2 pairs per batch",
             );
         }
+        if self.align_loss && self.align_negatives == 0 {
+            return bad(
+                "align_negatives",
+                "must be at least 1 (the contrastive term needs a negative)",
+            );
+        }
         Ok(())
     }
 
     /// What a resumed run must share with the run it continues.
     fn fingerprint(&self, direction: Direction, n_pairs: usize) -> String {
         format!(
-            "{}|pairs={n_pairs}|steps={}|bs={}|acc={}|lr={}|wu={}|min={}|wd={}|clip={}|max={}|eval={}|seed={}|align={}:{}:{}",
+            "{}|pairs={n_pairs}|steps={}|bs={}|acc={}|lr={}|wu={}|min={}|wd={}|clip={}|max={}|eval={}|seed={}|align={}:{}:{}:{}",
             direction.name(),
             self.steps,
             self.batch_size,
@@ -122,6 +134,7 @@ impl TrainConfig {
             self.eval_fraction,
             self.seed,
             self.align_loss,
+            self.align_negatives,
             self.lambda_contrastive,
             self.lambda_consistency
         )
@@ -129,7 +142,7 @@ impl TrainConfig {
 }
 
 /// What a run did.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainReport {
     pub direction: Direction,
     pub steps: usize,
@@ -138,10 +151,13 @@ pub struct TrainReport {
     /// Held-out loss (mean target NLL, nats) before training; `None` without a split.
     pub eval_loss_before: Option<f64>,
     pub eval_loss_after: Option<f64>,
+    #[serde(deserialize_with = "crate::json_float::null_as_nan")]
     pub final_train_loss: f64,
     /// Real (unpadded) tokens through the training forward passes.
     pub tokens: usize,
+    #[serde(deserialize_with = "crate::json_float::null_as_nan")]
     pub seconds: f64,
+    #[serde(deserialize_with = "crate::json_float::null_as_nan")]
     pub tokens_per_s: f64,
     /// Step the run resumed from (0 for a fresh run).
     pub resumed_from: usize,
@@ -373,6 +389,8 @@ pub fn train_parallel(
         epoch_rng: cfg.seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0xda7a,
         fingerprint: fingerprint.clone(),
     };
+    // The metrics of the steps a resumed run does not redo.
+    let mut earlier: Vec<serde_json::Value> = Vec::new();
     if resume {
         if let Some(dir) = checkpoint::latest(&run.0)? {
             state = checkpoint::load(&dir, model, &mut opt)?;
@@ -386,7 +404,7 @@ pub fn train_parallel(
                 ));
             }
             if main {
-                truncate_metrics(&run.metrics(), state.step)?;
+                earlier = truncate_metrics(&run.metrics(), state.step)?;
             }
         } else if main {
             let _ = std::fs::remove_file(run.metrics());
@@ -413,6 +431,15 @@ pub fn train_parallel(
     let mut order: Vec<usize> = (0..n_train).collect();
     rng.shuffle(&mut order);
 
+    // A resumed run reports the losses of the steps it did not redo as the
+    // run that did them logged them, so its report is the uninterrupted
+    // run's (the pipeline compares them after a kill).
+    let logged = |step: usize, key: &str| {
+        earlier
+            .iter()
+            .find(|v| v["step"].as_u64() == Some(step as u64))
+            .and_then(|v| v.get(key)?.as_f64())
+    };
     let eval_loss_before = if eval_ex.is_empty() {
         None
     } else if resumed_from == 0 {
@@ -420,7 +447,7 @@ pub fn train_parallel(
         log(serde_json::json!({"step": 0, "eval_loss": l}))?;
         Some(l)
     } else {
-        None
+        logged(0, "eval_loss")
     };
 
     let progress = Progress {
@@ -430,12 +457,18 @@ pub fn train_parallel(
         start_step: resumed_from,
     };
     let (mut tokens, mut last_loss, mut last_eval) = (0usize, f64::NAN, None);
+    if resumed_from > 0 {
+        last_loss = logged(resumed_from, "loss").unwrap_or(f64::NAN);
+        if resumed_from == cfg.steps {
+            last_eval = logged(resumed_from, "eval_loss");
+        }
+    }
     let t0 = Instant::now();
     for step in state.step..cfg.steps {
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr_ratio);
         let mut grads: Vec<Option<Tensor>> = vec![None; model.params.len()];
         let (mut step_loss, mut step_tokens) = (0f64, 0usize);
-        for _ in 0..cfg.grad_accum {
+        for micro_index in 0..cfg.grad_accum {
             let mut micro = Vec::with_capacity(cfg.batch_size);
             for k in 0..cfg.batch_size * world {
                 let pos = state.cursor % n_train;
@@ -457,12 +490,29 @@ pub fn train_parallel(
             };
             let mut loss = lm;
             if cfg.align_loss {
-                let ps: Vec<&main_engine::score::Pair> =
-                    micro.iter().map(|&i| &pairs[train_idx[i]].pair).collect();
+                let ps: Vec<AlignPair> = micro
+                    .iter()
+                    .map(|&i| {
+                        let p = &pairs[train_idx[i]];
+                        AlignPair {
+                            pair: &p.pair,
+                            weight: p.weight,
+                            target_pmi: p.pmi.map(|s| s.other_than(direction)),
+                        }
+                    })
+                    .collect();
+                // Negatives drawn from (seed, step, micro-batch): the same
+                // draw after a resume.
+                let draw = cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    ^ ((step as u64) << 16)
+                    ^ micro_index as u64;
                 let a = align_loss(
                     model,
+                    direction,
                     &ps,
                     cfg.max_tokens,
+                    cfg.align_negatives,
+                    draw,
                     cfg.lambda_contrastive,
                     cfg.lambda_consistency,
                 )?;
@@ -594,25 +644,28 @@ fn finish(main: bool, model: &TrainModel, run: &RunDir, a: FinishArgs) -> Result
     Ok(report)
 }
 
-/// Keeps the metrics of steps up to `step` (a resumed run rewrites the rest).
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+/// Keeps the metrics of steps up to `step` (a resumed run rewrites the
+/// rest) and returns them.
+fn truncate_metrics(path: &Path, step: usize) -> Result<Vec<serde_json::Value>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let mut kept = String::new();
+    let (mut kept, mut records) = (String::new(), Vec::new());
     for line in text.lines() {
-        let s = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
-        // A line cut by the kill has no parsable step and goes too.
-        if let Some(s) = s {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            // A line cut by the kill does not parse and goes too.
+            continue;
+        };
+        if let Some(s) = v.get("step").and_then(|s| s.as_u64()) {
             if s as usize <= step {
                 kept.push_str(line);
                 kept.push('\n');
+                records.push(v);
             }
         }
     }
-    checkpoint::write_atomic(path, kept.as_bytes())
+    checkpoint::write_atomic(path, kept.as_bytes())?;
+    Ok(records)
 }

@@ -124,6 +124,20 @@ fn sigkilled_run_resumes_to_the_same_weights() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(cut.join("report.json")).unwrap()).unwrap();
     assert!(report["resumed_from"].as_u64().unwrap() >= 6);
+    // The resumed run reports the whole run's losses, those of the steps it
+    // did not redo as they were logged.
+    let full_report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("report.json")).unwrap()).unwrap();
+    for key in ["eval_loss_before", "eval_loss_after", "final_train_loss"] {
+        let (x, y) = (
+            full_report[key].as_f64().unwrap(),
+            report[key].as_f64().unwrap_or(f64::NAN),
+        );
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+            "{key}: {x} vs {y} after the resume"
+        );
+    }
 
     // The same loss curve...
     let (a, b) = (losses(&full), losses(&cut));

@@ -12,7 +12,7 @@ use main_trainer::sft::{lm_loss, loss_normaliser, train, TrainConfig};
 fn weighted(n: usize) -> Vec<WeightedPair> {
     common::alpaca_pairs(n)
         .into_iter()
-        .map(|pair| WeightedPair { pair, weight: 1.0 })
+        .map(|pair| WeightedPair::new(pair, 1.0))
         .collect()
 }
 

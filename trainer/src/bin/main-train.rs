@@ -105,9 +105,13 @@ struct SftArgs {
     /// Only the first N pairs of the data file.
     #[arg(long)]
     limit: Option<usize>,
-    /// Add the differentiable alignment loss (λ1 InfoNCE + λ2 consistency).
+    /// Add the differentiable alignment loss (λ1 sampled InfoNCE + λ2
+    /// consistency), on this direction's views only.
     #[arg(long)]
     align_loss: bool,
+    /// Negatives sampled per pair from the micro-batch (default 3).
+    #[arg(long)]
+    align_negatives: Option<usize>,
     #[arg(long)]
     lambda1: Option<f64>,
     #[arg(long)]
@@ -142,7 +146,8 @@ fn sft(a: SftArgs) -> Result<()> {
         eval_fraction,
         eval_every,
         checkpoint_every,
-        seed
+        seed,
+        align_negatives
     );
     if a.align_loss {
         cfg.align_loss = true;
