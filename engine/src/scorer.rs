@@ -350,22 +350,39 @@ impl Side {
 /// less): a longer response is cut at its end, as scoring cuts content
 /// (DESIGN.md §2), since generation cannot run past the context.
 fn reverse_prompt_ids(rev: &Side, response: &str, max_new: usize) -> Result<Vec<u32>> {
+    Ok(reverse_prompt(rev, response, max_new)?.1)
+}
+
+/// The reverse model's prompt for guessing `response`'s instruction, as
+/// rendered text and as ids, the response cut at its end until prompt and
+/// guess fit the context.
+fn reverse_prompt(rev: &Side, response: &str, max_new: usize) -> Result<(String, Vec<u32>)> {
     let tok = &rev.model.tokenizer;
     let context = rev.model.config.context_length;
     let budget = context.saturating_sub(max_new).max(context / 2);
-    let encode = |r: &str| -> Result<Vec<u32>> {
+    let encode = |r: &str| -> Result<(String, Vec<u32>)> {
         let prompt = rev.template.render_prompt(&reverse_content(r))?;
-        tok.encode(&prompt, tok.add_bos_default(), true)
+        let ids = tok.encode(&prompt, tok.add_bos_default(), true)?;
+        Ok((prompt, ids))
     };
-    let mut ids = encode(response)?;
+    let mut out = encode(response)?;
     let content = tok.encode(response, false, false)?;
     let mut keep = content.len();
     // Decoded pieces may merge differently when encoded again: cut until it fits.
-    while ids.len() > budget && keep > 0 {
-        keep = keep.saturating_sub(ids.len() - budget).min(keep - 1);
-        ids = encode(&tok.decode(&content[..keep]))?;
+    while out.1.len() > budget && keep > 0 {
+        keep = keep.saturating_sub(out.1.len() - budget).min(keep - 1);
+        out = encode(&tok.decode(&content[..keep]))?;
     }
-    Ok(ids)
+    Ok(out)
+}
+
+/// A prompt as text, for a server that tokenizes it itself (the external
+/// generator), and the strings that end its completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPrompt {
+    /// The rendered chat template; the server adds BOS as its model says.
+    pub text: String,
+    pub stop: Vec<String>,
 }
 
 /// Scores pairs with a forward model and, optionally, a separate reverse
@@ -686,6 +703,28 @@ impl Scorer {
             .collect::<Result<Vec<_>>>()?;
         let out = generate_batch(&rev.model, &self.rt, requests, BatchParams::default())?;
         Ok(out.into_iter().map(|g| g.text.trim().to_string()).collect())
+    }
+
+    /// The text [`Scorer::guess_instructions`] decodes from for `response`
+    /// (the reverse template, the response cut to fit the same way), and
+    /// the end of turn that stops the guess: what an external generator is
+    /// sent instead.
+    pub fn guess_prompt(&self, response: &str, max_new: usize) -> Result<TextPrompt> {
+        let rev = self.reverse_side();
+        Ok(TextPrompt {
+            text: reverse_prompt(rev, response, max_new)?.0,
+            stop: vec![rev.template.end_of_turn().to_string()],
+        })
+    }
+
+    /// The forward model's chat prompt for `instruction` (its answer comes
+    /// next) and the end of turn that stops the answer.
+    pub fn answer_prompt(&self, instruction: &str) -> Result<TextPrompt> {
+        let tpl = &self.forward.template;
+        Ok(TextPrompt {
+            text: tpl.render_prompt(instruction)?,
+            stop: vec![tpl.end_of_turn().to_string()],
+        })
     }
 
     /// The forward model's mean log-prob (nats per target token) of each

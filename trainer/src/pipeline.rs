@@ -41,6 +41,7 @@ use crate::data::{read_pairs, read_responses, Direction, PairPmi, WeightedPair};
 use crate::error::{Error, Result};
 use crate::json_float::null_as_nan;
 use crate::model::TrainModel;
+use crate::remote::{CompletionRequest, GeneratorConfig};
 use crate::sft::{train, TrainConfig, TrainReport};
 use state::{ResumeState, Stage};
 
@@ -89,6 +90,10 @@ pub struct SynthesisConfig {
     /// The forward model's answer (greedy) is at most this long.
     pub max_answer_tokens: usize,
     pub seed: u64,
+    /// An OpenAI-compatible server writes the guesses and the agreement
+    /// check's answers instead of the engine (`--generator URL`); the
+    /// scores stay the engine's. Unset: the engine's batched generation.
+    pub generator: Option<GeneratorConfig>,
 }
 
 impl Default for SynthesisConfig {
@@ -100,6 +105,7 @@ impl Default for SynthesisConfig {
             max_instruction_tokens: 48,
             max_answer_tokens: 96,
             seed: 1,
+            generator: None,
         }
     }
 }
@@ -283,8 +289,9 @@ pub struct PipelineReport {
 }
 
 /// Reads a TOML config and runs the pipeline; relative paths in it are
-/// relative to the config file's folder.
-pub fn run_file(path: &Path) -> Result<()> {
+/// relative to the config file's folder. `generator`: the external
+/// generator's URL, over the config's (`--generator`).
+pub fn run_file(path: &Path, generator: Option<&str>) -> Result<()> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut cfg: PipelineConfig = toml::from_str(&text)
         .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
@@ -297,6 +304,12 @@ pub fn run_file(path: &Path) -> Result<()> {
     ] {
         if p.is_relative() {
             *p = base.join(&*p);
+        }
+    }
+    if let Some(url) = generator {
+        match &mut cfg.synthesis.generator {
+            Some(g) => g.url = url.to_string(),
+            None => cfg.synthesis.generator = Some(GeneratorConfig::new(url)),
         }
     }
     let report = run(&cfg, true)?;
@@ -446,6 +459,7 @@ fn synthesize(
     fwd_dir: &Path,
     rev_dir: &Path,
     responses: &[String],
+    progress: bool,
 ) -> Result<Vec<Candidate>> {
     let fwd = Arc::new(EngineModel::load(fwd_dir)?);
     let rev = Arc::new(EngineModel::load(rev_dir)?);
@@ -465,6 +479,7 @@ fn synthesize(
     // the one this seed gives alone.
     let mut asked: Vec<&str> = Vec::with_capacity(responses.len() * s.candidates);
     let mut samplers = Vec::with_capacity(responses.len() * s.candidates);
+    let mut seeds = Vec::with_capacity(responses.len() * s.candidates);
     let mut asked_sources = Vec::with_capacity(responses.len() * s.candidates);
     for (i, y) in responses.iter().enumerate() {
         for c in 0..s.candidates {
@@ -478,11 +493,15 @@ fn synthesize(
                 top_p: s.top_p,
                 seed,
             })?);
+            seeds.push(seed);
             asked.push(y);
             asked_sources.push(i);
         }
     }
-    let guesses = scorer.guess_instructions(&asked, s.max_instruction_tokens, samplers)?;
+    let guesses = match &s.generator {
+        None => scorer.guess_instructions(&asked, s.max_instruction_tokens, samplers)?,
+        Some(g) => remote_guesses(g, s, &scorer, &asked, &seeds, progress)?,
+    };
     let mut pairs = Vec::new();
     let mut sources = Vec::new();
     for ((x, y), i) in guesses.into_iter().zip(asked).zip(asked_sources) {
@@ -519,6 +538,68 @@ fn synthesize(
         check_agreement(cfg, &fwd, &mut scorer, &mut out)?;
     }
     Ok(out)
+}
+
+/// The guesses of [`synthesize`] written by the external generator: the
+/// same prompts (the reverse template, as the engine renders and cuts them),
+/// seeds, temperature and top-p, sent as text.
+fn remote_guesses(
+    g: &GeneratorConfig,
+    s: &SynthesisConfig,
+    scorer: &Scorer,
+    responses: &[&str],
+    seeds: &[u64],
+    progress: bool,
+) -> Result<Vec<String>> {
+    let client = g.client(g.reverse_model.as_deref())?;
+    let requests = responses
+        .iter()
+        .zip(seeds)
+        .map(|(y, &seed)| {
+            let p = scorer.guess_prompt(y, s.max_instruction_tokens)?;
+            Ok(CompletionRequest {
+                prompt: p.text,
+                max_tokens: s.max_instruction_tokens,
+                temperature: f64::from(s.temperature),
+                top_p: f64::from(s.top_p),
+                seed,
+                stop: p.stop,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let n = requests.len();
+    let texts = client.complete(&requests, &|done| {
+        if progress && (done == 1 || done % 64 == 0 || done == n) {
+            eprintln!("pipeline: {done}/{n} guesses from {}", client.endpoint());
+        }
+    })?;
+    Ok(texts.into_iter().map(|t| t.trim().to_string()).collect())
+}
+
+/// The agreement check's answers written by the external generator:
+/// greedy, at most `max_answer_tokens`, ended by the forward template's end
+/// of turn.
+fn remote_answers<'a>(
+    g: &GeneratorConfig,
+    cfg: &PipelineConfig,
+    scorer: &Scorer,
+    instructions: impl Iterator<Item = &'a str>,
+) -> Result<Vec<String>> {
+    let client = g.client(g.forward_model.as_deref())?;
+    let requests = instructions
+        .map(|x| {
+            let p = scorer.answer_prompt(x)?;
+            Ok(CompletionRequest {
+                prompt: p.text,
+                max_tokens: cfg.synthesis.max_answer_tokens,
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: cfg.synthesis.seed,
+                stop: p.stop,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    client.complete(&requests, &|_| {})
 }
 
 /// Whether the filter can keep `c` at all, agreement aside.
@@ -575,10 +656,18 @@ fn check_agreement(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let answers = generate_batch(fwd, &rt, requests, BatchParams::default())?;
+        let answers: Vec<String> = match &cfg.synthesis.generator {
+            None => generate_batch(fwd, &rt, requests, BatchParams::default())?
+                .into_iter()
+                .map(|g| g.text)
+                .collect(),
+            Some(g) => {
+                remote_answers(g, cfg, scorer, wave.iter().map(|&i| &*cands[i].instruction))?
+            }
+        };
         let mut answered = Vec::with_capacity(wave.len());
-        for (&i, gen) in wave.iter().zip(answers) {
-            let mut answer = gen.text.trim().to_string();
+        for (&i, text) in wave.iter().zip(answers) {
+            let mut answer = text.trim().to_string();
             if answer.is_empty() {
                 // An empty answer has nothing to score; the end of turn stands for it.
                 answer = " ".into();
@@ -713,6 +802,7 @@ pub fn run(cfg: &PipelineConfig, progress: bool) -> Result<PipelineReport> {
                 &dir.join("forward/model"),
                 &dir.join("reverse/model"),
                 &responses,
+                progress,
             )?;
             write_jsonl(&scored, &cands)?;
             state.finish(round, Stage::Synthesize)?;

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
@@ -56,6 +57,74 @@ impl Default for RemoteParams {
     }
 }
 
+/// `[synthesis.generator]` of a pipeline config: the server that writes the
+/// round's guesses and answers instead of the engine.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// `http://HOST:PORT` of the OpenAI-compatible server.
+    pub url: String,
+    /// The served model that guesses instructions (plays the reverse
+    /// model); unset: the server's only model.
+    #[serde(default)]
+    pub reverse_model: Option<String>,
+    /// The served model that answers them for the agreement check (plays
+    /// the forward model); unset: the server's only model.
+    #[serde(default)]
+    pub forward_model: Option<String>,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_tries")]
+    pub tries: usize,
+    /// Seconds one request may take.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: f64,
+}
+
+fn default_concurrency() -> usize {
+    RemoteParams::default().concurrency
+}
+
+fn default_tries() -> usize {
+    RemoteParams::default().tries
+}
+
+fn default_timeout_s() -> f64 {
+    RemoteParams::default().timeout.as_secs_f64()
+}
+
+impl GeneratorConfig {
+    /// A config with `url` and the defaults (`--generator URL`).
+    pub fn new(url: impl Into<String>) -> GeneratorConfig {
+        GeneratorConfig {
+            url: url.into(),
+            reverse_model: None,
+            forward_model: None,
+            concurrency: default_concurrency(),
+            tries: default_tries(),
+            timeout_s: default_timeout_s(),
+        }
+    }
+
+    /// The client that asks `model` (one of the two above).
+    pub fn client(&self, model: Option<&str>) -> Result<RemoteGenerator> {
+        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
+            return Err(Error::invalid(
+                "synthesis.generator.timeout_s",
+                format!("{} (must be a positive number of seconds)", self.timeout_s),
+            ));
+        }
+        RemoteGenerator::new(RemoteParams {
+            url: self.url.clone(),
+            model: model.map(str::to_owned),
+            concurrency: self.concurrency,
+            tries: self.tries,
+            timeout: Duration::from_secs_f64(self.timeout_s),
+            ..RemoteParams::default()
+        })
+    }
+}
+
 /// One completion to ask for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompletionRequest {
@@ -64,6 +133,8 @@ pub struct CompletionRequest {
     pub max_tokens: usize,
     /// 0: greedy.
     pub temperature: f64,
+    /// Nucleus sampling (1: off).
+    pub top_p: f64,
     pub seed: u64,
     /// The completion ends before the first of these (not included).
     pub stop: Vec<String>,
@@ -201,6 +272,7 @@ impl RemoteGenerator {
             "prompt": req.prompt,
             "max_tokens": req.max_tokens,
             "temperature": req.temperature,
+            "top_p": req.top_p,
             "seed": req.seed,
             "n": 1,
             "stream": false,
@@ -340,6 +412,7 @@ mod tests {
             prompt: "x".into(),
             max_tokens: 1,
             temperature: 0.0,
+            top_p: 1.0,
             seed: 0,
             stop: vec![],
         };

@@ -4,8 +4,10 @@
 //! started and stopped by the test. Without that venv the tests say so and
 //! pass, except under CI (`CI` set), where a missing server is a failure.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -34,10 +36,7 @@ fn python() -> Option<PathBuf> {
 }
 
 fn model() -> PathBuf {
-    let dir = std::env::var_os("MAIN_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("fixtures"));
-    dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    common::fixture("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn free_port() -> u16 {
@@ -49,7 +48,7 @@ fn free_port() -> u16 {
 struct Server(Child);
 
 impl Server {
-    fn start(python: &PathBuf, port: u16) -> Server {
+    fn start(python: &Path, port: u16) -> Server {
         let mut child = Command::new(python)
             .arg(repo().join("scripts/generator-server.py"))
             .arg(model())
@@ -93,6 +92,7 @@ fn counting(n: usize) -> CompletionRequest {
         prompt: format!("Counting: {n}, {}, {},", n + 1, n + 2),
         max_tokens: 6,
         temperature: 0.0,
+        top_p: 1.0,
         seed: 7,
         stop: vec!["\n".into()],
     }
@@ -189,4 +189,119 @@ fn a_server_stopped_mid_run_is_a_clear_error_and_the_run_can_go_on() {
     let _again = Server::start(&py, port);
     let texts = g.complete(&requests, &|_| {}).unwrap();
     assert_eq!(texts.len(), requests.len());
+}
+
+/// A one-round pipeline on a tiny model whose guesses and answers come from
+/// the server (the fixture GGUF, one slot, one request at a time, so that
+/// the server sees the same requests in the same order every run).
+fn pipeline_config(dir: &Path, port: u16) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let model = common::tiny_model(dir, "llama", true, 5);
+    let pairs = common::alpaca_pairs(14);
+    common::write_pairs(&dir.join("seed.jsonl"), &pairs[..8]);
+    let mut u = String::new();
+    for p in &pairs[8..] {
+        u.push_str(&serde_json::json!({ "response": p.response }).to_string());
+        u.push('\n');
+    }
+    std::fs::write(dir.join("unlabeled.jsonl"), u).unwrap();
+    let config = dir.join("main.toml");
+    let toml = format!(
+        r#"
+base_model = "{}"
+seed_pairs = "seed.jsonl"
+unlabeled = "unlabeled.jsonl"
+out_dir = "out"
+rounds = 1
+threads = 1
+
+[train]
+steps = 2
+batch_size = 3
+max_tokens = 48
+checkpoint_every = 1
+
+[synthesis]
+candidates = 2
+temperature = 0.8
+max_instruction_tokens = 12
+max_answer_tokens = 8
+
+[synthesis.generator]
+url = "http://127.0.0.1:{port}"
+concurrency = 1
+tries = 2
+timeout_s = 60
+
+[filter]
+keep_top = 0.5
+min_agreement = -100.0
+max_tokens = 64
+"#,
+        model.display()
+    );
+    std::fs::write(&config, toml).unwrap();
+    config
+}
+
+fn pipeline(config: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_main-train"));
+    c.args(["pipeline", "--config"])
+        .arg(config)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(Stdio::null());
+    c
+}
+
+/// The kept pairs of a finished run (instruction, response, weight).
+fn curated(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("out/curated.jsonl")).unwrap()
+}
+
+/// The pipeline's synthesis through the server, the server killed while the
+/// guesses are coming in: the run stops with an error naming the server,
+/// and the same command, once the server is back, continues (training is
+/// not redone) and ends with the kept pairs of a run that was never
+/// interrupted.
+#[test]
+fn the_pipeline_synthesises_through_the_server_and_resumes_after_it_stops() {
+    let Some(py) = python() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+
+    let port = free_port();
+    let whole = pipeline_config(&tmp.path().join("whole"), port);
+    let server = Server::start(&py, port);
+    let st = pipeline(&whole).stderr(Stdio::null()).status().unwrap();
+    assert!(st.success(), "the uninterrupted run failed");
+    drop(server);
+    let expected = curated(&tmp.path().join("whole"));
+    assert!(!expected.is_empty());
+
+    let port = free_port();
+    let cut = pipeline_config(&tmp.path().join("cut"), port);
+    let mut server = Server::start(&py, port);
+    let mut child = pipeline(&cut).stderr(Stdio::piped()).spawn().unwrap();
+    let mut said = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("guesses from") {
+            server.stop();
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    let st = child.wait().unwrap();
+    assert!(!st.success(), "the run went on without its server: {said}");
+    let endpoint = format!("generator http://127.0.0.1:{port}/v1/completions");
+    assert!(said.contains(&endpoint), "{said}");
+
+    let _again = Server::start(&py, port);
+    let out = pipeline(&cut).stderr(Stdio::piped()).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        !said.contains("round-1/forward") && !said.contains("round-1/reverse"),
+        "round 1's training ran again: {said}"
+    );
+    assert_eq!(curated(&tmp.path().join("cut")), expected);
 }

@@ -59,6 +59,11 @@ enum Cmd {
     Pipeline {
         #[arg(long)]
         config: PathBuf,
+        /// An OpenAI-compatible server (http://HOST:PORT: vLLM, SGLang,
+        /// llama.cpp's server) writes the guesses and answers; overrides
+        /// `[synthesis.generator] url`.
+        #[arg(long, value_name = "URL")]
+        generator: Option<String>,
     },
 }
 
@@ -248,7 +253,9 @@ fn run(cli: Cli) -> Result<()> {
             let c = main_engine::config::Config::from_hf_json(&bytes)?;
             main_trainer::model::write_random(&out, &c, tied, &tokenizer, std, seed)
         }
-        Cmd::Pipeline { config } => main_trainer::pipeline::run_file(&config),
+        Cmd::Pipeline { config, generator } => {
+            main_trainer::pipeline::run_file(&config, generator.as_deref())
+        }
     }
 }
 

@@ -81,6 +81,18 @@ pub fn run_identity(cfg: &PipelineConfig) -> Result<Value> {
         for k in ["out_dir", "base_model", "seed_pairs", "unlabeled"] {
             o.remove(k);
         }
+        // Where the external generator listens and how it is reached may
+        // change between a kill and the resume (a restarted server); which
+        // models it serves is part of the run.
+        let generator = o
+            .get_mut("synthesis")
+            .and_then(|s| s.get_mut("generator"))
+            .and_then(Value::as_object_mut);
+        if let Some(g) = generator {
+            for k in ["url", "concurrency", "tries", "timeout_s"] {
+                g.remove(k);
+            }
+        }
     }
     let mut model = serde_json::Map::new();
     let entries = std::fs::read_dir(&cfg.base_model).map_err(|e| Error::io(&cfg.base_model, e))?;
