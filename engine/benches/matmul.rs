@@ -5,6 +5,15 @@
 //!
 //! `MAIN_BENCH_ISA=scalar|avx2|avxvnni|avx512|avx512vnni|neon|neon-dotprod`
 //! forces a kernel set.
+//!
+//! For `Exact` on x86 it also prints each case's share of the f32 FMA peak:
+//! `threads x 2 FMA pipes x lanes (8 for the AVX2 sets, 16 for AVX-512) x 2
+//! FLOP x clock`. The clock is `MAIN_BENCH_CLOCK_MHZ` if set, else the first
+//! "cpu MHz" of /proc/cpuinfo, which under a hypervisor can be the nominal
+//! clock rather than the one the core runs at (the line says which it used).
+//! Two figures: by wall time, and per second the process's threads spent on
+//! a CPU (Linux schedstat), which a machine shared with other work leaves
+//! closer to what the kernel does while it runs.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use main_engine::kernels::{self, Isa, Kernels};
@@ -60,6 +69,87 @@ fn weight_bytes(dtype: DType, n_out: usize, n_in: usize) -> Vec<u8> {
     data
 }
 
+/// The clock for the peak figure, in MHz, and where it came from.
+fn clock_mhz() -> Option<(f64, &'static str)> {
+    if let Ok(v) = std::env::var("MAIN_BENCH_CLOCK_MHZ") {
+        let mhz = v
+            .parse()
+            .unwrap_or_else(|_| panic!("MAIN_BENCH_CLOCK_MHZ: not a number: {v:?}"));
+        return Some((mhz, "MAIN_BENCH_CLOCK_MHZ"));
+    }
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz = line.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz, "/proc/cpuinfo \"cpu MHz\""))
+}
+
+/// f32 lanes per FMA of a kernel set's `Exact` tile, where the peak figure applies.
+fn fma_lanes(isa: Isa) -> Option<usize> {
+    match isa {
+        Isa::Avx2 | Isa::AvxVnni => Some(8),
+        Isa::Avx512 | Isa::Avx512Vnni => Some(16),
+        _ => None,
+    }
+}
+
+/// Nanoseconds every thread of this process has spent on a CPU (Linux).
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
+/// The work criterion's samples did and the time it took, wall and CPU
+/// (all of the process's threads): totals, as schedstat's CPU time is only
+/// exact over many scheduler ticks.
+#[derive(Default)]
+struct Totals {
+    flops: f64,
+    wall_s: f64,
+    cpu_s: f64,
+}
+
+impl Totals {
+    /// Runs `f` `iters` times for criterion, adding up work and times.
+    fn time(&mut self, iters: u64, flops: f64, f: &mut dyn FnMut()) -> std::time::Duration {
+        let (t, cpu0) = (std::time::Instant::now(), process_cpu_ns());
+        for _ in 0..iters {
+            f();
+        }
+        let wall = t.elapsed();
+        if let (Some(a), Some(b)) = (cpu0, process_cpu_ns()) {
+            self.flops += flops * iters as f64;
+            self.wall_s += wall.as_secs_f64();
+            self.cpu_s += b.saturating_sub(a) as f64 * 1e-9;
+        }
+        wall
+    }
+
+    /// Prints the share of the f32 FMA peak, by wall time and by CPU time.
+    fn print_peak_share(&self, id: &str, n_threads: usize, lanes: usize) {
+        let Some((mhz, source)) = clock_mhz() else {
+            return println!("peak {id}: no clock (set MAIN_BENCH_CLOCK_MHZ)");
+        };
+        let peak = n_threads as f64 * 2.0 * lanes as f64 * 2.0 * mhz * 1e6;
+        // Per CPU-second the peak is one thread's, whatever the thread count.
+        let per_thread = peak / n_threads as f64;
+        let (wall, cpu) = (self.flops / self.wall_s, self.flops / self.cpu_s);
+        println!(
+            "peak {id}: mean {:.1} GFLOP/s = {:.0}% of the f32 FMA peak {:.1} GFLOP/s \
+             ({n_threads} thr x 2 pipes x {lanes} lanes x 2 x {mhz:.0} MHz from {source}); \
+             {:.1} GFLOP/s per CPU-second = {:.0}%",
+            wall / 1e9,
+            100.0 * wall / peak,
+            peak / 1e9,
+            cpu / 1e9,
+            100.0 * cpu / per_thread,
+        );
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let k = kernels_under_test();
     let cases = [
@@ -72,7 +162,8 @@ fn bench(c: &mut Criterion) {
         (DType::F16, Precision::Exact),
     ];
     for (dtype, precision) in cases {
-        let mut group = c.benchmark_group(format!("matmul_{:?}_{dtype:?}_{precision:?}", k.isa));
+        let group_name = format!("matmul_{:?}_{dtype:?}_{precision:?}", k.isa);
+        let mut group = c.benchmark_group(&group_name);
         group.sample_size(10);
         group.warm_up_time(std::time::Duration::from_millis(300));
         group.measurement_time(std::time::Duration::from_secs(1));
@@ -90,10 +181,24 @@ fn bench(c: &mut Criterion) {
                 for n_threads in [1, 2] {
                     let threads = Threads::new(n_threads);
                     group.throughput(Throughput::Elements((2 * n_out * n_in * n_tok) as u64));
-                    let id = BenchmarkId::new(name, format!("tok{n_tok}_thr{n_threads}"));
+                    let case = format!("tok{n_tok}_thr{n_threads}");
+                    let id = BenchmarkId::new(name, &case);
+                    let flops = (2 * n_out * n_in * n_tok) as f64;
+                    let mut totals = Totals::default();
                     group.bench_function(id, |b| {
-                        b.iter(|| matmul_with(k, &threads, precision, &w, &x, n_tok, &mut y))
+                        b.iter_custom(|iters| {
+                            totals.time(iters, flops, &mut || {
+                                matmul_with(k, &threads, precision, &w, &x, n_tok, &mut y)
+                            })
+                        })
                     });
+                    // Only where criterion's filter let the case run.
+                    if let (Precision::Exact, Some(lanes), true) =
+                        (precision, fma_lanes(k.isa), totals.wall_s > 0.0)
+                    {
+                        let id = format!("{group_name}/{name}/{case}");
+                        totals.print_peak_share(&id, n_threads, lanes);
+                    }
                 }
             }
         }

@@ -12,7 +12,10 @@
 use crate::config::{Config, RopeStyle};
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value};
-use crate::kernels::attention::{attend_head, HeadAttention};
+use crate::kernels::{
+    self,
+    attention::{attend_head, HeadAttention},
+};
 pub use crate::kv_cache::KvCache;
 use crate::matmul::{matmul_input, Precision, QuantizedInput, Weight};
 use crate::quant::dequantize_row;
@@ -490,13 +493,13 @@ impl Model {
 
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block.
-            rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
+            rms_norm(threads, &x, &layer.attn_norm, c.rms_eps, &mut xn);
             let mut xn_q = QuantizedInput::new(p, &xn, n_tok);
             mm(&layer.wq, &mut xn_q, &mut q);
             mm(&layer.wk, &mut xn_q, &mut k);
             mm(&layer.wv, &mut xn_q, &mut v);
-            rope.apply(&mut q, c.n_heads, hd, c.rope_style);
-            rope.apply(&mut k, c.n_kv_heads, hd, c.rope_style);
+            rope.apply(threads, &mut q, c.n_heads, hd, c.rope_style);
+            rope.apply(threads, &mut k, c.n_kv_heads, hd, c.rope_style);
             let mut t0 = 0;
             for (cache, toks) in caches.iter_mut().zip(tokens) {
                 cache.store(l, &k[t0 * kv_dim..], &v[t0 * kv_dim..], toks.len());
@@ -508,25 +511,27 @@ impl Model {
                 &mut QuantizedInput::new(p, &attn, n_tok),
                 &mut proj,
             );
-            add_in_place(&mut x, &proj);
+            add_in_place(threads, &mut x, &proj, d);
 
             // Feed-forward block (SwiGLU).
-            rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
+            rms_norm(threads, &x, &layer.ffn_norm, c.rms_eps, &mut xn);
             let mut xn_q = QuantizedInput::new(p, &xn, n_tok);
             mm(&layer.w_gate, &mut xn_q, &mut gate);
             mm(&layer.w_up, &mut xn_q, &mut up);
-            crate::kernels::activation::silu_mul(&mut gate, &up);
+            by_rows(threads, &mut gate, c.d_ff, |r0, g| {
+                crate::kernels::activation::silu_mul(g, &up[r0 * c.d_ff..][..g.len()])
+            });
             mm(
                 &layer.w_down,
                 &mut QuantizedInput::new(p, &gate, n_tok),
                 &mut proj,
             );
-            add_in_place(&mut x, &proj);
+            add_in_place(threads, &mut x, &proj, d);
         }
         for (cache, toks) in caches.iter_mut().zip(tokens) {
             cache.len += toks.len();
         }
-        rms_norm(&x, &self.output_norm, c.rms_eps, &mut xn);
+        rms_norm(threads, &x, &self.output_norm, c.rms_eps, &mut xn);
         Ok(xn)
     }
 
@@ -560,26 +565,21 @@ impl RopeTable {
         RopeTable { cos, sin, half }
     }
 
-    /// Rotates `x`: `(T, n_heads * hd)` in place.
-    pub(crate) fn apply(&self, x: &mut [f32], n_heads: usize, hd: usize, style: RopeStyle) {
+    /// Rotates `x`: `(T, n_heads * hd)` in place, rows spread over the
+    /// threads ([`by_rows`]).
+    pub(crate) fn apply(
+        &self,
+        threads: &Threads,
+        x: &mut [f32],
+        n_heads: usize,
+        hd: usize,
+        style: RopeStyle,
+    ) {
         let half = self.half;
-        for (t, row) in x.chunks_exact_mut(n_heads * hd).enumerate() {
-            let (cos, sin) = (
-                &self.cos[t * half..(t + 1) * half],
-                &self.sin[t * half..(t + 1) * half],
-            );
-            for head in row.chunks_exact_mut(hd) {
-                for i in 0..half {
-                    let (a, b) = match style {
-                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                        RopeStyle::Halves => (i, i + half),
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * cos[i] - x1 * sin[i];
-                    head[b] = x0 * sin[i] + x1 * cos[i];
-                }
-            }
-        }
+        by_rows(threads, x, n_heads * hd, |t0, rows| {
+            let (cos, sin) = (&self.cos[t0 * half..], &self.sin[t0 * half..]);
+            kernels::rope::rotate(rows, cos, sin, n_heads, hd, style)
+        });
     }
 }
 
@@ -659,23 +659,46 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn add_in_place(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
+/// Elements below which an element-wise layer stays on the calling thread:
+/// handing work to the pool costs microseconds, about what one thread takes
+/// for this many elements.
+const MIN_ELEMENTS_PER_TASK: usize = 1 << 14;
+
+/// Runs `f(first_row, rows)` over `data` (whole rows of `row_len`): on the
+/// calling thread for small batches, else in one contiguous group of rows per
+/// thread. Every row is computed alike however the rows are grouped, so
+/// results never depend on the thread count.
+fn by_rows(
+    threads: &Threads,
+    data: &mut [f32],
+    row_len: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    let n_rows = data.len() / row_len.max(1);
+    let n_tasks = (data.len() / MIN_ELEMENTS_PER_TASK)
+        .min(threads.n_threads())
+        .min(n_rows);
+    if n_tasks <= 1 {
+        return f(0, data);
     }
+    let rows_per_task = n_rows.div_ceil(n_tasks);
+    let mut groups: Vec<&mut [f32]> = data.chunks_mut(rows_per_task * row_len).collect();
+    threads.for_each_mut(&mut groups, |i, rows| f(i * rows_per_task, rows));
 }
 
-/// RMSNorm of every row of `x` (`(T, d)`) into `out`; the mean square is
-/// accumulated in f64 because it is cheap and removes one error source.
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+/// The residual add `x += y` over rows of `d`, spread over the threads.
+fn add_in_place(threads: &Threads, x: &mut [f32], y: &[f32], d: usize) {
+    by_rows(threads, x, d, |r0, rows| {
+        kernels::residual::add_in_place(rows, &y[r0 * d..][..rows.len()])
+    });
+}
+
+/// RMSNorm of every row of `x` (`(T, d)`) into `out`, spread over the threads.
+fn rms_norm(threads: &Threads, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let ms = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64;
-        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
-        for ((oi, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
-            *oi = xi * inv * wi;
-        }
-    }
+    by_rows(threads, out, d, |r0, rows| {
+        kernels::rms_norm::rms_norm(&x[r0 * d..][..rows.len()], w, eps, rows)
+    });
 }
 
 /// The template of a model lives with the model, so that `template` needs
@@ -686,5 +709,38 @@ impl ChatTemplate {
     pub fn for_model(model: &Model) -> Result<ChatTemplate> {
         let (bos, eos) = model.special_token_texts();
         ChatTemplate::new(model.chat_template.as_deref(), bos, eos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row is handed out once, with its own index, on one thread or two.
+    #[test]
+    fn by_rows_visits_every_row_once_with_its_index() {
+        let row_len = 7;
+        let n_rows = 3 * MIN_ELEMENTS_PER_TASK / row_len + 5;
+        for n_threads in [1, 2] {
+            let threads = Threads::new(n_threads);
+            for n in [1, 2, n_rows] {
+                let mut data = vec![-1f32; n * row_len];
+                by_rows(&threads, &mut data, row_len, |r0, rows| {
+                    assert_eq!(rows.len() % row_len, 0);
+                    for (k, row) in rows.chunks_exact_mut(row_len).enumerate() {
+                        for v in row.iter_mut() {
+                            assert_eq!(*v, -1.0, "row {} visited twice", r0 + k);
+                            *v = (r0 + k) as f32;
+                        }
+                    }
+                });
+                for (r, row) in data.chunks_exact(row_len).enumerate() {
+                    assert!(
+                        row.iter().all(|&v| v == r as f32),
+                        "{n_threads} threads, row {r}"
+                    );
+                }
+            }
+        }
     }
 }

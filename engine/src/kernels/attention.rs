@@ -7,9 +7,10 @@
 //! thin `#[target_feature]` wrappers chosen at run time, as the matmul
 //! kernels are; on wasm32 and aarch64 the baseline (simd128, NEON) is used.
 //! Its two inner loops sit behind a small trait ([`Blocks`]): portable code
-//! the compiler vectorises, one query at a time, and on AVX-512 explicit
-//! code for eight queries at a time, where each key or value vector loaded
-//! feeds eight fused multiply-adds.
+//! the compiler vectorises, one query at a time, and on AVX-512 and AVX2
+//! explicit code for eight queries at a time, where each key or value vector
+//! loaded feeds several fused multiply-adds (eight on AVX-512; four on AVX2,
+//! whose 16 registers hold 4 queries x 16 keys of accumulators).
 
 use std::sync::OnceLock;
 
@@ -62,7 +63,7 @@ fn attend_baseline(a: &HeadAttention, out: &mut [f32], scores: &mut Vec<f32>) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{attend, Blocks, HeadAttention, Portable, KW};
+    use super::{attend, Blocks, HeadAttention, KW};
 
     /// Eight queries at a time: each key or value vector loaded feeds eight
     /// fused multiply-adds into eight independent accumulators.
@@ -142,6 +143,89 @@ mod x86 {
         }
     }
 
+    /// Eight queries at a time in two halves of four: a half's 4 queries x
+    /// 16 keys (or value dimensions) are 8 ymm accumulators, 8 independent
+    /// FMA chains, and each pair of key or value vectors loaded feeds 8 FMAs.
+    struct Avx2;
+
+    impl Blocks<8> for Avx2 {
+        #[inline(always)]
+        fn scores(a: &HeadAttention, q_t: &[f32], key0: usize, s: &mut [f32], n: usize, j: usize) {
+            // SAFETY: only reached from `avx2` below.
+            unsafe { scores_avx2(a, q_t, key0, s, n, j) }
+        }
+
+        #[inline(always)]
+        fn values(a: &HeadAttention, p: &[f32], n: usize, lo: usize, d0: usize, out: &mut [f32]) {
+            // SAFETY: only reached from `avx2` below.
+            unsafe { values_avx2(a, p, n, lo, d0, out) }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn scores_avx2(a: &HeadAttention, q_t: &[f32], key0: usize, s: &mut [f32], n: usize, j: usize) {
+        let (hd, cap) = (a.head_dim, a.capacity);
+        assert!(hd > 0 && key0 + KW <= cap && a.keys_t.len() >= hd * cap);
+        assert!(q_t.len() >= 8 * hd && s.len() >= 7 * n + j + KW);
+        // SAFETY: the asserts bound every read (keys `d * cap + key0 .. + KW`
+        // for d < hd, queries `d * 8 + qi`) and write (`qi * n + j .. + KW`).
+        unsafe {
+            let (kp, qp) = (a.keys_t.as_ptr().add(key0), q_t.as_ptr());
+            for half in [0, 4] {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for d in 0..hd {
+                    let k = [
+                        _mm256_loadu_ps(kp.add(d * cap)),
+                        _mm256_loadu_ps(kp.add(d * cap + 8)),
+                    ];
+                    for (qi, acc) in acc.iter_mut().enumerate() {
+                        let q = _mm256_broadcast_ss(&*qp.add(d * 8 + half + qi));
+                        acc[0] = _mm256_fmadd_ps(q, k[0], acc[0]);
+                        acc[1] = _mm256_fmadd_ps(q, k[1], acc[1]);
+                    }
+                }
+                for (qi, acc) in acc.iter().enumerate() {
+                    let at = s.as_mut_ptr().add((half + qi) * n + j);
+                    _mm256_storeu_ps(at, acc[0]);
+                    _mm256_storeu_ps(at.add(8), acc[1]);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn values_avx2(a: &HeadAttention, p: &[f32], n: usize, lo: usize, d0: usize, out: &mut [f32]) {
+        let hd = a.head_dim;
+        assert!(n > 0 && (lo + n - 1) * hd + d0 + KW <= a.values.len());
+        assert!(p.len() >= 8 * n && out.len() >= 7 * hd + d0 + KW);
+        // SAFETY: the asserts bound every read (values `(lo + j) * hd + d0 ..
+        // + KW` for j < n, weights `qi * n + j`) and write (`qi * hd + d0 ..`).
+        unsafe {
+            let (vp, pp) = (a.values.as_ptr().add(lo * hd + d0), p.as_ptr());
+            for half in [0, 4] {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for j in 0..n {
+                    let v = [
+                        _mm256_loadu_ps(vp.add(j * hd)),
+                        _mm256_loadu_ps(vp.add(j * hd + 8)),
+                    ];
+                    for (qi, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm256_broadcast_ss(&*pp.add((half + qi) * n + j));
+                        acc[0] = _mm256_fmadd_ps(w, v[0], acc[0]);
+                        acc[1] = _mm256_fmadd_ps(w, v[1], acc[1]);
+                    }
+                }
+                for (qi, acc) in acc.iter().enumerate() {
+                    let at = out.as_mut_ptr().add((half + qi) * hd + d0);
+                    _mm256_storeu_ps(at, acc[0]);
+                    _mm256_storeu_ps(at.add(8), acc[1]);
+                }
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512vl,fma")]
     unsafe fn avx512(a: &HeadAttention, out: &mut [f32], scores: &mut Vec<f32>) {
         attend::<8, true, Avx512>(a, out, scores)
@@ -149,7 +233,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2(a: &HeadAttention, out: &mut [f32], scores: &mut Vec<f32>) {
-        attend::<1, true, Portable<true>>(a, out, scores)
+        attend::<8, true, Avx2>(a, out, scores)
     }
 
     pub fn attend_avx512(a: &HeadAttention, out: &mut [f32], scores: &mut Vec<f32>) {
@@ -454,6 +538,7 @@ mod tests {
                 keys_t[d * cap + p] = keys[p * hd + d];
             }
         }
+        #[allow(unused_mut)] // Only x86_64 adds kernels of its own.
         let mut fns: Vec<AttendFn> = vec![attend_baseline];
         #[cfg(target_arch = "x86_64")]
         {

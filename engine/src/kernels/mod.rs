@@ -182,6 +182,9 @@ mod acts;
 pub mod arm;
 pub mod attention;
 pub mod isa_cap;
+pub mod residual;
+pub mod rms_norm;
+pub mod rope;
 pub mod scalar;
 pub mod softmax;
 mod stripes;
@@ -524,8 +527,8 @@ impl Kernels {
 }
 
 /// The float SIMD level the element-wise kernels (attention, softmax,
-/// activation) are compiled for on this CPU, detected once; each kernel maps
-/// it to its own per-ISA function.
+/// activation, RMSNorm, RoPE, the residual add) are compiled for on this
+/// CPU, detected once; each kernel maps it to its own per-ISA function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FloatSimd {
     /// AVX-512F with FMA (x86_64).

@@ -81,8 +81,9 @@ fn rope_mismatches(gpu: &Arc<dyn Backend>) -> usize {
             q.extend_from_slice(&row[..h * hd]);
             k.extend_from_slice(&row[h * hd..(h + hkv) * hd]);
         }
-        cpu.apply(&mut q, h, hd, style);
-        cpu.apply(&mut k, hkv, hd, style);
+        let one = crate::threads::Threads::new(1);
+        cpu.apply(&one, &mut q, h, hd, style);
+        cpu.apply(&one, &mut k, hkv, hd, style);
         let qb = Buf::from_f32(gpu, &qkv, "t").unwrap();
         let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
         let posb = Buf::from_i32(gpu, &pos, "t").unwrap();

@@ -382,26 +382,50 @@ pub unsafe fn pack_f(rows: &WeightRows, scratch: &mut PackedQ, packed: &mut Pack
     }
 }
 
+/// Tokens per f32 register tile: 12 accumulators (8 rows x 12 tokens) of
+/// the 16 ymm registers, one for the weight vector and one for the
+/// broadcast token value. FMA has a latency of 4-5 cycles on two pipes, so
+/// 8 to 10 independent chains keep both busy; 12 leave slack for the 13
+/// loads per step (one weight vector, 12 broadcasts) to issue around them.
+const F_TOKENS: usize = 12;
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f(packed: &PackedF, x: &[f32], out: &mut OutTile) {
     let n_tok = out.stripe.n_rows();
-    sweep_tokens!(n_tok, 8, |t0, NT| unsafe {
-        dot_f_tile::<NT>(packed, x, t0, out)
+    let mut t0 = 0;
+    while t0 + F_TOKENS <= n_tok {
+        // SAFETY: `t0 + F_TOKENS <= n_tok`.
+        unsafe { dot_f_tile::<F_TOKENS>(packed, x, t0, out) };
+        t0 += F_TOKENS;
+    }
+    // The remainder (0..F_TOKENS tokens): 8 at most in one tile, then the rest.
+    let base = t0;
+    sweep_tokens!(n_tok - base, 8, |t0, NT| unsafe {
+        dot_f_tile::<NT>(packed, x, base + t0, out)
     })
 }
 
+/// Rows `0..8` of the packed tile times tokens `t0..t0 + NT`. Each token's
+/// row of `x` gets its own pointer, computed once, so the inner loop
+/// addresses every broadcast as `row + i` (one index register for all)
+/// instead of recomputing `(t0 + j) * n_in + i`. The sum over `i` runs in
+/// input order with one rounding per step, as the scalar reference does
+/// (without its separate multiply rounding).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f_tile<const NT: usize>(packed: &PackedF, x: &[f32], t0: usize, out: &mut OutTile) {
     let n_in = packed.n_in;
     let mut acc = [_mm256_setzero_ps(); NT];
-    // SAFETY: as in the AVX-512 `dot_f_tile`.
+    // SAFETY: the tile holds `n_in * TR` floats and `x` holds `n_in` per
+    // token with `t0 + NT <= n_tok` (callers), so every row pointer and
+    // `row + i` for `i < n_in` lies inside `x`.
     unsafe {
         let w = packed.w.floats().as_ptr();
-        let x = x.as_ptr().add(t0 * n_in);
+        let base = x.as_ptr().add(t0 * n_in);
+        let rows: [*const f32; NT] = std::array::from_fn(|j| base.add(j * n_in));
         for i in 0..n_in {
             let wv = _mm256_loadu_ps(w.add(i * TR));
-            for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(wv, _mm256_set1_ps(*x.add(j * n_in + i)), *acc);
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                *acc = _mm256_fmadd_ps(wv, _mm256_broadcast_ss(&*row.add(i)), *acc);
             }
         }
         let mask = lane_mask(packed.n_rows);
