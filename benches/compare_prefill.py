@@ -6,7 +6,7 @@ text (tests/data/fidelity.txt, 8 segments of 375-850 tokens, each scored as
 its own sequence), with the same thread count, on the same machine:
 
   main-score   `main-score logprobs --report-speed` (--precision fast and exact;
-               the default is fast on CPUs with AVX-512 VNNI, exact elsewhere)
+               the default is fast on CPUs with AVX-512 VNNI or AVX-VNNI, exact elsewhere)
   llama.cpp    llama-cpp-python, same GGUF, logits for every position
                (logits_all=True, as a scorer needs), log-softmax in numpy
   PyTorch      transformers on the dequantized F32 weights (fixtures/smollm2-f32)

@@ -1,8 +1,10 @@
 //! Forward pass + per-token log-probs of the fixture model
 //! (SmolLM2-135M-Instruct Q4_1) over 512 tokens of real text (the start of
-//! tests/data/fidelity.txt), with 2 threads, in `Fast` (int8) and `Exact`
-//! (f32) precision: `logprob::sequence_logprobs`, as `main-score logprobs`
-//! runs it. Throughput is in elements = tokens.
+//! tests/data/fidelity.txt), with 2 threads, in `Fast` (two activation
+//! bytes), `Exact` (f32) and `Int8` (one byte) precision:
+//! `logprob::sequence_logprobs`, as `main-score logprobs` runs it. `MAIN_ISA`
+//! caps the kernel set (BENCHMARKS.md's table of the default precision per
+//! CPU comes from this bench). Throughput is in elements = tokens.
 //!
 //!     cargo bench -p main-engine --bench forward
 //!
@@ -81,7 +83,7 @@ fn main() {
         .configure_from_args();
     let mut group = c.benchmark_group("forward_logprobs_smollm2_135m_q4_1");
     group.throughput(Throughput::Elements(ids.len() as u64));
-    for precision in [Precision::Fast, Precision::Exact] {
+    for precision in [Precision::Fast, Precision::Exact, Precision::Int8] {
         let rt = Runtime::new(threads, precision);
         let id = BenchmarkId::new(
             format!("{precision:?}"),

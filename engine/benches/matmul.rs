@@ -1,6 +1,7 @@
 //! Matmul throughput for SmolLM2-135M's shapes (d_model 576, d_ff 1536, one
 //! 4096-row chunk of the 49152-row LM head), in FLOP/s (2 per multiply-add):
-//! Q4_1 and Q8_0 weights in `Fast` mode, Q4_1 and F16 in `Exact` mode, for one
+//! Q4_1, Q8_0 and F16 weights in `Fast` mode, Q4_1 and Q8_0 in `Int8` mode,
+//! Q4_1, Q8_0 and F16 in `Exact` mode, for one
 //! token (decode) and 256 (prefill), on 1 and 2 threads.
 //!
 //! `MAIN_BENCH_ISA=scalar|avx2|avxvnni|avx512|avx512vnni|neon|neon-dotprod`
@@ -156,6 +157,7 @@ fn bench(c: &mut Criterion) {
         (DType::Q4_1, Precision::Fast),
         (DType::Q8_0, Precision::Fast),
         (DType::F16, Precision::Fast),
+        (DType::Q4_1, Precision::Int8),
         (DType::Q8_0, Precision::Int8),
         (DType::Q4_1, Precision::Exact),
         (DType::Q8_0, Precision::Exact),

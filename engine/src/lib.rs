@@ -21,6 +21,7 @@ pub mod gguf;
 pub mod job;
 pub mod kernels;
 pub mod kv_cache;
+pub mod lanes;
 pub mod logprob;
 pub mod matmul;
 pub mod model;

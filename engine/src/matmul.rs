@@ -52,13 +52,19 @@ pub enum Precision {
 }
 
 impl Default for Precision {
-    /// `Fast` where the kernels multiply bytes with a dot-product instruction
-    /// (AVX-512 VNNI: there Fast is about 1.25x Exact end to end), `Exact`
-    /// elsewhere (on AVX2 Fast's two byte products per weight run at about
-    /// half of Exact's f32 speed; BENCHMARKS.md).
+    /// The faster of the two accurate precisions (`Exact`, `Fast`) on this
+    /// CPU's kernel set, as measured (BENCHMARKS.md, "Default precision per
+    /// kernel set"; keep the two in step): `Fast` where bytes have a
+    /// dot-product instruction (AVX-VNNI: 1.5-1.7x `Exact` end to end;
+    /// AVX-512 VNNI: 1.25x in quieter runs, undecided in loaded ones), `Exact` elsewhere (AVX2 and AVX-512 without VNNI, where
+    /// two byte products per weight cost about what one f32 FMA does, and
+    /// targets not measured). `Int8` is faster still but is never the
+    /// default: it is as far from the float64 result as llama.cpp (about
+    /// 0.06 nats mean), beyond the 0.04 nats `tests/fidelity.rs` holds
+    /// `Fast` to.
     fn default() -> Precision {
         match crate::kernels::best().isa {
-            Isa::Avx512Vnni => Precision::Fast,
+            Isa::Avx512Vnni | Isa::AvxVnni => Precision::Fast,
             _ => Precision::Exact,
         }
     }

@@ -33,6 +33,7 @@ use crate::cuda::backend::Backend;
 use crate::cuda::{GpuSide, GpuView};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::lanes;
 use crate::logprob::head_logprobs;
 use crate::matmul::Precision;
 use crate::model::{KvCache, Model, Runtime};
@@ -109,6 +110,7 @@ enum Compute {
 
 /// Views packed into a batch together: one view, or the views of one turn
 /// that continue a prefix computed once for them.
+#[derive(Clone)]
 struct Item {
     views: std::ops::Range<usize>,
     prefix: Option<GroupPrefix>,
@@ -193,24 +195,60 @@ impl Side {
             return gpu.run(&gv);
         }
         let items = self.items(views, groups);
-        let mut out = Vec::with_capacity(views.len());
-        let mut start = 0;
-        while start < items.len() {
-            // Greedy packing: as many items as fit in `batch_tokens` new tokens (at least one).
-            let mut end = start;
-            let mut n_new = 0;
-            while end < items.len() {
-                let add = items[end].n_new(views, &self.prefix_ids);
-                if end > start && n_new + add > batch_tokens {
-                    break;
-                }
-                n_new += add;
-                end += 1;
+        let sizes: Vec<usize> = items
+            .iter()
+            .map(|it| it.n_new(views, &self.prefix_ids))
+            .collect();
+        let Compute::Cpu { prefix } = &self.compute else {
+            unreachable!("the GPU returned above")
+        };
+        let cpu = CpuSide {
+            model: &self.model,
+            prefix,
+            prefix_ids: &self.prefix_ids,
+        };
+        let n_lanes = lanes::n_lanes(rt.threads.n_threads(), sizes.iter().sum());
+        if n_lanes == 1 {
+            // The threads share each matmul of each batch.
+            let mut out = Vec::with_capacity(views.len());
+            for b in lanes::batches(&sizes, batch_tokens) {
+                out.extend(cpu.run_batch(rt, views, &items[b])?);
             }
-            out.extend(self.run_batch(rt, views, &items[start..end])?);
-            start = end;
+            return Ok(out);
         }
-        Ok(out)
+        // One lane of views per thread, each on one thread end to end
+        // (`lanes`); together they hold at most `batch_tokens` new tokens
+        // at a time, as one batch would.
+        let dealt = lanes::deal(&sizes, n_lanes);
+        let limit = (batch_tokens / n_lanes).max(1);
+        let mut results: Vec<Option<Result<Vec<Vec<f64>>>>> = (0..n_lanes).map(|_| None).collect();
+        rt.threads.for_each_mut(&mut results, |lane, result| {
+            let serial = Runtime::new(1, rt.precision);
+            let lane_items: Vec<Item> = dealt[lane].iter().map(|&i| items[i].clone()).collect();
+            let lane_sizes: Vec<usize> = dealt[lane].iter().map(|&i| sizes[i]).collect();
+            let run = || -> Result<Vec<Vec<f64>>> {
+                let mut out = Vec::new();
+                for b in lanes::batches(&lane_sizes, limit) {
+                    out.extend(cpu.run_batch(&serial, views, &lane_items[b])?);
+                }
+                Ok(out)
+            };
+            *result = Some(run());
+        });
+        // Back to the order of `views`.
+        let mut out: Vec<Option<Vec<f64>>> = vec![None; views.len()];
+        for (lane, result) in dealt.iter().zip(results) {
+            let mut lps = result.expect("every lane runs")?.into_iter();
+            for &i in lane {
+                for v in items[i].views.clone() {
+                    out[v] = lps.next();
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|lp| lp.expect("every view is in one lane"))
+            .collect())
     }
 
     /// `views` cut into what is packed whole: a turn whose views share a
@@ -260,6 +298,24 @@ impl Side {
         items
     }
 
+    fn pieces(&self, ids: &[u32]) -> Vec<String> {
+        ids.iter()
+            .map(|&id| self.model.tokenizer.piece(id))
+            .collect()
+    }
+}
+
+/// What a CPU forward pass of a side reads: shared by the lanes' threads
+/// (the GPU state of a [`Side`] stays with its thread).
+#[derive(Clone, Copy)]
+struct CpuSide<'a> {
+    model: &'a Model,
+    /// The unconditional prompt's keys and values.
+    prefix: &'a KvCache,
+    prefix_ids: &'a [u32],
+}
+
+impl CpuSide<'_> {
     fn run_batch(
         &self,
         rt: &Runtime,
@@ -267,9 +323,7 @@ impl Side {
         items: &[Item],
     ) -> Result<Vec<Vec<f64>>> {
         let d = self.model.config.d_model;
-        let Compute::Cpu { prefix } = &self.compute else {
-            unreachable!("run_batch is the CPU path")
-        };
+        let prefix = self.prefix;
         // The shared prefixes of this batch's turns first, continued from
         // the precomputed prompt; their outputs are not needed, only their
         // keys and values.
@@ -303,7 +357,7 @@ impl Side {
                 None => None,
             };
             for v in &all[it.views.clone()] {
-                let (src, s) = from.unwrap_or((prefix, shared_len(&self.prefix_ids, v)));
+                let (src, s) = from.unwrap_or((prefix, shared_len(self.prefix_ids, v)));
                 views.push(v);
                 shared.push(s);
                 caches.push(KvCache::from_prefix(src, s, v.ids.len()));
@@ -336,12 +390,6 @@ impl Side {
             &lps,
             views.iter().map(|v| v.ids.len() - v.n_prompt),
         ))
-    }
-
-    fn pieces(&self, ids: &[u32]) -> Vec<String> {
-        ids.iter()
-            .map(|&id| self.model.tokenizer.piece(id))
-            .collect()
     }
 }
 

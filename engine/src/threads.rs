@@ -9,8 +9,11 @@
 
 /// A fixed-size pool of worker threads (one per requested thread).
 pub struct Threads {
+    /// `None` for one thread: everything runs on the caller's thread, so a
+    /// one-thread `Threads` (the scorer's lanes make one per call) costs
+    /// no thread.
     #[cfg(not(target_arch = "wasm32"))]
-    pool: rayon::ThreadPool,
+    pool: Option<rayon::ThreadPool>,
     n: usize,
 }
 
@@ -27,11 +30,13 @@ impl Threads {
             } else {
                 n_threads
             };
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .thread_name(|i| format!("main-engine-{i}"))
-                .build()
-                .expect("failed to spawn worker threads");
+            let pool = (n > 1).then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("main-engine-{i}"))
+                    .build()
+                    .expect("failed to spawn worker threads")
+            });
             Threads { pool, n }
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
@@ -87,7 +92,10 @@ impl Threads {
     #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     fn install(&self, op: impl FnOnce() + Send) {
         #[cfg(not(target_arch = "wasm32"))]
-        self.pool.install(op);
+        match &self.pool {
+            Some(pool) => pool.install(op),
+            None => op(),
+        }
         #[cfg(target_arch = "wasm32")]
         op();
     }

@@ -499,7 +499,7 @@ fn resume_refuses_another_input_model_or_option() {
             "{args:?}: output changed"
         );
     };
-    // A precision other than this CPU's default (fast with AVX-512 VNNI,
+    // A precision other than this CPU's default (fast with AVX-512 VNNI or AVX-VNNI,
     // exact elsewhere, or what MAIN_ISA makes it): the same one would change
     // nothing and the refusal could not name it.
     let default = main_engine::matmul::Precision::default();

@@ -194,3 +194,26 @@ fn forward_cond_alone_equals_the_batch_fwd_cond() {
     eprintln!("forward_cond vs score_batch fwd_cond: max |Δ| {max:.2e} nats");
     assert!(max <= 1e-6, "max |Δ| {max}");
 }
+
+/// Two threads deal a batch's views to one lane per thread (`lanes`: 8
+/// pairs hold well over 2 x 256 new tokens per model, and batches of 512
+/// tokens make each lane run several); one thread runs them all itself. A
+/// view's log-probs depend only on its tokens, so every score is the same,
+/// bit for bit.
+#[test]
+fn lanes_of_views_give_the_one_thread_scores() {
+    let (_, pairs) = golden_pairs();
+    let pairs = &pairs[..8];
+    let model = Arc::new(Model::load(&default_model()).expect("load fixture model"));
+    let score = |n_threads| {
+        let params = ScorerParams {
+            n_threads,
+            batch_tokens: 512,
+            tokens: true,
+            ..ScorerParams::default()
+        };
+        let mut scorer = Scorer::new(model.clone(), None, params).unwrap();
+        scorer.score_batch(pairs).unwrap()
+    };
+    assert_eq!(score(1), score(2));
+}

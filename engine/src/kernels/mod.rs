@@ -291,6 +291,44 @@ impl Scheme {
     pub fn groups(&self) -> usize {
         self.sub_len / 4
     }
+
+    /// The largest packed byte `u` the weight format can produce.
+    pub fn max_code(&self) -> u8 {
+        match self.weight {
+            DType::Q4_0 | DType::Q4_1 | DType::Q4_K => 15,
+            DType::Q5_K => 31,
+            DType::Q6_K => 63,
+            _ => 255,
+        }
+    }
+
+    /// How many consecutive byte-groups of a sub-block a kernel may sum in
+    /// 16-bit lanes (the pair sums of `vpmaddubsw`) before widening them to
+    /// 32 bits (`vpmaddwd` against ones): a power of two dividing
+    /// [`Scheme::groups`], or 1 where even one group's pair sums must be
+    /// widened at once.
+    ///
+    /// The bound: a 16-bit lane of `vpmaddubsw` holds `u0 a0 + u1 a1`, with
+    /// `0 <= u <= max_code` and `a` any signed byte (`|a| <= 128`; the
+    /// quantizer's codes stay within ±127 and fine codes are clamped to ±127,
+    /// but the bound does not need that). After `k` groups the lane holds
+    /// `2k` products, so `|sum| <= 2k * max_code * 128`, which must not pass
+    /// `i16::MAX = 32767`:
+    /// - 4-bit weights (Q4_0, Q4_1, Q4_K; `max_code` 15): `k = 8`, a whole
+    ///   32-element sub-block, `16 * 15 * 128 = 30720`;
+    /// - Q5_K (31): `k = 4`, `8 * 31 * 128 = 31744`;
+    /// - Q6_K (63): `k = 2`, `4 * 63 * 128 = 32256` (its sub-blocks have 4 groups);
+    /// - 8-bit codes (Q8_0, coded float rows): 1. One `vpmaddubsw` alone
+    ///   could saturate on them; kernels use the sign trick (`|w| <= 128`
+    ///   times `|a| <= 127`, `2 * 128 * 127 = 32512`) and widen every group.
+    pub fn i16_groups(&self) -> usize {
+        let max = self.max_code() as usize;
+        let mut k = self.groups();
+        while k > 1 && 2 * k * max * 128 > i16::MAX as usize {
+            k /= 2;
+        }
+        k
+    }
 }
 
 /// `n_rows` consecutive rows of a weight matrix in their stored format.

@@ -436,6 +436,72 @@ fn dot_q_matches_scalar() {
     }
 }
 
+/// Integer sums at the edge of their ranges: every packed weight byte at 0
+/// or its format's largest code, every activation code (and fine code) at
+/// ±127 (or -128 where the 16-bit bound of [`Scheme::i16_groups`] claims to
+/// cover it), scales 1. The results are then integers and powers-of-two
+/// fractions that f32 holds exactly, so every kernel must give the scalar
+/// kernel's bits: a 16-bit sum that saturated or wrapped would show.
+#[test]
+fn dot_q_sums_extreme_codes_exactly() {
+    let mut rng = StdRng::seed_from_u64(9);
+    for k in available() {
+        let tr = k.tile_rows;
+        for (dtype, n_in) in integer_cases() {
+            let scheme = Scheme::for_integer_dots(dtype);
+            // The sign trick of 8-bit codes needs `|a| <= 127`, which the
+            // quantizer guarantees; narrower codes take any signed byte.
+            let lowest: i8 = if scheme.max_code() == 255 { -127 } else { -128 };
+            let n_rows = tr - 3;
+            let data = random_rows(&mut rng, dtype, n_rows, n_in);
+            let mut packed = PackedQ::default();
+            k.pack_q(&rows(dtype, n_in, n_rows, &data), &mut packed);
+            let max = scheme.max_code();
+            for w in packed.qs.words_mut() {
+                // Mostly the largest code, so one sign of products dominates.
+                let b: [u8; 4] =
+                    std::array::from_fn(|_| if rng.random_range(0..8) == 0 { 0 } else { max });
+                *w = u32::from_le_bytes(b);
+            }
+            packed.dw.floats_mut().fill(1.0);
+            packed.mw.floats_mut().fill(0.0);
+            for (n_tok, fine) in [(1, false), (3, true), (6, false), (17, true)] {
+                let mut acts = QuantActs::zeroed(scheme, n_tok, n_in, fine);
+                // Per token one sign, mostly at the extreme.
+                for (t, mut row) in acts.rows_mut().enumerate() {
+                    let hi = if t % 2 == 0 { lowest } else { 127 };
+                    let code = |rng: &mut StdRng| match rng.random_range(0..8) {
+                        0 => rng.random_range(-127..=127),
+                        _ => hi,
+                    };
+                    for q in row.qs.iter_mut() {
+                        *q = code(&mut rng);
+                    }
+                    for f in row.fine.iter_mut() {
+                        *f = code(&mut rng).max(-127);
+                    }
+                    QuantActs::finish_row(&scheme, &mut row, |_| 1.0);
+                }
+                k.finish_acts(&mut acts);
+                let got = with_out(n_tok, tr, |out| k.dot_q(&packed, &acts, out));
+                let want = with_out(n_tok, tr, |out| scalar::dot_q(&packed, &acts, out));
+                let bits = |v: &[f32]| -> Vec<u32> {
+                    rows_only(v, tr, n_rows)
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{:?} {dtype:?} n_in {n_in} n_tok {n_tok} fine {fine}",
+                    k.isa
+                );
+            }
+        }
+    }
+}
+
 /// Kernel sets that differ only in their byte dot product (`vpmaddubsw` or
 /// `vpdpbusd`, NEON's `smull` or `sdot`) sum the same integers, so they must
 /// give the same bits, not merely agree within the scalar tolerance.

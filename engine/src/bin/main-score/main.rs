@@ -82,7 +82,7 @@ enum Command {
         /// integer dot products with two bytes per activation, within ~1e-5
         /// relative of exact (float weights are rounded to 8 bits); int8: one
         /// byte per activation, as llama.cpp. Default: the faster of fast and
-        /// exact on this CPU (fast with AVX-512 VNNI, exact elsewhere).
+        /// exact on this CPU (fast with AVX-512 VNNI or AVX-VNNI, exact elsewhere).
         #[arg(long, value_parser = parse_precision)]
         precision: Option<Precision>,
         /// Short for `--precision exact`.

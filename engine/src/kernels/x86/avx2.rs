@@ -200,23 +200,38 @@ pub unsafe fn pack_q(rows: &WeightRows, packed: &mut PackedQ) {
 /// instruction per four byte products, no saturation) over `vpmaddubsw` +
 /// `vpmaddwd` (which saturate, hence the sign trick for wide codes). Both
 /// compute the same integers, so both give the same bits.
+///
+/// Without VNNI the pair sums of `vpmaddubsw` are added in 16 bits over
+/// [`Scheme::i16_groups`] byte-groups (a whole 32-element sub-block for
+/// 4-bit weights, where the bound allows) before one `vpmaddwd` widens them:
+/// the one integer-multiply pipe of older cores then does one multiply per
+/// four byte products, not two. The sums are exact, so the bits are those of
+/// `vpdpbusd` and of the scalar kernel's integers.
 macro_rules! dot_q_kernel {
     ($name:ident, $tile:ident, $features:literal, $vnni:expr) => {
         #[target_feature(enable = $features)]
         pub unsafe fn $name(packed: &PackedQ, acts: &QuantActs, out: &mut OutTile) {
             let fine = acts.has_fine();
+            // `vpdpbusd` widens as it multiplies: nothing to group.
+            let k16 = if $vnni {
+                1
+            } else {
+                packed.scheme().i16_groups()
+            };
             by_scheme!(packed.scheme(), |G, MIN, WIDE| sweep_tokens!(
                 acts.n_tok,
                 4,
                 |t0, NT| unsafe {
                     match fine {
-                        true => $tile::<NT, G, MIN, WIDE, true>(packed, acts, t0, out),
-                        false => $tile::<NT, G, MIN, WIDE, false>(packed, acts, t0, out),
+                        true => $tile::<NT, G, MIN, WIDE, true>(packed, acts, k16, t0, out),
+                        false => $tile::<NT, G, MIN, WIDE, false>(packed, acts, k16, t0, out),
                     }
                 }
             ))
         }
 
+        /// `k16`: byte-groups summed in 16 bits before widening (a power of
+        /// two dividing `G`; see [`Scheme::i16_groups`]).
         #[target_feature(enable = $features)]
         unsafe fn $tile<
             const NT: usize,
@@ -227,29 +242,25 @@ macro_rules! dot_q_kernel {
         >(
             packed: &PackedQ,
             acts: &QuantActs,
+            k16: usize,
             t0: usize,
             out: &mut OutTile,
         ) {
             let (n_sub, n_in) = (acts.n_sub(), acts.n_in);
+            debug_assert!(k16.is_power_of_two() && G % k16 == 0);
             // `vpdpbusd` takes the offset bytes of wide codes as they are
             // (the zero-point term corrects them); `vpmaddubsw` could
             // saturate on them, so without VNNI wide codes take the sign trick.
             let sign_trick = WIDE && !$vnni;
             let ones = _mm256_set1_epi16(1);
             let mut acc = [_mm256_setzero_ps(); NT];
-            let dot4 = |sum: __m256i, w: __m256i, signs: __m256i, a: *const i8| {
+            let bytes4 = |signs: __m256i, a: *const i8| {
                 // SAFETY: callers pass 4 readable bytes.
                 let av = _mm256_set1_epi32(unsafe { (a as *const i32).read_unaligned() });
-                if $vnni {
-                    _mm256_dpbusd_avx_epi32(sum, w, av)
+                if sign_trick {
+                    _mm256_sign_epi8(av, signs)
                 } else {
-                    let av = if sign_trick {
-                        _mm256_sign_epi8(av, signs)
-                    } else {
-                        av
-                    };
-                    let pairs = _mm256_maddubs_epi16(w, av);
-                    _mm256_add_epi32(sum, _mm256_madd_epi16(pairs, ones))
+                    av
                 }
             };
             // SAFETY: as in the AVX-512 tile kernel.
@@ -285,10 +296,34 @@ macro_rules! dot_q_kernel {
                             true => (_mm256_setzero_si256(), corr),
                             false => (corr, corr),
                         };
-                        for g in 0..G {
-                            sum = dot4(sum, w[g], signs[g], a.add(4 * g));
-                            if FINE {
-                                fine = dot4(fine, w[g], signs[g], f.add(4 * g));
+                        if $vnni {
+                            for g in 0..G {
+                                let av = bytes4(signs[g], a.add(4 * g));
+                                sum = _mm256_dpbusd_avx_epi32(sum, w[g], av);
+                                if FINE {
+                                    let fv = bytes4(signs[g], f.add(4 * g));
+                                    fine = _mm256_dpbusd_avx_epi32(fine, w[g], fv);
+                                }
+                            }
+                        } else {
+                            // 16-bit pair sums of the current run of `k16` groups.
+                            let (mut p, mut pf) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                            for g in 0..G {
+                                let av = bytes4(signs[g], a.add(4 * g));
+                                p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[g], av));
+                                if FINE {
+                                    let fv = bytes4(signs[g], f.add(4 * g));
+                                    pf = _mm256_add_epi16(pf, _mm256_maddubs_epi16(w[g], fv));
+                                }
+                                // `k16` is a power of two: no division.
+                                if (g + 1) & (k16 - 1) == 0 {
+                                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, ones));
+                                    p = _mm256_setzero_si256();
+                                    if FINE {
+                                        fine = _mm256_add_epi32(fine, _mm256_madd_epi16(pf, ones));
+                                        pf = _mm256_setzero_si256();
+                                    }
+                                }
                             }
                         }
                         if FINE {
