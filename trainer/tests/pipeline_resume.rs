@@ -74,12 +74,7 @@ max_tokens = 48
 }
 
 fn pipeline(config: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_main-train"));
-    c.args(["pipeline", "--config"])
-        .arg(config)
-        .env("RAYON_NUM_THREADS", "1")
-        .stdout(Stdio::null());
-    c
+    common::pipeline_command(env!("CARGO_BIN_EXE_main-train"), config)
 }
 
 /// Stages finished so far, per the state file (0 before it exists).

@@ -245,12 +245,7 @@ max_tokens = 64
 }
 
 fn pipeline(config: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_main-train"));
-    c.args(["pipeline", "--config"])
-        .arg(config)
-        .env("RAYON_NUM_THREADS", "1")
-        .stdout(Stdio::null());
-    c
+    common::pipeline_command(env!("CARGO_BIN_EXE_main-train"), config)
 }
 
 /// The kept pairs of a finished run (instruction, response, weight).

@@ -84,3 +84,15 @@ pub fn write_pairs(path: &Path, pairs: &[Pair]) {
     }
     std::fs::write(path, s).unwrap();
 }
+
+/// `main-train pipeline --config CONFIG` on one candle thread (so a run's
+/// floating-point sums are the same every time), stdout dropped. `bin` is
+/// the test's `env!("CARGO_BIN_EXE_main-train")`.
+pub fn pipeline_command(bin: &str, config: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(bin);
+    c.args(["pipeline", "--config"])
+        .arg(config)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::null());
+    c
+}
