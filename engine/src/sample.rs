@@ -3,8 +3,6 @@
 //! every target (wasm included).
 
 use crate::error::{Error, Result};
-use crate::generate::{generate_batch, BatchParams, Request};
-use crate::model::{Model, Runtime};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplerParams {
@@ -114,28 +112,4 @@ impl Sampler {
         }
         probs.last().map(|p| p.0).unwrap_or_else(argmax)
     }
-}
-
-/// Generates up to `max_new` tokens after `prompt`, stopping after any id in
-/// `stop` (which is included in the result): one request of
-/// [`crate::generate::generate_batch`], with a KV cache (the prompt is
-/// prefilled once, then one token per step). `sampler` is used as given:
-/// the same sampler gives the same tokens in every call.
-pub fn generate(
-    model: &Model,
-    rt: &Runtime,
-    prompt: &[u32],
-    max_new: usize,
-    stop: &[u32],
-    sampler: &mut Sampler,
-) -> Result<Vec<u32>> {
-    let request = Request {
-        prompt: prompt.to_vec(),
-        max_new,
-        stop_ids: stop.to_vec(),
-        stop_strings: Vec::new(),
-        sampler: sampler.clone(),
-    };
-    let mut out = generate_batch(model, rt, vec![request], BatchParams::default())?;
-    Ok(out.remove(0).tokens)
 }

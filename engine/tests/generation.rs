@@ -4,10 +4,11 @@
 mod common;
 
 use common::*;
+use main_engine::generate::generate;
 use main_engine::logprob::{logits, sequence_logprobs, target_logprobs};
 use main_engine::matmul::Precision;
 use main_engine::model::{KvCache, Model, Runtime};
-use main_engine::sample::{generate, Sampler, SamplerParams};
+use main_engine::sample::{Sampler, SamplerParams};
 
 #[test]
 fn one_token_at_a_time_equals_prefill() {

@@ -9,9 +9,10 @@ mod common;
 
 use std::sync::Arc;
 
+use main_engine::generate::generate;
 use main_engine::matmul::Precision;
 use main_engine::model::{Model, Runtime};
-use main_engine::sample::{generate, Sampler, SamplerParams};
+use main_engine::sample::{Sampler, SamplerParams};
 use main_engine::score::Pair;
 use main_engine::scorer::{Scorer, ScorerParams};
 use main_engine::template::ChatTemplate;
