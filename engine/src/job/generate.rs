@@ -27,7 +27,7 @@ use crate::Device;
 
 use super::params::is_stdio;
 use super::progress::JobEvent;
-use super::read::record_text;
+use super::read::{open_input, record_text};
 use super::run::Progress;
 use super::sink::{Opened, Sink};
 
@@ -190,13 +190,7 @@ pub fn run(params: &GenerateParams, progress: &mut Progress) -> Result<GenerateR
     if emit(&JobEvent::Started { total }, &mut report) {
         return Ok(report);
     }
-    let mut reader: Box<dyn BufRead> = if is_stdio(&params.input) {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(BufReader::new(
-            File::open(&params.input).map_err(|e| Error::io(&params.input, e))?,
-        ))
-    };
+    let mut reader = open_input(&params.input)?;
     let mut done = done.into_iter();
     let mut pending: Vec<Pending> = Vec::new();
     let mut buf = Vec::new();

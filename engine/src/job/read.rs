@@ -1,8 +1,26 @@
 //! Reading the input: one JSONL record per line, its text kept as it came
 //! (the output splices into it) and what it holds parsed.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
 use crate::conversation::Turn;
+use crate::error::{Error, Result};
 use crate::pairs::{self, Format, RecordError, Sample};
+
+use super::params::is_stdio;
+
+/// The input's lines: standard input for `-`, else the file.
+pub fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
+    Ok(if is_stdio(path) {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(BufReader::new(
+            File::open(path).map_err(|e| Error::io(path, e))?,
+        ))
+    })
+}
 
 /// The JSON text of one input line, `None` for a blank one.
 pub fn record_text(buf: &[u8], line_index: usize) -> Result<Option<&str>, RecordError> {

@@ -6,8 +6,7 @@
 //! records (in this shard, and valid) are skipped, each checked against
 //! the input line its record names (see [`super::provenance`]).
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -22,7 +21,7 @@ use super::params::{is_stdio, JobParams};
 use super::progress::JobEvent;
 use super::provenance::Filter;
 use super::provenance::{record_mismatch, start_afresh, Provenance};
-use super::read::{parse_record, record_text, Entry};
+use super::read::{open_input, parse_record, record_text, Entry};
 use super::report::JobReport;
 use super::shard::count_in_shard;
 use super::sink::{Opened, Sink};
@@ -113,13 +112,7 @@ pub fn run(params: &JobParams, progress: &mut Progress) -> Result<JobReport> {
     }
 
     let mut batcher = Batcher::new(scorer, params.batch, params.negatives);
-    let mut reader: Box<dyn BufRead> = if is_stdio(&params.input) {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(BufReader::new(
-            File::open(&params.input).map_err(|e| Error::io(&params.input, e))?,
-        ))
-    };
+    let mut reader = open_input(&params.input)?;
     let mut done_lines = done_lines.into_iter();
     let mut to_skip = resumed;
     let mut buf = Vec::new();
