@@ -13,7 +13,7 @@ use main_engine::matmul::Precision;
 use main_engine::Result;
 
 use crate::parse_precision;
-use crate::progress::Progress;
+use crate::progress::{resume_note, Progress};
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
@@ -79,14 +79,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let result = generate::run(&params, &mut |event| {
         match event {
-            JobEvent::DroppedPartialLine { output, bytes } => eprintln!(
-                "main-score: {}: dropping a partial last line ({bytes} bytes) left by an interrupted run",
-                output.display()
-            ),
-            JobEvent::Resuming { output, records } => eprintln!(
-                "main-score: {}: resuming after {records} records",
-                output.display()
-            ),
+            e @ (JobEvent::DroppedPartialLine { .. } | JobEvent::Resuming { .. }) => resume_note(e),
             JobEvent::Started { total } => {
                 bar = Some(Progress::counting(show_progress, *total, "records"))
             }

@@ -111,3 +111,20 @@ impl indicatif::TermLike for LogLines {
         std::io::stderr().flush()
     }
 }
+
+/// The note a resumed job prints on stderr: a partial last line dropped, or
+/// how many records the output already holds.
+pub fn resume_note(event: &main_engine::job::JobEvent) {
+    use main_engine::job::JobEvent;
+    match event {
+        JobEvent::DroppedPartialLine { output, bytes } => eprintln!(
+            "main-score: {}: dropping a partial last line ({bytes} bytes) left by an interrupted run",
+            output.display()
+        ),
+        JobEvent::Resuming { output, records } => eprintln!(
+            "main-score: {}: resuming after {records} records",
+            output.display()
+        ),
+        _ => {}
+    }
+}

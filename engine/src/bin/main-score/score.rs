@@ -15,7 +15,7 @@ use main_engine::rank::{self, RankBy};
 use main_engine::score::Combine;
 use main_engine::{Device, Error, Result};
 
-use crate::progress::Progress;
+use crate::progress::{resume_note, Progress};
 use crate::{chosen_precision, parse_device, parse_precision};
 
 /// The model `--model` defaults to, as scripts/fetch-fixtures names it.
@@ -195,14 +195,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let mut bar: Option<Progress> = None;
     let result = job::run(&params, &mut |event| {
         match event {
-            JobEvent::DroppedPartialLine { output, bytes } => eprintln!(
-                "main-score: {}: dropping a partial last line ({bytes} bytes) left by an interrupted run",
-                output.display()
-            ),
-            JobEvent::Resuming { output, records } => eprintln!(
-                "main-score: {}: resuming after {records} records",
-                output.display()
-            ),
+            e @ (JobEvent::DroppedPartialLine { .. } | JobEvent::Resuming { .. }) => resume_note(e),
             JobEvent::Started { total } => bar = Some(Progress::new(show_progress, *total)),
             JobEvent::Scored { done, .. } => {
                 if let Some(bar) = &bar {
