@@ -195,3 +195,34 @@ fn a_kv_cache_that_does_not_fit_is_a_clear_error() {
     .unwrap();
     assert_eq!(ok[0].tokens.len(), 2);
 }
+
+/// A scorer on the GPU generates there (its reverse guesses and the
+/// forward model's answers, what the trainer's synthesis asks of it): the
+/// CPU scorer's texts in exact.
+#[test]
+fn the_scorer_generates_on_its_gpu() {
+    use crate::sample::{Sampler, SamplerParams};
+    use crate::scorer::{Scorer, ScorerParams};
+    let Some(path) = fixture("mistral-tiny/model.gguf") else {
+        return;
+    };
+    let model = Arc::new(Model::load(&path).unwrap());
+    let params = ScorerParams {
+        precision: Precision::Exact,
+        max_tokens: 64,
+        ..ScorerParams::default()
+    };
+    let mut cpu = Scorer::new(model.clone(), None, params.clone()).unwrap();
+    let mut gpu = Scorer::with_backend(model, None, params, Some(device(GIB))).unwrap();
+    let responses = ["Red.", "2 + 2 = 4, because adding two and two gives four."];
+    let greedy = || vec![Sampler::new(SamplerParams::default()).unwrap(); 2];
+    let want = cpu.guess_instructions(&responses, 5, greedy()).unwrap();
+    assert!(want.iter().all(|g| !g.is_empty()), "{want:?}");
+    assert_eq!(
+        gpu.guess_instructions(&responses, 5, greedy()).unwrap(),
+        want
+    );
+    let asked = ["Name a colour.", "What is 2 + 2?"];
+    let want = cpu.answers(&asked, 4).unwrap();
+    assert_eq!(gpu.answers(&asked, 4).unwrap(), want);
+}
