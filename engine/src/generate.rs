@@ -17,6 +17,11 @@
 //! each row alone), so greedy decoding gives the tokens of one-at-a-time
 //! decoding, and a sampled sequence depends only on its own seed.
 //!
+//! Where the forward passes run is a [`StepModel`]: [`CpuModel`] (the
+//! model's own forward pass with a [`Runtime`]) or, with a GPU, the decode
+//! loop's model in `cuda::decode`. The scheduling here (admission, prefill
+//! packing, sampling, stops, retiring) is the same for both.
+//!
 //! Stops: a token id in [`Request::stop_ids`] ends the sequence and is kept
 //! in [`Generation::tokens`] but not in [`Generation::text`]; a string of
 //! [`Request::stop_strings`] appearing in the decoded completion ends it and
@@ -103,6 +108,74 @@ impl Default for BatchParams {
     }
 }
 
+/// What batched generation asks of a model: per-sequence caches and one
+/// forward call over many sequences at once. The CPU's is [`CpuModel`];
+/// the GPU's is `cuda::decode::GpuDecoder`.
+pub trait StepModel {
+    /// One sequence's keys and values, wherever this model keeps them.
+    type Cache;
+    /// The host model: its config, tokenizer and vocabulary checks.
+    fn model(&self) -> &Model;
+    /// A cache for `capacity` positions (an error when there is no room).
+    fn new_cache(&mut self, capacity: usize) -> Result<Self::Cache>;
+    /// Whether one prompt may be prefilled over several calls (continuing
+    /// its own cache); when not, a prefill call takes whole prompts only.
+    fn splits_prompts(&self) -> bool;
+    /// Feeds `tokens[s]` after what `caches[s]` holds, for every sequence
+    /// `s` at once, and appends their keys and values to the caches.
+    /// Returns the logits (`vocab` each) of the last token of every sequence
+    /// `s` with `want[s]`, in sequence order.
+    fn step(
+        &mut self,
+        caches: &mut [Self::Cache],
+        tokens: &[&[u32]],
+        want: &[bool],
+    ) -> Result<Vec<Vec<f32>>>;
+}
+
+/// Generation on the CPU: [`Model::forward`] with `rt`'s threads and
+/// precision, the LM head on the wanted rows only.
+pub struct CpuModel<'a> {
+    pub model: &'a Model,
+    pub rt: &'a Runtime,
+}
+
+impl StepModel for CpuModel<'_> {
+    type Cache = KvCache;
+
+    fn model(&self) -> &Model {
+        self.model
+    }
+
+    fn new_cache(&mut self, capacity: usize) -> Result<KvCache> {
+        Ok(self.model.new_cache(capacity))
+    }
+
+    fn splits_prompts(&self) -> bool {
+        true
+    }
+
+    fn step(
+        &mut self,
+        caches: &mut [KvCache],
+        tokens: &[&[u32]],
+        want: &[bool],
+    ) -> Result<Vec<Vec<f32>>> {
+        let d = self.model.config.d_model;
+        let hidden = self.model.forward(self.rt, caches, tokens)?;
+        // The last row of every wanted sequence.
+        let mut rows = Vec::new();
+        let mut end = 0;
+        for (part, &w) in tokens.iter().zip(want) {
+            end += part.len();
+            if w {
+                rows.extend_from_slice(&hidden[(end - 1) * d..end * d]);
+            }
+        }
+        Ok(batch_logits(self.model, self.rt, &rows))
+    }
+}
+
 /// The ids that end a chat turn of `template` on `model`: the first token
 /// of the template's end-of-turn text and the tokenizer's EOS.
 pub fn chat_stop_ids(model: &Model, template: &ChatTemplate) -> Result<Vec<u32>> {
@@ -116,15 +189,25 @@ pub fn chat_stop_ids(model: &Model, template: &ChatTemplate) -> Result<Vec<u32>>
     Ok(stop)
 }
 
-/// Runs every request; results in request order. See the module docs.
+/// Runs every request on the CPU; results in request order. See the
+/// module docs.
 pub fn generate_batch(
     model: &Model,
     rt: &Runtime,
     requests: Vec<Request>,
     params: BatchParams,
 ) -> Result<Vec<Generation>> {
+    generate_batch_on(&mut CpuModel { model, rt }, requests, params)
+}
+
+/// [`generate_batch`] on any [`StepModel`] (the GPU's included).
+pub fn generate_batch_on<M: StepModel>(
+    m: &mut M,
+    requests: Vec<Request>,
+    params: BatchParams,
+) -> Result<Vec<Generation>> {
     let mut out: Vec<Option<Generation>> = vec![None; requests.len()];
-    generate_batch_with(model, rt, requests, params, |i, g| {
+    generate_batch_with(m, requests, params, |i, g| {
         out[i] = Some(g);
         Ok(())
     })?;
@@ -141,6 +224,8 @@ struct Live {
     request: Request,
     /// Context positions it may use (prompt + generated tokens fed back).
     capacity: usize,
+    /// Prompt positions already prefilled.
+    prefilled: usize,
     tokens: Vec<u32>,
     text: String,
 }
@@ -169,12 +254,12 @@ pub fn generate(
     Ok(out.remove(0).tokens)
 }
 
-/// [`generate_batch`] handing each result to `done(request index, result)`
-/// as soon as its sequence ends (in the order sequences end, not request
-/// order); an error from `done` stops the run.
-pub fn generate_batch_with(
-    model: &Model,
-    rt: &Runtime,
+/// [`generate_batch_on`] handing each result to `done(request index,
+/// result)` as soon as its sequence ends (in the order sequences end, not
+/// request order); an error from `done` stops the run. The CPU's model is
+/// `&mut CpuModel { model, rt }`.
+pub fn generate_batch_with<M: StepModel>(
+    m: &mut M,
     requests: Vec<Request>,
     params: BatchParams,
     mut done: impl FnMut(usize, Generation) -> Result<()>,
@@ -188,6 +273,7 @@ pub fn generate_batch_with(
             ),
         ));
     }
+    let model = m.model();
     let context = model.config.context_length;
     for (i, r) in requests.iter().enumerate() {
         if r.prompt.is_empty() {
@@ -216,9 +302,9 @@ pub fn generate_batch_with(
         }
     }
     let mut waiting = requests.into_iter().enumerate();
-    // `live[j]` runs on `caches[j]`: `forward` takes the caches as one slice.
+    // `live[j]` runs on `caches[j]`: `step` takes the caches as one slice.
     let mut live: Vec<Live> = Vec::with_capacity(params.max_batch);
-    let mut caches: Vec<KvCache> = Vec::with_capacity(params.max_batch);
+    let mut caches: Vec<M::Cache> = Vec::with_capacity(params.max_batch);
     loop {
         // Admit new sequences, prefill them and draw their first tokens.
         let first_new = live.len();
@@ -236,11 +322,12 @@ pub fn generate_batch_with(
             }
             // The last generated token is never fed back: it needs no room.
             let capacity = (request.prompt.len() + request.max_new - 1).min(context);
-            caches.push(model.new_cache(capacity));
+            caches.push(m.new_cache(capacity)?);
             live.push(Live {
                 index,
                 request,
                 capacity,
+                prefilled: 0,
                 tokens: Vec::new(),
                 text: String::new(),
             });
@@ -249,85 +336,82 @@ pub fn generate_batch_with(
             return Ok(());
         }
         if first_new < live.len() {
-            let hidden = prefill(
-                model,
-                rt,
-                &live[first_new..],
-                &mut caches[first_new..],
-                params,
-            )?;
-            let lg = batch_logits(model, rt, &hidden);
-            for (seq, row) in live[first_new..].iter_mut().zip(&lg) {
-                push_token(seq, row);
-            }
+            prefill(m, &mut live[first_new..], &mut caches[first_new..], params)?;
         }
-        retire(&mut live, &mut caches, model, &mut done)?;
+        retire(&mut live, &mut caches, m.model(), &mut done)?;
         if live.is_empty() {
             continue;
         }
         // One decode step for every live sequence.
         let last: Vec<[u32; 1]> = live.iter().map(|s| [*s.tokens.last().unwrap()]).collect();
         let feed: Vec<&[u32]> = last.iter().map(|t| &t[..]).collect();
-        let hidden = model.forward(rt, &mut caches, &feed)?;
-        let lg = batch_logits(model, rt, &hidden);
+        let lg = m.step(&mut caches, &feed, &vec![true; feed.len()])?;
         for (seq, row) in live.iter_mut().zip(&lg) {
             push_token(seq, row);
         }
-        retire(&mut live, &mut caches, model, &mut done)?;
+        retire(&mut live, &mut caches, m.model(), &mut done)?;
     }
 }
 
-/// Prefills the prompts of `seqs` into `caches` in forward calls of at most
-/// `params.prefill_tokens` tokens; returns each prompt's last hidden state,
-/// `(seqs, d)`.
-fn prefill(
-    model: &Model,
-    rt: &Runtime,
-    seqs: &[Live],
-    caches: &mut [KvCache],
+/// Prefills the prompts of `seqs` into `caches` in calls of at most
+/// `params.prefill_tokens` tokens (a model that cannot continue a prompt
+/// across calls gets whole prompts, at least one per call, so a prompt
+/// longer than the budget makes a call of its own) and draws every
+/// sequence's first token from its prompt's last position.
+fn prefill<M: StepModel>(
+    m: &mut M,
+    seqs: &mut [Live],
+    caches: &mut [M::Cache],
     params: BatchParams,
-) -> Result<Vec<f32>> {
-    let d = model.config.d_model;
-    let mut last = vec![0f32; seqs.len() * d];
-    // (sequence, first prompt token not yet fed)
-    let (mut s, mut off) = (0, 0);
+) -> Result<()> {
+    let split = m.splits_prompts();
+    let mut s = 0;
     while s < seqs.len() {
         // One call: whole or partial prompts from sequence `s` on.
         let mut parts: Vec<&[u32]> = Vec::new();
+        let mut want = Vec::new();
         let mut budget = params.prefill_tokens;
-        let (mut e, mut e_off) = (s, off);
+        let mut e = s;
         while e < seqs.len() && budget > 0 {
-            let prompt = &seqs[e].request.prompt;
-            let take = (prompt.len() - e_off).min(budget);
-            parts.push(&prompt[e_off..e_off + take]);
-            budget -= take;
-            e_off += take;
-            if e_off == prompt.len() {
-                e += 1;
-                e_off = 0;
+            let (prompt, off) = (&seqs[e].request.prompt, seqs[e].prefilled);
+            let rest = prompt.len() - off;
+            if !split && rest > budget && !parts.is_empty() {
+                break;
             }
+            let take = if split { rest.min(budget) } else { rest };
+            parts.push(&prompt[off..off + take]);
+            want.push(off + take == prompt.len());
+            budget = budget.saturating_sub(take);
+            e += 1;
         }
         let n_seqs = parts.len();
-        let hidden = model.forward(rt, &mut caches[s..s + n_seqs], &parts)?;
-        // Keep the last row of every prompt that ended in this call.
-        let mut row_end = 0;
-        for (j, part) in parts.iter().enumerate() {
-            row_end += part.len();
-            let seq = s + j;
-            if caches[seq].len() == seqs[seq].request.prompt.len() {
-                last[seq * d..(seq + 1) * d]
-                    .copy_from_slice(&hidden[(row_end - 1) * d..row_end * d]);
+        let lg = m.step(&mut caches[s..s + n_seqs], &parts, &want)?;
+        let fed: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        let mut rows = lg.iter();
+        for (seq, (n, ends)) in seqs[s..s + n_seqs]
+            .iter_mut()
+            .zip(fed.into_iter().zip(want))
+        {
+            seq.prefilled += n;
+            if ends {
+                push_token(seq, rows.next().expect("one row per ended prompt"));
             }
         }
-        (s, off) = (e, e_off);
+        // The next call starts at the first prompt not yet fully fed.
+        while s < seqs.len() && seqs[s].prefilled == seqs[s].request.prompt.len() {
+            s += 1;
+        }
     }
-    Ok(last)
+    Ok(())
 }
 
 /// The full logits of every row of `hidden` (`(n, d)`): one pass over the
-/// LM head for all live sequences, `n * vocab` floats.
+/// LM head for all the rows, `n * vocab` floats.
 fn batch_logits(model: &Model, rt: &Runtime, hidden: &[f32]) -> Vec<Vec<f32>> {
     let n = hidden.len() / model.config.d_model;
+    if n == 0 {
+        return Vec::new();
+    }
     let head = model.output_weight();
     let vocab = head.n_out;
     let mut all = vec![0f32; n * vocab];
@@ -375,10 +459,11 @@ fn finished(model: &Model, seq: &mut Live) -> Option<Finish> {
     None
 }
 
-/// Reports and removes every finished sequence (their caches with them).
-fn retire(
+/// Reports and removes every finished sequence (their caches with them,
+/// which frees a GPU cache's device memory).
+fn retire<C>(
     live: &mut Vec<Live>,
-    caches: &mut Vec<KvCache>,
+    caches: &mut Vec<C>,
     model: &Model,
     done: &mut impl FnMut(usize, Generation) -> Result<()>,
 ) -> Result<()> {

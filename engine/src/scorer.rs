@@ -725,7 +725,7 @@ impl Scorer {
         max_new: usize,
         samplers: Vec<crate::sample::Sampler>,
     ) -> Result<Vec<String>> {
-        use crate::generate::{chat_stop_ids, generate_batch, BatchParams, Request};
+        use crate::generate::{chat_stop_ids, Request};
         if samplers.len() != responses.len() {
             return Err(Error::invalid_argument(
                 "samplers",
@@ -749,8 +749,60 @@ impl Scorer {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let out = generate_batch(&rev.model, &self.rt, requests, BatchParams::default())?;
+        let out = self.generate(true, requests)?;
         Ok(out.into_iter().map(|g| g.text.trim().to_string()).collect())
+    }
+
+    /// The forward model's greedy answers to `instructions` (its chat
+    /// template, at most `max_new` tokens, ended by its end of turn),
+    /// decoded together on the scorer's device: the agreement check's
+    /// answers. Each is the answer it would get alone.
+    pub fn answers(&mut self, instructions: &[&str], max_new: usize) -> Result<Vec<String>> {
+        use crate::generate::{chat_stop_ids, Request};
+        let (model, tpl) = (&self.forward.model, &self.forward.template);
+        let stop = chat_stop_ids(model, tpl)?;
+        let tok = &model.tokenizer;
+        let requests = instructions
+            .iter()
+            .map(|x| {
+                let ids = tok.encode(&tpl.render_prompt(x)?, tok.add_bos_default(), true)?;
+                Ok(Request {
+                    stop_ids: stop.clone(),
+                    ..Request::new(ids, max_new)
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self
+            .generate(false, requests)?
+            .into_iter()
+            .map(|g| g.text)
+            .collect())
+    }
+
+    /// Batched generation on the reverse (`reverse`) or forward side's
+    /// model, where its forward passes run: the GPU's decode loop when the
+    /// scorer is on a GPU, else the CPU with the scorer's threads and
+    /// precision.
+    fn generate(
+        &mut self,
+        reverse: bool,
+        requests: Vec<crate::generate::Request>,
+    ) -> Result<Vec<crate::generate::Generation>> {
+        use crate::generate::{generate_batch, generate_batch_on, BatchParams};
+        let side = match (reverse, self.reverse.as_mut()) {
+            (true, Some(rev)) => rev,
+            _ => &mut self.forward,
+        };
+        match &mut side.compute {
+            Compute::Cpu { .. } => {
+                generate_batch(&side.model, &self.rt, requests, BatchParams::default())
+            }
+            Compute::Gpu(gpu) => generate_batch_on(
+                &mut crate::cuda::decode::GpuDecoder::new(&side.model, gpu.gpu_model())?,
+                requests,
+                BatchParams::default(),
+            ),
+        }
     }
 
     /// The text [`Scorer::guess_instructions`] decodes from for `response`

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::backend::{blocks_for, Arg, Backend, Buf, Elem, Gemm};
+use super::backend::{blocks_for, Arg, Backend, Buf, DevPtr, Elem, Gemm};
 use crate::config::{Config, RopeStyle};
 use crate::error::{Error, Result};
 use crate::matmul::{Precision, Weight};
@@ -291,6 +291,133 @@ impl GpuModel {
             pos.len() == n && first.len() == n,
             "forward: one position and start per token"
         );
+        let c = &self.config;
+        let (h, hkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        let s = self.qkv_width();
+        let (scale, window) = self.attention_constants();
+        let kernel = format!("attention_{}", self.act.suffix());
+        let gpu = self.gpu.clone();
+        let firstb = Buf::from_i32(
+            &gpu,
+            first,
+            &format!("allocating sequence starts for a batch of {n} tokens"),
+        )?;
+        self.layers_pass(tokens, pos, &mut |l, qkv, posb, att| {
+            if let Some(keep) = keep {
+                gpu.copy(keep.at(l * n * s * 4), qkv.ptr, n * s * 4)?;
+            }
+            let pre = prefix.map_or(0, |p| p.at(l * n_prefix * s * 4));
+            gpu.launch(
+                &kernel,
+                blocks_for(n * h, 4, "attention", gpu.as_ref())?,
+                128,
+                &[
+                    qkv.arg(),
+                    Arg::Ptr(pre),
+                    posb.arg(),
+                    firstb.arg(),
+                    att.arg(),
+                    Arg::I32(n as i32),
+                    Arg::I32(h as i32),
+                    Arg::I32(hkv as i32),
+                    Arg::I32(hd as i32),
+                    Arg::F32(scale),
+                    Arg::I32(window),
+                ],
+            )
+        })
+    }
+
+    /// One decode step of batched generation: `tokens[t]`, the newest token
+    /// of sequence `t`, at position `pos[t]`, attends to that sequence's
+    /// cached rows, `(layers, capacities[t], S)` f32 QKV rows at device
+    /// address `caches[t]` (positions `0..pos[t]` filled), and its own row,
+    /// which is then appended to the cache at `pos[t]` (the caller checks
+    /// `pos[t] < capacities[t]`). Every weight is read once for all the
+    /// sequences. Returns the final-normed hidden states `(n_seq, d)`.
+    pub fn decode(
+        &mut self,
+        tokens: &[i32],
+        pos: &[i32],
+        caches: &[DevPtr],
+        capacities: &[usize],
+    ) -> Result<Buf> {
+        let n = tokens.len();
+        assert!(
+            pos.len() == n && caches.len() == n && capacities.len() == n,
+            "decode: one position and cache per sequence"
+        );
+        let c = &self.config;
+        let (h, hkv, hd, layers) = (c.n_heads, c.n_kv_heads, c.head_dim, c.n_layers);
+        let s = self.qkv_width();
+        let (scale, window) = self.attention_constants();
+        let kernel = format!("attention_decode_{}", self.act.suffix());
+        let gpu = self.gpu.clone();
+        // (layers, n_seq) addresses of every sequence's rows of each layer:
+        // one upload per step, one slice of it per layer.
+        let mut addrs = Vec::with_capacity(layers * n * 8);
+        for l in 0..layers {
+            for (&base, &cap) in caches.iter().zip(capacities) {
+                addrs.extend_from_slice(&(base + (l * cap * s * 4) as u64).to_le_bytes());
+            }
+        }
+        let addrs = Buf::from_bytes(
+            &gpu,
+            &addrs,
+            &format!("allocating the cache addresses of {n} sequences"),
+        )?;
+        let n_seq = u32::try_from(n)
+            .map_err(|_| Error::gpu(gpu.name(), "a decode step", "too many sequences"))?;
+        self.layers_pass(tokens, pos, &mut |l, qkv, posb, att| {
+            let layer_caches = Arg::Ptr(addrs.at(l * n * 8));
+            gpu.launch(
+                &kernel,
+                blocks_for(n * h, 4, "decode attention", gpu.as_ref())?,
+                128,
+                &[
+                    qkv.arg(),
+                    layer_caches,
+                    posb.arg(),
+                    att.arg(),
+                    Arg::I32(n as i32),
+                    Arg::I32(h as i32),
+                    Arg::I32(hkv as i32),
+                    Arg::I32(hd as i32),
+                    Arg::F32(scale),
+                    Arg::I32(window),
+                ],
+            )?;
+            gpu.launch(
+                "append_rows",
+                n_seq,
+                256,
+                &[qkv.arg(), layer_caches, posb.arg(), Arg::I32(s as i32)],
+            )
+        })
+    }
+
+    /// The attention's score scale and sliding window (0: none).
+    fn attention_constants(&self) -> (f32, i32) {
+        let c = &self.config;
+        let window = c
+            .sliding_window
+            .map_or(0, |w| w.min(i32::MAX as usize) as i32);
+        (1.0 / (c.head_dim as f32).sqrt(), window)
+    }
+
+    /// The layers of the forward pass over `T` tokens at positions `pos`,
+    /// the attention left to `attend(layer, qkv, positions, out)`: it reads
+    /// the rotated `(T, S)` f32 QKV rows and writes `(T, H hd)` outputs of
+    /// the activation type. Everything else (embedding, norms, matrix
+    /// products, RoPE, SwiGLU, the final norm) is the same for a packed
+    /// batch and a decode step. Returns the final-normed `(T, d)`.
+    fn layers_pass(
+        &mut self,
+        tokens: &[i32],
+        pos: &[i32],
+        attend: &mut dyn FnMut(usize, &Buf, &Buf, &Buf) -> Result<()>,
+    ) -> Result<Buf> {
+        let n = tokens.len();
         let vocab = self.config.vocab_size;
         if let Some(t) = tokens.iter().find(|&&t| t < 0 || t as usize >= vocab) {
             return Err(Error::invalid_argument(
@@ -312,7 +439,6 @@ impl GpuModel {
 
         let ids = Buf::from_i32(&gpu, tokens, &what("token ids"))?;
         let posb = Buf::from_i32(&gpu, pos, &what("positions"))?;
-        let firstb = Buf::from_i32(&gpu, first, &what("sequence starts"))?;
         let x = Buf::new(&gpu, n * d * 4, &what("the residual stream"))?;
         let xn = Buf::new(&gpu, n * d * a, &what("normed activations"))?;
         let qkv = Buf::new(&gpu, n * s * 4, &what("queries, keys and values"))?;
@@ -331,10 +457,6 @@ impl GpuModel {
         )?;
         let rope = self.rope.as_ref().expect("ensured above");
         let n_rot = n * (h + hkv) * hd / 2;
-        let window = c
-            .sliding_window
-            .map_or(0, |w| w.min(i32::MAX as usize) as i32);
-        let scale = 1.0 / (hd as f32).sqrt();
         let eps = c.rms_eps;
         let norm = |delta: Option<&Buf>, w: &Buf| {
             gpu.launch(
@@ -370,28 +492,7 @@ impl GpuModel {
                     Arg::I32((c.rope_style == RopeStyle::Interleaved) as i32),
                 ],
             )?;
-            if let Some(keep) = keep {
-                gpu.copy(keep.at(l * n * s * 4), qkv.ptr, n * s * 4)?;
-            }
-            let pre = prefix.map_or(0, |p| p.at(l * n_prefix * s * 4));
-            gpu.launch(
-                &format!("attention_{sfx}"),
-                blocks_for(n * h, 4, "attention", g)?,
-                128,
-                &[
-                    qkv.arg(),
-                    Arg::Ptr(pre),
-                    posb.arg(),
-                    firstb.arg(),
-                    att.arg(),
-                    Arg::I32(n as i32),
-                    Arg::I32(h as i32),
-                    Arg::I32(hkv as i32),
-                    Arg::I32(hd as i32),
-                    Arg::F32(scale),
-                    Arg::I32(window),
-                ],
-            )?;
+            attend(l, &qkv, &posb, &att)?;
             self.gemm(&layer.wo, d, h * hd, &att, &proj, n)?;
             norm(Some(&proj), &layer.ffn_norm)?;
             self.gemm(&layer.wgu, 2 * f, d, &xn, &gu, n)?;
@@ -410,6 +511,33 @@ impl GpuModel {
         }
         norm(Some(&proj), &self.out_norm)?;
         Ok(xn)
+    }
+
+    /// The full logits `(rows, vocab)` f32 of rows `rows` of `hidden` (what
+    /// generation samples from), downloaded: the LM head on those rows only.
+    pub fn head_logits(&self, hidden: &Buf, rows: &[i32]) -> Result<Vec<f32>> {
+        let r = rows.len();
+        if r == 0 {
+            return Ok(Vec::new());
+        }
+        let c = &self.config;
+        let (d, vocab, a) = (c.d_model, c.vocab_size, self.act.bytes());
+        let gpu = &self.gpu;
+        let what = |x: &str| format!("allocating {x} for {r} sampled rows");
+        let rowsb = Buf::from_i32(gpu, rows, &what("row indices"))?;
+        let sel = Buf::new(gpu, r * d * a, &what("hidden rows"))?;
+        let n_rows =
+            u32::try_from(r).map_err(|_| Error::gpu(gpu.name(), "the LM head", "too many rows"))?;
+        gpu.launch(
+            &format!("gather_rows_{}", self.act.suffix()),
+            n_rows,
+            256,
+            &[hidden.arg(), rowsb.arg(), sel.arg(), Arg::I32(d as i32)],
+        )?;
+        let logits = Buf::new(gpu, r * vocab * 4, &what("logits"))?;
+        let head = self.head.as_ref().unwrap_or(&self.embed);
+        self.gemm(head, vocab, d, &sel, &logits, r)?;
+        logits.to_f32(r * vocab)
     }
 
     /// log p(targets[i] | the context of row rows[i] of `hidden`) for every

@@ -437,6 +437,16 @@ extern "C" __global__ void attention_decode_bf16(const float* qkv, const i64* ca
     attention_decode(qkv, caches, pos, out, n_seq, n_heads, n_kv_heads, hd, scale, window);
 }
 
+// Appends each sequence's new QKV row to its cache (grid: n_seq blocks):
+// caches[t] + pos[t] * stride <- qkv[t, :], stride = (H + 2 Hkv) hd floats,
+// the layout `attention_decode` reads.
+extern "C" __global__ void append_rows(const float* qkv, const i64* caches, const int* pos, int stride) {
+    i64 t = blockIdx.x;
+    float* dst = (float*)caches[t] + (i64)pos[t] * stride;
+    const float* src = qkv + t * stride;
+    for (int i = threadIdx.x; i < stride; i += blockDim.x) dst[i] = src[i];
+}
+
 // out[t, i] = silu(gate) * up with gu = (T, 2F) = [gate | up] rows; silu as
 // the CPU computes it (kernels/activation.rs): x * s / (1 + e), e = exp(-|x|).
 template <typename A>

@@ -5,12 +5,16 @@
 //!   (feature `cuda`: cudarc's driver API, NVRTC, cuBLAS, loaded at run
 //!   time), `emulator` runs the same kernels on the CPU in tests.
 //! - `kernels.cu`: the CUDA C kernels, compiled by NVRTC at load.
-//! - [`forward`]: weights on the device and the packed forward pass.
+//! - [`forward`]: weights on the device, the packed forward pass and the
+//!   decode step.
+//! - [`decode`]: batched generation's model on the GPU (KV caches in device
+//!   memory), driven by `generate::generate_batch_with`.
 //! - [`GpuSide`] (here): many views of one model packed without padding
 //!   into batches sized to the device's free memory, continuing a prompt
 //!   prefix computed once; what `scorer::Scorer` calls on a GPU.
 
 pub mod backend;
+pub mod decode;
 #[cfg(feature = "cuda")]
 pub mod driver;
 // Tests load models from files and build the emulator with the host's C++
@@ -84,6 +88,7 @@ pub const KERNELS: &[&str] = &[
     "attention_bf16",
     "attention_decode_f32",
     "attention_decode_bf16",
+    "append_rows",
     "swiglu_f32",
     "swiglu_bf16",
     "gather_rows_f32",
@@ -228,6 +233,11 @@ impl GpuSide {
             n_prefix: p,
             cap: None,
         })
+    }
+
+    /// The model on the device (batched generation runs on it too).
+    pub fn gpu_model(&mut self) -> &mut GpuModel {
+        &mut self.model
     }
 
     /// At most this many tokens per batch (tests: to compare packings).

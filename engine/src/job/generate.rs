@@ -15,8 +15,12 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use crate::cuda::decode::GpuDecoder;
+use crate::cuda::forward::GpuModel;
 use crate::error::{Error, Result};
-use crate::generate::{chat_stop_ids, generate_batch_with, BatchParams, Generation, Request};
+use crate::generate::{
+    chat_stop_ids, generate_batch_with, BatchParams, CpuModel, Generation, Request,
+};
 use crate::matmul::Precision;
 use crate::model::{Model, Runtime};
 use crate::pairs::RecordError;
@@ -44,8 +48,10 @@ pub struct GenerateParams {
     pub output: PathBuf,
     /// Worker threads (0 = one per core).
     pub n_threads: usize,
-    /// `None`: the CPU's default.
+    /// `None`: the device's default (bf16 on a GPU).
     pub precision: Option<Precision>,
+    /// Where the model runs: the CPU, or a GPU (KV caches in its memory).
+    pub device: Device,
     /// Sequences decoded together.
     pub batch: usize,
     pub max_new_tokens: usize,
@@ -68,6 +74,7 @@ impl Default for GenerateParams {
             output: PathBuf::from("-"),
             n_threads: 0,
             precision: None,
+            device: Device::Cpu,
             batch: BatchParams::default().max_batch,
             max_new_tokens: 256,
             temperature: s.temperature,
@@ -165,8 +172,12 @@ pub fn run(params: &GenerateParams, progress: &mut Progress) -> Result<GenerateR
         return Ok(report);
     }
 
-    let precision = Device::Cpu.resolve_precision(params.precision)?;
+    let precision = params.device.resolve_precision(params.precision)?;
     let model = Model::load(&params.model)?;
+    let gpu = match params.device {
+        Device::Cpu => None,
+        Device::Cuda(n) => Some(GpuModel::upload(crate::cuda::open(n)?, &model, precision)?),
+    };
     let rt = Runtime::new(params.n_threads, precision);
     let template = ChatTemplate::for_model(&model)?;
     let stop_ids = chat_stop_ids(&model, &template)?;
@@ -181,9 +192,10 @@ pub fn run(params: &GenerateParams, progress: &mut Progress) -> Result<GenerateR
     } else {
         Some(count_records(&params.input)?.saturating_sub(report.resumed))
     };
-    let ctx = Decoder {
+    let mut ctx = Decoder {
         model: &model,
         rt: &rt,
+        gpu,
         batch,
         total,
     };
@@ -221,7 +233,7 @@ pub fn run(params: &GenerateParams, progress: &mut Progress) -> Result<GenerateR
             Err(e) => {
                 // What came before the bad record is written, so a fixed
                 // input resumes after it.
-                decode(&ctx, &mut pending, &mut sink, &mut report, &mut emit)?;
+                decode(&mut ctx, &mut pending, &mut sink, &mut report, &mut emit)?;
                 return Err(e);
             }
         };
@@ -253,12 +265,12 @@ pub fn run(params: &GenerateParams, progress: &mut Progress) -> Result<GenerateR
             },
         });
         if pending.len() >= RECORDS_PER_BATCH * params.batch
-            && decode(&ctx, &mut pending, &mut sink, &mut report, &mut emit)?
+            && decode(&mut ctx, &mut pending, &mut sink, &mut report, &mut emit)?
         {
             return Ok(report);
         }
     }
-    decode(&ctx, &mut pending, &mut sink, &mut report, &mut emit)?;
+    decode(&mut ctx, &mut pending, &mut sink, &mut report, &mut emit)?;
     report.stopped = false;
     if done.len() > 0 {
         return Err(Error::invalid_argument(
@@ -309,6 +321,8 @@ fn prompt_ids(
 struct Decoder<'a> {
     model: &'a Model,
     rt: &'a Runtime,
+    /// The model on the GPU, when it runs there.
+    gpu: Option<GpuModel>,
     batch: BatchParams,
     total: Option<usize>,
 }
@@ -317,7 +331,7 @@ struct Decoder<'a> {
 /// each as soon as the ones before it are written. True once the progress
 /// callback asked to stop (after the records of this call are written).
 fn decode(
-    ctx: &Decoder,
+    ctx: &mut Decoder,
     pending: &mut Vec<Pending>,
     sink: &mut Sink,
     report: &mut GenerateReport,
@@ -333,7 +347,7 @@ fn decode(
     let mut finished: Vec<Option<Generation>> = vec![None; texts.len()];
     let mut next = 0;
     let total = ctx.total;
-    generate_batch_with(ctx.model, ctx.rt, requests, ctx.batch, |i, g| {
+    let done = |i: usize, g: Generation| {
         finished[i] = Some(g);
         let mut bytes = Vec::new();
         while let Some(Some(g)) = finished.get(next) {
@@ -355,7 +369,24 @@ fn decode(
             );
         }
         Ok(())
-    })?;
+    };
+    match &mut ctx.gpu {
+        None => generate_batch_with(
+            &mut CpuModel {
+                model: ctx.model,
+                rt: ctx.rt,
+            },
+            requests,
+            ctx.batch,
+            done,
+        )?,
+        Some(gpu) => generate_batch_with(
+            &mut GpuDecoder::new(ctx.model, gpu)?,
+            requests,
+            ctx.batch,
+            done,
+        )?,
+    }
     Ok(report.stopped)
 }
 

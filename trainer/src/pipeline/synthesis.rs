@@ -6,13 +6,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use main_engine::generate::{chat_stop_ids, generate_batch, BatchParams, Request};
-use main_engine::matmul::Precision;
-use main_engine::model::{Model as EngineModel, Runtime};
+use main_engine::model::Model as EngineModel;
 use main_engine::sample::{Sampler, SamplerParams};
 use main_engine::score::Pair;
 use main_engine::scorer::{Scorer, ScorerParams};
-use main_engine::template::ChatTemplate;
 
 use super::{Candidate, FilterConfig, PipelineConfig, SynthesisConfig};
 use crate::error::Result;
@@ -101,7 +98,7 @@ pub(super) fn synthesize(
         })
         .collect();
     if cfg.filter.check_agreement {
-        check_agreement(cfg, &fwd, &mut scorer, &mut out)?;
+        check_agreement(cfg, &mut scorer, &mut out)?;
     }
     Ok(out)
 }
@@ -183,7 +180,6 @@ pub(super) fn eligible(f: &FilterConfig, c: &Candidate) -> bool {
 /// conditional view only (`Scorer::forward_cond`).
 pub(super) fn check_agreement(
     cfg: &PipelineConfig,
-    fwd: &EngineModel,
     scorer: &mut Scorer,
     cands: &mut [Candidate],
 ) -> Result<()> {
@@ -200,36 +196,17 @@ pub(super) fn check_agreement(
         q.sort_by(|&a, &b| cands[b].alignment.total_cmp(&cands[a].alignment));
         q.reverse();
     }
-    let rt = Runtime::new(cfg.threads, Precision::Exact);
-    let tpl = ChatTemplate::for_model(fwd)?;
-    let tok = &fwd.tokenizer;
-    let stop = chat_stop_ids(fwd, &tpl)?;
     loop {
         let wave: Vec<usize> = queues.values_mut().filter_map(|q| q.pop()).collect();
         if wave.is_empty() {
             return Ok(());
         }
-        // The wave's answers decoded together (greedy: each the answer it
-        // would get alone).
-        let requests = wave
-            .iter()
-            .map(|&i| {
-                let prompt = tpl.render_prompt(&cands[i].instruction)?;
-                let ids = tok.encode(&prompt, tok.add_bos_default(), true)?;
-                Ok(Request {
-                    stop_ids: stop.clone(),
-                    ..Request::new(ids, cfg.synthesis.max_answer_tokens)
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // The wave's answers decoded together on the scorer's device
+        // (greedy: each the answer it would get alone).
+        let instructions: Vec<&str> = wave.iter().map(|&i| &*cands[i].instruction).collect();
         let answers: Vec<String> = match &cfg.synthesis.generator {
-            None => generate_batch(fwd, &rt, requests, BatchParams::default())?
-                .into_iter()
-                .map(|g| g.text)
-                .collect(),
-            Some(g) => {
-                remote_answers(g, cfg, scorer, wave.iter().map(|&i| &*cands[i].instruction))?
-            }
+            None => scorer.answers(&instructions, cfg.synthesis.max_answer_tokens)?,
+            Some(g) => remote_answers(g, cfg, scorer, instructions.into_iter())?,
         };
         let mut answered = Vec::with_capacity(wave.len());
         for (&i, text) in wave.iter().zip(answers) {

@@ -10,10 +10,11 @@ use std::path::PathBuf;
 use main_engine::job::generate::{self, GenerateParams};
 use main_engine::job::JobEvent;
 use main_engine::matmul::Precision;
+use main_engine::Device;
 use main_engine::Result;
 
-use crate::parse_precision;
 use crate::progress::{resume_note, Progress};
+use crate::{parse_device, parse_precision};
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
@@ -49,10 +50,15 @@ pub struct GenerateArgs {
     /// Worker threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// exact, fast or int8 (see `main-score score --help`); default: the
-    /// faster of fast and exact on this CPU.
+    /// exact, fast or int8 on the CPU, bf16 or exact on a GPU (see
+    /// `main-score score --help`); default: the faster of fast and exact on
+    /// this CPU, bf16 on a GPU.
     #[arg(long, value_parser = parse_precision)]
     precision: Option<Precision>,
+    /// cpu, or cuda / cuda:N: generate on an NVIDIA GPU (a build with
+    /// `--features cuda`), every sequence's KV cache in its memory.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    device: Device,
     /// Show the progress bar even when stderr is not a terminal.
     #[arg(long)]
     progress: bool,
@@ -67,6 +73,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         output: a.output,
         n_threads: a.threads,
         precision: a.precision,
+        device: a.device,
         batch: a.batch as usize,
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,

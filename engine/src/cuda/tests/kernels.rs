@@ -395,3 +395,47 @@ fn decode_attention_over_per_sequence_caches_matches_f64() {
         assert!(worst < 2e-5, "window {window}: worst difference {worst}");
     }
 }
+
+/// `append_rows` writes each sequence's new row at its own position of its
+/// own cache, and nothing else: the rows around it keep their bytes.
+#[test]
+fn append_rows_writes_each_row_at_its_position() {
+    let gpu = device(GIB);
+    let (stride, capacity) = (300usize, 9usize);
+    let pos = [0i32, 4, 8];
+    let n = pos.len();
+    let qkv = values(n * stride, 41);
+    let before: Vec<Vec<f32>> = (0..n)
+        .map(|i| values(capacity * stride, 50 + i as u64))
+        .collect();
+    let caches: Vec<Buf> = before
+        .iter()
+        .map(|c| Buf::from_f32(&gpu, c, "t").unwrap())
+        .collect();
+    let addrs: Vec<u8> = caches
+        .iter()
+        .flat_map(|b| (b.ptr as i64).to_le_bytes())
+        .collect();
+    let ab = Buf::from_bytes(&gpu, &addrs, "t").unwrap();
+    let qb = Buf::from_f32(&gpu, &qkv, "t").unwrap();
+    let posb = Buf::from_i32(&gpu, &pos, "t").unwrap();
+    gpu.launch(
+        "append_rows",
+        n as u32,
+        256,
+        &[qb.arg(), ab.arg(), posb.arg(), Arg::I32(stride as i32)],
+    )
+    .unwrap();
+    for t in 0..n {
+        let mut want = before[t].clone();
+        let p = pos[t] as usize;
+        want[p * stride..(p + 1) * stride].copy_from_slice(&qkv[t * stride..(t + 1) * stride]);
+        let got = caches[t].to_f32(capacity * stride).unwrap();
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "sequence {t}: the cache differs from the expected append"
+        );
+    }
+}

@@ -114,8 +114,10 @@ fn bf16_round(v: f32) -> f32 {
 }
 
 // One file per part of the GPU path: the kernels one by one, the forward
-// pass and its memory, the libraries it loads, the whole scorer.
+// pass and its memory, batched generation, the libraries it loads, the
+// whole scorer.
 mod forward;
+mod generation;
 mod kernels;
 mod libraries;
 mod scorer;
