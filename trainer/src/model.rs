@@ -398,7 +398,8 @@ impl TrainModel {
     }
 
     /// Writes the weights as a Hugging Face folder the engine (and
-    /// transformers) loads, with the source's tokenizer files.
+    /// transformers) loads, with the source's tokenizer files. f32 weights
+    /// are written as f32 (exports stay exact), bf16 weights as bf16.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
         let tensors = self.engine_tensors()?;
         let tok = std::fs::read_to_string(self.source.join("tokenizer.json"))
@@ -409,7 +410,19 @@ impl TrainModel {
             std::fs::copy(&tok_config, dir.join("tokenizer_config.json"))
                 .map_err(|e| Error::io(dir.join("tokenizer_config.json"), e))?;
         }
-        main_engine::safetensors::write_dir(dir, &self.config, &tensors, Some(&tok))?;
+        // Weights in their own dtype (bf16 weights as bf16), in shards of
+        // at most 5 GB with an index, as Hugging Face writes large models.
+        let options = main_engine::safetensors::ShardOptions {
+            bf16: self.param_dtype() == DType::BF16,
+            ..Default::default()
+        };
+        main_engine::safetensors::write_dir_sharded(
+            dir,
+            &self.config,
+            &tensors,
+            Some(&tok),
+            options,
+        )?;
         Ok(())
     }
 
