@@ -563,7 +563,7 @@ fn sharded_bf16_write_loads_back() {
     let total: usize = tensors.iter().map(|t| 2 * t.2.len()).sum();
     let options = ShardOptions {
         bf16: true,
-        max_shard_bytes: total / 3,
+        max_shard_bytes: total as u64 / 3,
     };
     write_dir_sharded(&dir.0, &config, &tensors, None, options).unwrap();
     assert!(dir.0.join("model.safetensors.index.json").is_file());
@@ -599,7 +599,7 @@ fn sharded_bf16_write_loads_back() {
     // One shard (f32): a plain model.safetensors, the old shards gone.
     let one = ShardOptions {
         bf16: false,
-        max_shard_bytes: usize::MAX,
+        max_shard_bytes: u64::MAX,
     };
     write_dir_sharded(&dir.0, &config, &tensors, None, one).unwrap();
     let names: Vec<String> = std::fs::read_dir(&dir.0)

@@ -184,7 +184,7 @@ pub struct ShardOptions {
     pub bf16: bool,
     /// Largest shard in bytes; tensors are never split, so a tensor larger
     /// than this gets a shard of its own.
-    pub max_shard_bytes: usize,
+    pub max_shard_bytes: u64,
 }
 
 impl Default for ShardOptions {
@@ -198,8 +198,10 @@ impl Default for ShardOptions {
 }
 
 /// A tensor written as bf16.
+#[cfg(feature = "std-fs")]
 struct Bf16Tensor<'a, 'b>(&'a HfTensor<'b>);
 
+#[cfg(feature = "std-fs")]
 impl safetensors::View for &Bf16Tensor<'_, '_> {
     fn dtype(&self) -> Dtype {
         Dtype::BF16
@@ -247,9 +249,9 @@ pub fn write_dir_sharded(
     let elem = if options.bf16 { 2 } else { 4 };
     // Consecutive tensors (name order) into shards.
     let mut shards: Vec<Vec<&HfTensor>> = vec![Vec::new()];
-    let mut bytes = 0usize;
+    let mut bytes = 0u64;
     for t in &hf_tensors {
-        let n = elem * t.data.len();
+        let n = (elem * t.data.len()) as u64;
         if bytes > 0 && bytes + n > options.max_shard_bytes {
             shards.push(Vec::new());
             bytes = 0;
