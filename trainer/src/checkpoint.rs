@@ -10,14 +10,14 @@
 //! (itself written to a temporary file, fsynced, renamed) point at it. A
 //! kill at any moment leaves `latest` naming a complete checkpoint.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
 use crate::error::{CandleExt, Error, Result};
 use crate::model::TrainModel;
-use crate::optim::AdamW;
+use crate::optim::{AdamW, MomentBuf, MomentsKind};
+use crate::tensor_file::{self, Blob, TensorFile};
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -72,26 +72,41 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
 
-    let weights: HashMap<String, Tensor> = model
+    let weights: Vec<(String, Blob)> = model
         .params
         .iter()
-        .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
+        .map(|p| (p.name.clone(), Blob::Tensor(p.var.as_tensor())))
         .collect();
-    let mut moments = HashMap::new();
-    for (i, p) in model.params.iter().enumerate() {
-        moments.insert(format!("m.{}", p.name), opt.m[i].clone());
-        moments.insert(format!("v.{}", p.name), opt.v[i].clone());
+    let step = Tensor::new(&[opt.step as u32], &Device::Cpu).op("adam step")?;
+    let mut moments = vec![("adam.step".to_string(), Blob::Tensor(&step))];
+    for (p, st) in model.params.iter().zip(&opt.state) {
+        let shape = p.var.dims().to_vec();
+        for (key, buf) in [("m", &st.m), ("v", &st.v)] {
+            let name = format!("{key}.{}", p.name);
+            match buf {
+                MomentBuf::F32(x) => moments.push((name, Blob::F32(x, shape.clone()))),
+                MomentBuf::Bf16(x) => moments.push((name, Blob::Bf16(x, shape.clone()))),
+                MomentBuf::Bit8(q) => {
+                    let n_blocks = q.absmax.len();
+                    moments.push((format!("{name}.q"), Blob::U8(&q.codes, vec![q.len()])));
+                    moments.push((
+                        format!("{name}.absmax"),
+                        Blob::F32(&q.absmax, vec![n_blocks]),
+                    ));
+                }
+            }
+        }
+        if let Some(m) = &st.master {
+            moments.push((format!("master.{}", p.name), Blob::F32(m, shape.clone())));
+        }
     }
-    moments.insert(
-        "adam.step".to_string(),
-        Tensor::new(&[opt.step as u32], &Device::Cpu).op("adam step")?,
-    );
+    // Tensor by tensor: each is converted to bytes only as it is written.
     for (file, tensors) in [
         ("model.safetensors", &weights),
         ("optimizer.safetensors", &moments),
     ] {
         let path = tmp.join(file);
-        candle_core::safetensors::save(tensors, &path).op(&format!("write {file}"))?;
+        tensor_file::write(&path, tensors)?;
         fsync_file(&path)?;
     }
     let json = serde_json::to_vec_pretty(state)
@@ -141,47 +156,96 @@ pub fn latest(run: &Path) -> Result<Option<PathBuf>> {
     }
 }
 
-/// Loads a checkpoint into `model` and `opt`; returns its state.
+/// Loads a checkpoint into `model` and `opt`; returns its state. Every
+/// tensor is read on its own straight into the buffer that already holds
+/// it (the weight's storage, the moment's buffer), so a resume never holds
+/// the zeroed state and the whole checkpoint at once: the extra memory is
+/// one tensor's bytes.
 pub fn load(dir: &Path, model: &TrainModel, opt: &mut AdamW) -> Result<TrainState> {
     let state_path = dir.join("state.json");
     let bytes = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: TrainState = serde_json::from_slice(&bytes)
         .map_err(|e| Error::checkpoint(&state_path, format!("state.json: {e}")))?;
-    let dev = &model.device;
-    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), dev)
-        .op("read model.safetensors")?;
-    let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), dev)
-        .op("read optimizer.safetensors")?;
-    let get = |map: &HashMap<String, Tensor>, key: &str, like: &Tensor| -> Result<Tensor> {
-        let t = map
-            .get(key)
-            .ok_or_else(|| Error::checkpoint(dir, format!("tensor '{key}' is missing")))?;
-        if t.dims() != like.dims() {
+    let mut weights = TensorFile::open(&dir.join("model.safetensors"))?;
+    let mut moments = TensorFile::open(&dir.join("optimizer.safetensors"))?;
+    if opt.state.len() != model.params.len() {
+        return Err(Error::checkpoint(
+            dir,
+            format!(
+                "the optimizer has {} tensors, the model {}",
+                opt.state.len(),
+                model.params.len()
+            ),
+        ));
+    }
+    // Say which moment format the checkpoint has before any tensor error.
+    if let Some(p) = model.params.first() {
+        let found = match moments.entries.get(&format!("m.{}", p.name)) {
+            Some(e) if e.dtype == "F32" => Some(MomentsKind::F32),
+            Some(e) if e.dtype == "BF16" => Some(MomentsKind::Bf16),
+            Some(_) => None,
+            None if moments.entries.contains_key(&format!("m.{}.q", p.name)) => {
+                Some(MomentsKind::Bit8)
+            }
+            None => None,
+        };
+        let want = opt.params.moments;
+        if found.is_some_and(|f| f != want) {
             return Err(Error::checkpoint(
                 dir,
                 format!(
-                    "tensor '{key}' has shape {:?}, the model needs {:?}",
-                    t.dims(),
-                    like.dims()
+                    "holds {} moments, this run keeps them as {} (--moments)",
+                    found.map_or("?", |f| f.name()),
+                    want.name()
                 ),
             ));
         }
-        Ok(t.clone())
-    };
-    for (i, p) in model.params.iter().enumerate() {
-        let like = p.var.as_tensor();
-        p.var
-            .set(&get(&weights, &p.name, like)?)
-            .op("restore weight")?;
-        opt.m[i] = get(&moments, &format!("m.{}", p.name), like)?;
-        opt.v[i] = get(&moments, &format!("v.{}", p.name), like)?;
     }
-    let step = moments
-        .get("adam.step")
-        .ok_or_else(|| Error::checkpoint(dir, "tensor 'adam.step' is missing"))?
-        .to_vec1::<u32>()
-        .op("adam step")?;
-    opt.step = step.first().copied().unwrap_or(0) as usize;
+    let mut buf = Vec::new();
+    for (p, st) in model.params.iter().zip(opt.state.iter_mut()) {
+        let like = p.var.as_tensor();
+        let shape = like.dims().to_vec();
+        let t = weights.tensor(&p.name, like.dtype(), &shape, &mut buf)?;
+        let t = t.to_device(like.device()).op("restore weight")?;
+        p.var.set(&t).op("restore weight")?;
+        for (key, m) in [("m", &mut st.m), ("v", &mut st.v)] {
+            let name = format!("{key}.{}", p.name);
+            match m {
+                MomentBuf::F32(x) => {
+                    moments.read_into(&name, "F32", &shape, &mut buf)?;
+                    tensor_file::f32s_into(&buf, x);
+                }
+                MomentBuf::Bf16(x) => {
+                    moments.read_into(&name, "BF16", &shape, &mut buf)?;
+                    tensor_file::bf16s_into(&buf, x);
+                }
+                MomentBuf::Bit8(q) => {
+                    let n = q.len();
+                    moments.read_into(&format!("{name}.q"), "U8", &[n], &mut buf)?;
+                    q.codes.copy_from_slice(&buf);
+                    let nb = q.absmax.len();
+                    moments.read_into(&format!("{name}.absmax"), "F32", &[nb], &mut buf)?;
+                    tensor_file::f32s_into(&buf, &mut q.absmax);
+                }
+            }
+        }
+        let master_name = format!("master.{}", p.name);
+        match &mut st.master {
+            Some(m) => {
+                moments.read_into(&master_name, "F32", &shape, &mut buf)?;
+                tensor_file::f32s_into(&buf, m);
+            }
+            None if moments.entries.contains_key(&master_name) => {
+                return Err(Error::checkpoint(
+                    dir,
+                    format!("holds an f32 master copy ('{master_name}'), this run keeps none (--master)"),
+                ));
+            }
+            None => {}
+        }
+    }
+    moments.read_into("adam.step", "U32", &[1], &mut buf)?;
+    opt.step = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     Ok(state)
 }
 

@@ -19,5 +19,6 @@ pub mod optim;
 pub mod pipeline;
 pub mod remote;
 pub mod sft;
+pub mod tensor_file;
 
 pub use error::{Error, Result};

@@ -8,9 +8,11 @@
 //! Hugging Face order, so RoPE pairs dimensions `(i, i + head_dim/2)`
 //! ("rotate half"), as [`RopeStyle::Halves`] says.
 //!
-//! Master weights are f32 [`Var`]s; the forward pass runs in `compute` dtype
-//! (f32 on CPU, bf16 on CUDA), casting each weight on the way in so the
-//! gradients land on the f32 masters.
+//! Weights are [`Var`]s in f32 (the default) or bf16 ([`TrainModel::cast_params`],
+//! `--param-dtype bf16`: half the memory; the optimizer then rounds its
+//! updates stochastically or keeps an f32 master, `optim::bf16_rounding`);
+//! the forward pass runs in `compute` dtype (f32 on CPU, bf16 on CUDA),
+//! casting each weight on the way in so the gradients land on the weights.
 //!
 //! Shapes: `B` sequences of `T` tokens, `d` = `d_model`, `hd` = `head_dim`,
 //! `H` / `Hkv` = query / key-value heads, `V` = vocabulary.
@@ -29,6 +31,43 @@ use crate::error::{CandleExt, Error, Result};
 /// `(GGUF name, ggml dims, f32 values)`: a tensor as the engine's writers take it.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
+/// How the weights are stored (`--param-dtype`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ParamDtype {
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "bf16")]
+    Bf16,
+}
+
+impl ParamDtype {
+    pub fn parse(s: &str) -> Result<ParamDtype> {
+        match s {
+            "f32" => Ok(ParamDtype::F32),
+            "bf16" => Ok(ParamDtype::Bf16),
+            other => Err(Error::invalid(
+                "param dtype",
+                format!("'{other}' (expected f32 or bf16)"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamDtype::F32 => "f32",
+            ParamDtype::Bf16 => "bf16",
+        }
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            ParamDtype::F32 => DType::F32,
+            ParamDtype::Bf16 => DType::BF16,
+        }
+    }
+}
+
 /// One trainable tensor: its GGUF name and f32 master value, shaped as
 /// Hugging Face stores it (`[out, in]` for matrices).
 pub struct Param {
@@ -42,7 +81,7 @@ pub struct TrainModel {
     /// The LM head is the token embedding.
     pub tied: bool,
     pub device: Device,
-    /// Dtype of the forward pass; the masters stay f32.
+    /// Dtype of the forward pass (the weights keep theirs).
     pub compute: DType,
     /// Every weight, in a fixed order (checkpoints and the optimizer rely on it).
     pub params: Vec<Param>,
@@ -168,6 +207,29 @@ impl TrainModel {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.base.tokenizer
+    }
+
+    /// The dtype the weights are stored in (f32 or bf16).
+    pub fn param_dtype(&self) -> DType {
+        self.params.first().map_or(DType::F32, |p| p.var.dtype())
+    }
+
+    /// Stores every weight in `dtype` (f32 or bf16), each converted and
+    /// replaced in turn so only one tensor exists twice at a time.
+    pub fn cast_params(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::BF16) {
+            return Err(Error::invalid(
+                "param dtype",
+                format!("{dtype:?} (expected f32 or bf16)"),
+            ));
+        }
+        for p in &mut self.params {
+            if p.var.dtype() != dtype {
+                let t = p.var.as_tensor().to_dtype(dtype).op("cast weight")?;
+                p.var = Var::from_tensor(&t).op("cast weight")?;
+            }
+        }
+        Ok(())
     }
 
     pub fn n_params(&self) -> usize {
@@ -336,7 +398,8 @@ impl TrainModel {
     }
 
     /// Writes the weights as a Hugging Face folder the engine (and
-    /// transformers) loads, with the source's tokenizer files.
+    /// transformers) loads, with the source's tokenizer files. f32 weights
+    /// are written as f32 (exports stay exact), bf16 weights as bf16.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
         let tensors = self.engine_tensors()?;
         let tok = std::fs::read_to_string(self.source.join("tokenizer.json"))
@@ -347,7 +410,19 @@ impl TrainModel {
             std::fs::copy(&tok_config, dir.join("tokenizer_config.json"))
                 .map_err(|e| Error::io(dir.join("tokenizer_config.json"), e))?;
         }
-        main_engine::safetensors::write_dir(dir, &self.config, &tensors, Some(&tok))?;
+        // Weights in their own dtype (bf16 weights as bf16), in shards of
+        // at most 5 GB with an index, as Hugging Face writes large models.
+        let options = main_engine::safetensors::ShardOptions {
+            bf16: self.param_dtype() == DType::BF16,
+            ..Default::default()
+        };
+        main_engine::safetensors::write_dir_sharded(
+            dir,
+            &self.config,
+            &tensors,
+            Some(&tok),
+            options,
+        )?;
         Ok(())
     }
 

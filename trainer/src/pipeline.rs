@@ -391,7 +391,8 @@ fn train_direction(
     progress: bool,
 ) -> Result<TrainReport> {
     let (device, dtype) = crate::device::select()?;
-    let model = TrainModel::load(&cfg.base_model, &device, dtype)?;
+    let mut model = TrainModel::load(&cfg.base_model, &device, dtype)?;
+    model.cast_params(cfg.train.param_dtype.dtype())?;
     if progress {
         eprintln!(
             "training {} model ({} pairs) -> {}",

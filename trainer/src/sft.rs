@@ -12,8 +12,8 @@ use crate::align::{align_loss, AlignPair, DEFAULT_NEGATIVES};
 use crate::checkpoint::{self, TrainState};
 use crate::data::{example, split, Direction, Example, Rng, WeightedPair};
 use crate::error::{CandleExt, Error, Result};
-use crate::model::{Batch, TrainModel};
-use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWParams};
+use crate::model::{Batch, ParamDtype, TrainModel};
+use crate::optim::{clip_scale, global_grad_norm, lr_at, AdamW, AdamWParams, MomentsKind};
 
 /// Training settings (`[train]` in `main.toml`, or `main-train sft` flags).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +54,15 @@ pub struct TrainConfig {
     pub lambda_contrastive: f64,
     /// λ2: weight of the forward/reverse PMI consistency term.
     pub lambda_consistency: f64,
+    /// How AdamW stores its moments: f32, bf16 or 8-bit blockwise.
+    pub moments: MomentsKind,
+    /// How the weights are stored: f32 or bf16 (the model must be loaded
+    /// or cast so: [`TrainModel::cast_params`]).
+    pub param_dtype: ParamDtype,
+    /// With bf16 weights, keep an f32 master copy in the optimizer
+    /// (+4 bytes per parameter); without it updates are rounded
+    /// stochastically into the bf16 weights.
+    pub master: bool,
 }
 
 impl Default for TrainConfig {
@@ -77,6 +86,9 @@ impl Default for TrainConfig {
             align_negatives: DEFAULT_NEGATIVES,
             lambda_contrastive: 0.1,
             lambda_consistency: 0.01,
+            moments: MomentsKind::F32,
+            param_dtype: ParamDtype::F32,
+            master: false,
         }
     }
 }
@@ -108,6 +120,12 @@ impl TrainConfig {
                 "the alignment loss needs at least 2 pairs per batch",
             );
         }
+        if self.master && self.param_dtype == ParamDtype::F32 {
+            return bad(
+                "master",
+                "an f32 master copy needs bf16 weights (--param-dtype bf16): f32 weights are their own master",
+            );
+        }
         if self.align_loss && self.align_negatives == 0 {
             return bad(
                 "align_negatives",
@@ -119,7 +137,21 @@ impl TrainConfig {
 
     /// What a resumed run must share with the run it continues.
     fn fingerprint(&self, direction: Direction, n_pairs: usize) -> String {
-        format!(
+        // Memory settings are appended only when not the defaults, so runs
+        // checkpointed before they existed still resume.
+        let memory = if (self.moments, self.param_dtype, self.master)
+            == (MomentsKind::F32, ParamDtype::F32, false)
+        {
+            String::new()
+        } else {
+            format!(
+                "|mem={}:{}:{}",
+                self.moments.name(),
+                self.param_dtype.name(),
+                self.master
+            )
+        };
+        let base = format!(
             "{}|pairs={n_pairs}|steps={}|bs={}|acc={}|lr={}|wu={}|min={}|wd={}|clip={}|max={}|eval={}|seed={}|align={}:{}:{}:{}",
             direction.name(),
             self.steps,
@@ -137,7 +169,8 @@ impl TrainConfig {
             self.align_negatives,
             self.lambda_contrastive,
             self.lambda_consistency
-        )
+        );
+        base + &memory
     }
 }
 
@@ -375,10 +408,23 @@ pub fn train_parallel(
     // `batch_size` examples of the same data set) divides by this one number.
     let norm = loss_normaliser(&train_ex, cfg.batch_size)
         .ok_or_else(|| Error::invalid("pairs", "the training pairs have no target tokens"))?;
+    if model.param_dtype() != cfg.param_dtype.dtype() {
+        return Err(Error::invalid(
+            "param_dtype",
+            format!(
+                "the run asks for {} weights but the model holds {:?} (cast it with TrainModel::cast_params before training)",
+                cfg.param_dtype.name(),
+                model.param_dtype()
+            ),
+        ));
+    }
     let mut opt = AdamW::new(
         &model.params,
         AdamWParams {
             weight_decay: cfg.weight_decay,
+            moments: cfg.moments,
+            master: cfg.master,
+            seed: cfg.seed,
             ..Default::default()
         },
     )?;
@@ -552,7 +598,10 @@ pub fn train_parallel(
                 *g = (dp.mean)(g)?;
             }
         }
-        let grad_norm = clip_grad_norm(&mut grads, cfg.clip)?;
+        // One host sync for the norm; the clipping factor is applied
+        // inside the fused update rather than in a pass of its own.
+        let grad_norm = global_grad_norm(&grads)?;
+        opt.grad_scale = clip_scale(grad_norm, cfg.clip);
         opt.update(&model.params, &grads, lr)?;
         state.step = step + 1;
         tokens += step_tokens;

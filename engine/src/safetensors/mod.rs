@@ -28,5 +28,6 @@ pub use load::load_bytes;
 pub use load::load_dir;
 pub use permute::{permute_qk, unpermute_qk};
 pub use writer::write_bytes;
+pub use writer::ShardOptions;
 #[cfg(feature = "std-fs")]
-pub use writer::write_dir;
+pub use writer::{write_dir, write_dir_sharded};

@@ -549,3 +549,66 @@ fn write_dir_refuses_incomplete_or_unknown_tensors() {
     assert!(e.contains("mystery.weight"), "{e}");
     assert!(!dir.0.join("config.json").exists());
 }
+
+/// bf16 shards: several files and an index that `load_dir` reads back,
+/// every value the nearest bf16 of what was written; a later single-file
+/// write removes the shards and index so the folder is not ambiguous.
+#[cfg(feature = "std-fs")]
+#[test]
+fn sharded_bf16_write_loads_back() {
+    use super::writer::{write_dir_sharded, ShardOptions};
+    let config = small_config("llama", None);
+    let dir = TempDir::new("shards");
+    let tensors = random_tensors(&config, false, 5);
+    let total: usize = tensors.iter().map(|t| 2 * t.2.len()).sum();
+    let options = ShardOptions {
+        bf16: true,
+        max_shard_bytes: total as u64 / 3,
+    };
+    write_dir_sharded(&dir.0, &config, &tensors, None, options).unwrap();
+    assert!(dir.0.join("model.safetensors.index.json").is_file());
+    assert!(!dir.0.join("model.safetensors").exists());
+    let n_shards = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter(|e| {
+            let n = e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            n.starts_with("model-") && n.ends_with(".safetensors")
+        })
+        .count();
+    assert!(n_shards >= 3, "{n_shards} shards");
+    let (_, store) = load_dir(&dir.0).unwrap();
+    for (name, dims, data) in &tensors {
+        let t = store.expect(name, dims).unwrap();
+        assert_eq!(t.dtype, DType::BF16, "{name}");
+        let got: Vec<f32> = store
+            .data(t)
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect();
+        let want: Vec<f32> = data
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        assert_eq!(got, want, "{name}");
+    }
+    // One shard (f32): a plain model.safetensors, the old shards gone.
+    let one = ShardOptions {
+        bf16: false,
+        max_shard_bytes: u64::MAX,
+    };
+    write_dir_sharded(&dir.0, &config, &tensors, None, one).unwrap();
+    let names: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("model"))
+        .collect();
+    assert_eq!(names, ["model.safetensors"]);
+    let (_, store) = load_dir(&dir.0).unwrap();
+    let (name, dims, data) = &tensors[0];
+    assert_eq!(&f32s(store.data(store.expect(name, dims).unwrap())), data);
+}

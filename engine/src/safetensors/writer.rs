@@ -176,3 +176,144 @@ pub fn write_dir(
     }
     write_atomic(&dir.join("config.json"), config_json.as_bytes())
 }
+
+/// How [`write_dir_sharded`] writes the weights.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardOptions {
+    /// bf16 (half the bytes of f32; values rounded to nearest even).
+    pub bf16: bool,
+    /// Largest shard in bytes; tensors are never split, so a tensor larger
+    /// than this gets a shard of its own.
+    pub max_shard_bytes: u64,
+}
+
+impl Default for ShardOptions {
+    /// bf16 in shards of at most 5 GB, as `transformers` writes them.
+    fn default() -> Self {
+        ShardOptions {
+            bf16: true,
+            max_shard_bytes: 5_000_000_000,
+        }
+    }
+}
+
+/// A tensor written as bf16.
+#[cfg(feature = "std-fs")]
+struct Bf16Tensor<'a, 'b>(&'a HfTensor<'b>);
+
+#[cfg(feature = "std-fs")]
+impl safetensors::View for &Bf16Tensor<'_, '_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::BF16
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(
+            self.0
+                .data
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
+                .collect(),
+        )
+    }
+
+    fn data_len(&self) -> usize {
+        2 * self.0.data.len()
+    }
+}
+
+/// [`write_dir`] with the weights in bf16 or f32, split into shards of at
+/// most `max_shard_bytes` (in name order) listed by
+/// `model.safetensors.index.json`, as Hugging Face writes large models;
+/// one shard is written as a plain `model.safetensors`. Files of an
+/// earlier write that the new layout does not use (a single file or old
+/// shards) are removed once the new ones are in place, since the loader
+/// prefers `model.safetensors` when it exists.
+#[cfg(feature = "std-fs")]
+pub fn write_dir_sharded(
+    dir: &std::path::Path,
+    config: &Config,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    tokenizer_json: Option<&str>,
+    options: ShardOptions,
+) -> Result<()> {
+    use crate::atomic_write::{write_atomic, write_atomic_by_path};
+    config.validate()?;
+    let (hf_tensors, tied) = to_hf_tensors(config, tensors)?;
+    let config_json = config_to_hf_json(config, tied)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let elem = if options.bf16 { 2 } else { 4 };
+    // Consecutive tensors (name order) into shards.
+    let mut shards: Vec<Vec<&HfTensor>> = vec![Vec::new()];
+    let mut bytes = 0u64;
+    for t in &hf_tensors {
+        let n = (elem * t.data.len()) as u64;
+        if bytes > 0 && bytes + n > options.max_shard_bytes {
+            shards.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += n;
+        shards.last_mut().expect("one shard at least").push(t);
+    }
+    let n_shards = shards.len();
+    let file_name = |i: usize| {
+        if n_shards == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n_shards:05}.safetensors", i + 1)
+        }
+    };
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let path = dir.join(file_name(i));
+        let write = |tmp: &std::path::Path| -> Result<()> {
+            let io = |e: safetensors::SafeTensorError| match e {
+                safetensors::SafeTensorError::IoError(e) => Error::io(&path, e),
+                other => serialize_error(other),
+            };
+            if options.bf16 {
+                let views: Vec<Bf16Tensor> = shard.iter().map(|t| Bf16Tensor(t)).collect();
+                let named = views.iter().map(|v| (v.0.name.as_str(), v));
+                safetensors::serialize_to_file(named, metadata(), tmp).map_err(io)
+            } else {
+                let named = shard.iter().map(|t| (t.name.as_str(), *t));
+                safetensors::serialize_to_file(named, metadata(), tmp).map_err(io)
+            }
+        };
+        write_atomic_by_path(&path, write)?;
+        for t in shard {
+            weight_map.insert(t.name.clone(), serde_json::Value::String(file_name(i)));
+        }
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    let keep: Vec<String> = (0..n_shards).map(file_name).collect();
+    if n_shards > 1 {
+        let total: usize = hf_tensors.iter().map(|t| elem * t.data.len()).sum();
+        let index = serde_json::json!({
+            "metadata": { "total_size": total },
+            "weight_map": weight_map,
+        });
+        let text = serde_json::to_string_pretty(&index)
+            .map_err(|e| Error::invalid_argument("index", e.to_string()))?;
+        write_atomic(&index_path, text.as_bytes())?;
+    }
+    // Stale weights of an earlier write go only after the new ones exist.
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale_shard =
+            name.starts_with("model") && name.ends_with(".safetensors") && !keep.contains(&name);
+        let stale_index = n_shards == 1 && name == "model.safetensors.index.json";
+        if stale_shard || stale_index {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    if let Some(tok) = tokenizer_json {
+        write_atomic(&dir.join("tokenizer.json"), tok.as_bytes())?;
+    }
+    write_atomic(&dir.join("config.json"), config_json.as_bytes())
+}

@@ -121,6 +121,15 @@ struct SftArgs {
     lambda1: Option<f64>,
     #[arg(long)]
     lambda2: Option<f64>,
+    /// AdamW moments: f32, bf16 or 8bit (blockwise, as bitsandbytes).
+    #[arg(long)]
+    moments: Option<String>,
+    /// Weight storage: f32 or bf16.
+    #[arg(long)]
+    param_dtype: Option<String>,
+    /// With bf16 weights, keep an f32 master copy in the optimizer.
+    #[arg(long)]
+    master: bool,
     /// CPU threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -163,6 +172,16 @@ fn sft(a: SftArgs) -> Result<()> {
     if let Some(l) = a.lambda2 {
         cfg.lambda_consistency = l;
     }
+    if let Some(m) = &a.moments {
+        cfg.moments = main_trainer::optim::MomentsKind::parse(m)?;
+    }
+    if let Some(p) = &a.param_dtype {
+        cfg.param_dtype = main_trainer::model::ParamDtype::parse(p)?;
+    }
+    if a.master {
+        cfg.master = true;
+    }
+    cfg.validate()?;
     let direction = Direction::parse(&a.direction)?;
     let mut pairs = read_pairs(&a.data)?;
     if let Some(n) = a.limit {
@@ -177,7 +196,8 @@ fn sft(a: SftArgs) -> Result<()> {
     };
     #[cfg(not(feature = "nccl"))]
     let (device, dtype) = main_trainer::device::select()?;
-    let model = main_trainer::model::TrainModel::load(&a.model, &device, dtype)?;
+    let mut model = main_trainer::model::TrainModel::load(&a.model, &device, dtype)?;
+    model.cast_params(cfg.param_dtype.dtype())?;
     #[cfg(feature = "nccl")]
     let dp = match &launch {
         Some(l) => Some(main_trainer::dist::join(l, &device)?),
