@@ -13,10 +13,12 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use main_trainer::data::Example;
+use main_trainer::data::{Direction, WeightedPair};
 use main_trainer::head::HeadChunks;
 use main_trainer::layerwise::{self, GradSink, Settings};
 use main_trainer::model::{Batch, TrainModel};
 use main_trainer::pack::Packed;
+use main_trainer::sft::{train, TrainConfig};
 
 /// Keeps every gradient, summing repeats (a test checks there are none).
 struct Collect(Vec<Option<Tensor>>, Vec<usize>);
@@ -188,4 +190,110 @@ fn packed_equals_one_sequence_at_a_time_in_f32() {
         (weighted - loss).abs() <= 1e-5 * loss,
         "{weighted} vs {loss}"
     );
+}
+
+fn run_losses(
+    model: &TrainModel,
+    cfg: &TrainConfig,
+    run: &std::path::Path,
+) -> Vec<serde_json::Value> {
+    let pairs: Vec<WeightedPair> = common::alpaca_pairs(16)
+        .into_iter()
+        .map(|p| WeightedPair::new(p, 1.0))
+        .collect();
+    train(model, &pairs, Direction::Forward, cfg, run, false, false).unwrap();
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("loss").is_some())
+        .collect()
+}
+
+fn sft_config() -> TrainConfig {
+    TrainConfig {
+        steps: 3,
+        batch_size: 4,
+        lr: 1e-2,
+        warmup: 1,
+        max_tokens: 96,
+        eval_fraction: 0.0,
+        ..Default::default()
+    }
+}
+
+/// `sft` through the layerwise step and through whole-graph autograd: the
+/// same losses and gradient norms step after step (f32, 1e-4 relative),
+/// with gradient accumulation.
+#[test]
+fn sft_recompute_true_and_false_train_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_model(tmp.path(), "mistral", false, 5);
+    let cfg = TrainConfig {
+        grad_accum: 2,
+        ..sft_config()
+    };
+    let mut runs = Vec::new();
+    for recompute in [true, false] {
+        let model = TrainModel::load(&dir, &Device::Cpu, DType::F32).unwrap();
+        let cfg = TrainConfig {
+            recompute,
+            ..cfg.clone()
+        };
+        runs.push(run_losses(
+            &model,
+            &cfg,
+            &tmp.path().join(format!("run-{recompute}")),
+        ));
+    }
+    assert_eq!(runs[0].len(), 3);
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        for key in ["loss", "grad_norm"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4 * y.abs(), "{key}: {x} vs {y}");
+        }
+    }
+}
+
+/// The optimizer step inside backward (weight by weight, gradients dropped)
+/// gives the run of the step after backward at `clip = 0`; packed steps of
+/// at most `tokens` tokens; and `clip > 0` is refused with it.
+#[test]
+fn step_in_backward_packed_equals_step_after_backward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::tiny_model(tmp.path(), "llama", true, 6);
+    let cfg = TrainConfig {
+        tokens: 200,
+        clip: 0.0,
+        ..sft_config()
+    };
+    let mut runs = Vec::new();
+    for step_in_backward in [true, false] {
+        let model = TrainModel::load(&dir, &Device::Cpu, DType::F32).unwrap();
+        let cfg = TrainConfig {
+            step_in_backward,
+            ..cfg.clone()
+        };
+        runs.push(run_losses(
+            &model,
+            &cfg,
+            &tmp.path().join(format!("run-{step_in_backward}")),
+        ));
+    }
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        let tokens = a["tokens"].as_u64().unwrap();
+        assert!(tokens > 96 && tokens <= 200, "{tokens} tokens in a step");
+        assert_eq!(a["tokens"], b["tokens"]);
+        for key in ["loss", "grad_norm"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-5 * y.abs(), "{key}: {x} vs {y}");
+        }
+    }
+    let bad = TrainConfig {
+        step_in_backward: true,
+        clip: 1.0,
+        ..sft_config()
+    };
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("clip"), "{e}");
 }
