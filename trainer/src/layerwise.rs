@@ -75,8 +75,6 @@ struct Block {
     k0: usize,
     /// The sequence's first row (accumulators are per sequence).
     s0: usize,
-    /// (q1 - q0, q1 - k0) additive mask.
-    mask: Tensor,
 }
 
 impl<'a> Step<'a> {
@@ -114,26 +112,7 @@ impl<'a> Step<'a> {
                 let q1 = (q0 + q_block).min(s1);
                 // The earliest key the block's first query sees.
                 let k0 = (q0 + 1).saturating_sub(window).max(s0);
-                let (r, kl) = (q1 - q0, q1 - k0);
-                let mut m = vec![0f32; r * kl];
-                for i in 0..r {
-                    for j in 0..kl {
-                        let (qi, kj) = (q0 + i, k0 + j);
-                        if kj > qi || qi - kj >= window {
-                            m[i * kl + j] = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-                let mask = Tensor::from_vec(m, (r, kl), dev)
-                    .and_then(|x| x.to_dtype(cd))
-                    .op("attention mask")?;
-                blocks.push(Block {
-                    q0,
-                    q1,
-                    k0,
-                    s0,
-                    mask,
-                });
+                blocks.push(Block { q0, q1, k0, s0 });
             }
         }
         Ok(Step {
@@ -179,6 +158,26 @@ impl<'a> Step<'a> {
         Ok((q, k, v))
     }
 
+    /// (q1 - q0, q1 - k0) additive mask of block `b`: causal, within the
+    /// sliding window. Made when the block runs (all blocks' masks at once
+    /// would add up to half a `T x T` per sequence).
+    fn mask(&self, b: &Block) -> Result<Tensor> {
+        let window = self.model.config.sliding_window.unwrap_or(usize::MAX);
+        let (r, kl) = (b.q1 - b.q0, b.q1 - b.k0);
+        let mut m = vec![0f32; r * kl];
+        for i in 0..r {
+            for j in 0..kl {
+                let (qi, kj) = (b.q0 + i, b.k0 + j);
+                if kj > qi || qi - kj >= window {
+                    m[i * kl + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Tensor::from_vec(m, (r, kl), &self.model.device)
+            .and_then(|x| x.to_dtype(self.model.compute))
+            .op("attention mask")
+    }
+
     /// (b) one block's attention: q (r, H, hd), k and v (kl, Hkv, hd) -> (r, H*hd).
     fn attend(&self, b: &Block, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let c = &self.model.config;
@@ -204,7 +203,7 @@ impl<'a> Step<'a> {
         let (k, v) = (kv_heads(k)?, kv_heads(v)?);
         let att = (q.matmul(&k.t().op("k^T")?).op("attention scores")? * self.scale)
             .op("attention scale")?
-            .broadcast_add(&b.mask)
+            .broadcast_add(&self.mask(b)?)
             .op("attention mask")?;
         let att = candle_nn::ops::softmax(&att, D::Minus1).op("attention softmax")?;
         att.matmul(&v)
@@ -413,6 +412,13 @@ pub fn loss_and_grads(
     let weights: Vec<f64> = p.weights.iter().map(|w| w * scale).collect();
     let hg = head::loss_and_grads(&h.detach(), &head_w, &st.targets()?, &weights, set.head)?;
     drop(head_w);
+    if !hg.loss.is_finite() {
+        // Before any gradient reaches the sink (which may be updating weights).
+        return Err(Error::invalid(
+            "loss",
+            format!("{} on a step of {} tokens", hg.loss, p.n_tokens()),
+        ));
+    }
     let g = (h * hg.grad_h.to_dtype(model.compute).op("head grad")?)
         .and_then(|x| x.sum_all())
         .and_then(|x| x.backward())
