@@ -17,6 +17,7 @@ pub mod json_float;
 pub mod model;
 pub mod optim;
 pub mod pipeline;
+pub mod plan;
 pub mod remote;
 pub mod sft;
 
