@@ -721,6 +721,24 @@ impl Plan {
     }
 }
 
+/// An error with the plan in it when the run needs more than `available`
+/// bytes.
+pub fn check_fits(plan: &Plan, available: u64) -> Result<()> {
+    if plan.total_bytes <= available {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "memory",
+        format!(
+            "this run needs {:.2} GiB at its peak and the device has {:.2} GiB available \
+             (lower --batch-size, --max-tokens or --tokens)\n{}",
+            gib(plan.total_bytes),
+            gib(available),
+            plan.text()
+        ),
+    ))
+}
+
 /// Bytes the device can give this run now: MemAvailable on the CPU
 /// (`/proc/meminfo`), the free memory of CUDA device 0.
 pub fn available(device: &candle_core::Device) -> Result<u64> {
@@ -745,5 +763,65 @@ pub fn available(device: &candle_core::Device) -> Result<u64> {
                 })
                 .ok_or_else(|| Error::invalid(path, "no MemAvailable line"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Config {
+        Config::from_hf_json(
+            br#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 1000, "rms_norm_eps": 1e-5, "max_position_embeddings": 512}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_run_that_does_not_fit_is_refused_with_the_plan() {
+        let s = PlanSettings::whole_graph(256, 128, 1, PlanDevice::Cpu);
+        let p = plan(&tiny(), true, &s).unwrap();
+        assert!(check_fits(&p, p.total_bytes).is_ok());
+        let e = check_fits(&p, p.total_bytes - 1).unwrap_err().to_string();
+        assert!(
+            e.contains("needs") && e.contains("activations") && e.contains("total"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn parts_sum_to_the_total_and_grow_with_tokens() {
+        for recompute in [false, true] {
+            let mut last = 0;
+            for tokens in [64, 128, 256] {
+                let mut s = PlanSettings::whole_graph(tokens, tokens, 1, PlanDevice::Cpu);
+                if recompute {
+                    s = PlanSettings::defaults(tokens, PlanDevice::Cpu);
+                }
+                let p = plan(&tiny(), false, &s).unwrap();
+                let sum: u64 = p.parts.iter().map(|x| x.bytes).sum();
+                assert_eq!(sum, p.total_bytes);
+                assert!(p.total_bytes > last);
+                last = p.total_bytes;
+            }
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_errors_naming_the_setting() {
+        let mut s = PlanSettings::defaults(4, PlanDevice::Cpu);
+        s.q_block = 0;
+        let e = plan(&tiny(), true, &s).unwrap_err().to_string();
+        assert!(e.contains("q-block"), "{e}");
+        let mut s = PlanSettings::whole_graph(64, 64, 1, PlanDevice::Cpu);
+        s.moments = Moments::Bit8;
+        let e = plan(&tiny(), true, &s).unwrap_err().to_string();
+        assert!(e.contains("recompute"), "{e}");
+        assert!(Moments::parse("4bit")
+            .unwrap_err()
+            .to_string()
+            .contains("4bit"));
     }
 }

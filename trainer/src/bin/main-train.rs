@@ -242,20 +242,7 @@ fn check_memory(a: &SftArgs, cfg: &TrainConfig, device: &candle_core::Device) ->
         pd,
     );
     let p = main_trainer::plan::plan(&config, tied, &s)?;
-    let free = main_trainer::plan::available(device)?;
-    if p.total_bytes > free {
-        return Err(Error::invalid(
-            "memory",
-            format!(
-                "this run needs {:.2} GiB at its peak and the device has {:.2} GiB available \
-                 (lower --batch-size or --max-tokens)\n{}",
-                main_trainer::plan::gib(p.total_bytes),
-                main_trainer::plan::gib(free),
-                p.text()
-            ),
-        ));
-    }
-    Ok(())
+    main_trainer::plan::check_fits(&p, main_trainer::plan::available(device)?)
 }
 
 fn sft(a: SftArgs) -> Result<()> {
