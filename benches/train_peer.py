@@ -40,7 +40,8 @@ def run_main(args, data):
         cmd = [args.main_train, "sft", "--quiet", "--model", args.model, "--data", data,
                "--direction", "forward", "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                "--max-tokens", str(args.max_tokens), "--eval-fraction", "0", "--lr", "1e-5",
-               "--warmup", "1", "--threads", str(args.threads), "--out", run]
+               "--warmup", "1", "--threads", str(args.threads), "--recompute", args.recompute,
+               "--q-block", str(args.q_block), "--out", run]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
         rows = [r for r in rows if "loss" in r]
@@ -100,6 +101,12 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=256)
+    # main-train's step: true, the layerwise step (per-layer recomputation,
+    # query-block attention, chunked LM head; packed, no padding); false,
+    # whole-graph autograd on the padded batch. PyTorch runs without
+    # recomputation either way (its fastest CPU setting).
+    ap.add_argument("--recompute", default="true", choices=["true", "false"])
+    ap.add_argument("--q-block", type=int, default=256)
     args = ap.parse_args()
     ps = pairs(args.data, args.steps * args.batch_size)
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
@@ -113,6 +120,7 @@ def main():
     os.unlink(data)
     print(json.dumps({
         "model": args.model, "threads": args.threads, "batch_size": args.batch_size,
+        "main_train_recompute": args.recompute, "q_block": args.q_block,
         "steps_timed": args.steps - 1,
         "main_train_tokens_per_s": round(main_tps, 1),
         "torch_tokens_per_s": round(torch_tps, 1), "torch": version,

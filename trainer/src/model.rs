@@ -181,6 +181,23 @@ impl TrainModel {
             .ok_or_else(|| Error::invalid("weight", format!("'{name}' is not in the model")))
     }
 
+    /// Index of weight `name` in [`TrainModel::params`].
+    pub fn param_index(&self, name: &str) -> Result<usize> {
+        self.index
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::invalid("weight", format!("'{name}' is not in the model")))
+    }
+
+    /// The LM head's weight: the token embedding when tied.
+    pub fn head_name(&self) -> &'static str {
+        if self.tied {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        }
+    }
+
     /// The weight in the compute dtype (a differentiable cast of the master).
     fn w(&self, name: &str) -> Result<Tensor> {
         let v = self.param(name)?.as_tensor();
@@ -375,7 +392,7 @@ fn param_order(name: &str) -> (usize, usize, String) {
 }
 
 /// RMSNorm over the last dimension, in f32 for the statistics.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     let dtype = x.dtype();
     // Statistics in f32 at least (f64 when the graph runs in f64).
     let stat = if dtype == DType::F64 {
@@ -398,8 +415,9 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
         .op("rms_norm")
 }
 
-/// Rotate-half RoPE on `(B, heads, T, hd)`.
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+/// Rotate-half RoPE on `(B, heads, T, hd)` (or any shape whose last
+/// dimension is `hd` and that `cos`/`sin` broadcast against).
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let hd = x.dim(D::Minus1).op("rope")?;
     let half = hd / 2;
     let x1 = x.narrow(D::Minus1, 0, half).op("rope")?;

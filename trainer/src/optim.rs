@@ -49,29 +49,44 @@ impl AdamW {
     /// One update with learning rate `lr`; `grads[i]` belongs to
     /// `model_params[i]`. Weight decay skips vectors (norm weights).
     pub fn update(&mut self, model_params: &[Param], grads: &[Tensor], lr: f64) -> Result<()> {
+        self.begin_step();
+        for (i, (param, g)) in model_params.iter().zip(grads).enumerate() {
+            self.update_one(i, param, g, lr)?;
+        }
+        Ok(())
+    }
+
+    /// Starts an optimizer step: the bias corrections of the
+    /// [`AdamW::update_one`] calls that follow use the new step count.
+    pub fn begin_step(&mut self) {
         self.step += 1;
+    }
+
+    /// Updates parameter `i` (`param`, its gradient `grad`) within the step
+    /// begun by [`AdamW::begin_step`]: the optimizer step can then run
+    /// inside backward, one tensor at a time, as gradients arrive.
+    pub fn update_one(&mut self, i: usize, param: &Param, grad: &Tensor, lr: f64) -> Result<()> {
         let p = &self.params;
         let t = self.step as i32;
         let (c1, c2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
-        for (i, (param, g)) in model_params.iter().zip(grads).enumerate() {
-            let m = ((&self.m[i] * p.beta1).op("adam m")? + (g * (1.0 - p.beta1)).op("adam m")?)
-                .op("adam m")?;
-            let v = ((&self.v[i] * p.beta2).op("adam v")?
-                + (g.sqr().op("adam v")? * (1.0 - p.beta2)).op("adam v")?)
-            .op("adam v")?;
-            let denom = ((&v / c2).op("adam")?.sqrt().op("adam")? + p.eps).op("adam")?;
-            let update = ((&m / c1).op("adam")? / denom).op("adam")?;
-            let w = param.var.as_tensor();
-            let decay = if w.rank() >= 2 {
-                1.0 - lr * p.weight_decay
-            } else {
-                1.0
-            };
-            let new = ((w * decay).op("adam")? - (update * lr).op("adam")?).op("adam")?;
-            param.var.set(&new).op("adam set")?;
-            self.m[i] = m;
-            self.v[i] = v;
-        }
+        let g = grad;
+        let m = ((&self.m[i] * p.beta1).op("adam m")? + (g * (1.0 - p.beta1)).op("adam m")?)
+            .op("adam m")?;
+        let v = ((&self.v[i] * p.beta2).op("adam v")?
+            + (g.sqr().op("adam v")? * (1.0 - p.beta2)).op("adam v")?)
+        .op("adam v")?;
+        let denom = ((&v / c2).op("adam")?.sqrt().op("adam")? + p.eps).op("adam")?;
+        let update = ((&m / c1).op("adam")? / denom).op("adam")?;
+        let w = param.var.as_tensor();
+        let decay = if w.rank() >= 2 {
+            1.0 - lr * p.weight_decay
+        } else {
+            1.0
+        };
+        let new = ((w * decay).op("adam")? - (update * lr).op("adam")?).op("adam")?;
+        param.var.set(&new).op("adam set")?;
+        self.m[i] = m;
+        self.v[i] = v;
         Ok(())
     }
 }

@@ -12,8 +12,10 @@ use crate::align::{align_loss, AlignPair, DEFAULT_NEGATIVES};
 use crate::checkpoint::{self, TrainState};
 use crate::data::{example, split, Direction, Example, Rng, WeightedPair};
 use crate::error::{CandleExt, Error, Result};
-use crate::model::{Batch, TrainModel};
+use crate::layerwise::{self, GradSink, Settings};
+use crate::model::{Batch, Param, TrainModel};
 use crate::optim::{clip_grad_norm, lr_at, AdamW, AdamWParams};
+use crate::pack::{packed_loss_normaliser, take_fitting, Packed};
 
 /// Training settings (`[train]` in `main.toml`, or `main-train sft` flags).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +56,23 @@ pub struct TrainConfig {
     pub lambda_contrastive: f64,
     /// λ2: weight of the forward/reverse PMI consistency term.
     pub lambda_consistency: f64,
+    /// Tokens per optimizer step (`--tokens`): examples packed in data
+    /// order up to this budget, one micro-batch per step (`grad_accum` 1,
+    /// `batch_size` then only sizes the eval batches). 0: each step takes
+    /// `grad_accum` micro-batches of `batch_size` examples.
+    pub tokens: usize,
+    /// The memory-saving step (`layerwise.rs`): packed sequences, per-layer
+    /// recomputation, query-block attention, the chunked LM head. `false`:
+    /// the whole-graph autograd path (always used with `align_loss`).
+    pub recompute: bool,
+    /// The optimizer step inside backward: each weight is updated as soon
+    /// as its gradient is complete and the gradient freed. Needs
+    /// `recompute`, one micro-batch per step, one process, and `clip = 0`:
+    /// clipping by the global norm needs every gradient first (torchtune's
+    /// optimizer-in-backward does not clip either).
+    pub step_in_backward: bool,
+    /// Query rows per attention block of the layerwise step.
+    pub q_block: usize,
 }
 
 impl Default for TrainConfig {
@@ -77,6 +96,10 @@ impl Default for TrainConfig {
             align_negatives: DEFAULT_NEGATIVES,
             lambda_contrastive: 0.1,
             lambda_consistency: 0.01,
+            tokens: 0,
+            recompute: true,
+            step_in_backward: false,
+            q_block: crate::layerwise::DEFAULT_Q_BLOCK,
         }
     }
 }
@@ -108,6 +131,45 @@ impl TrainConfig {
                 "the alignment loss needs at least 2 pairs per batch",
             );
         }
+        if self.q_block == 0 {
+            return bad("q_block", "must be at least 1");
+        }
+        if self.tokens > 0 && self.grad_accum > 1 {
+            return bad(
+                "grad_accum",
+                "with --tokens a step is one packed micro-batch: raise --tokens instead of accumulating",
+            );
+        }
+        if self.tokens > 0 && self.tokens < self.max_tokens {
+            return bad(
+                "tokens",
+                format!(
+                    "{} tokens per step is less than one example of max_tokens {}",
+                    self.tokens, self.max_tokens
+                )
+                .as_str(),
+            );
+        }
+        if self.step_in_backward {
+            if !self.recompute || self.align_loss {
+                return bad(
+                    "step_in_backward",
+                    "needs the layerwise step (--recompute true, no --align-loss)",
+                );
+            }
+            if self.clip > 0.0 {
+                return bad(
+                    "clip",
+                    "the optimizer step inside backward cannot clip by the global gradient norm (every gradient is gone before the last is known): set --clip 0",
+                );
+            }
+            if self.grad_accum > 1 {
+                return bad(
+                    "grad_accum",
+                    "the optimizer step inside backward updates after one micro-batch: use --tokens for larger steps",
+                );
+            }
+        }
         if self.align_loss && self.align_negatives == 0 {
             return bad(
                 "align_negatives",
@@ -137,7 +199,27 @@ impl TrainConfig {
             self.align_negatives,
             self.lambda_contrastive,
             self.lambda_consistency
-        )
+        ) + &self.packing_fingerprint()
+    }
+
+    /// The settings that change which examples a step takes or how it
+    /// updates (empty at the defaults, so older checkpoints still resume).
+    fn packing_fingerprint(&self) -> String {
+        let mut s = String::new();
+        if self.tokens > 0 {
+            s += &format!("|tokens={}", self.tokens);
+        }
+        if self.step_in_backward {
+            s += "|step_in_backward";
+        }
+        s
+    }
+
+    fn layerwise(&self) -> Settings {
+        Settings {
+            q_block: self.q_block,
+            ..Default::default()
+        }
     }
 }
 
@@ -265,6 +347,113 @@ fn scalar(t: &Tensor) -> Result<f64> {
         .op("read scalar")
 }
 
+/// The data order: one seeded shuffle per epoch; `(epoch_rng, cursor)`
+/// of the [`TrainState`] pins it.
+#[derive(Clone)]
+struct Order {
+    rng: Rng,
+    order: Vec<usize>,
+}
+
+impl Order {
+    fn new(epoch_rng: u64, n: usize) -> Order {
+        let mut rng = Rng(epoch_rng);
+        let mut order: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut order);
+        Order { rng, order }
+    }
+
+    /// The next example, advancing `state.cursor` (and the epoch).
+    fn next(&mut self, state: &mut TrainState) -> usize {
+        let n = self.order.len();
+        let pos = state.cursor % n;
+        if pos == 0 && state.cursor > 0 {
+            // A new epoch: a new order from the RNG where the last one left it.
+            state.epoch_rng = self.rng.0;
+            self.order = (0..n).collect();
+            self.rng.shuffle(&mut self.order);
+        }
+        state.cursor += 1;
+        self.order[pos]
+    }
+}
+
+/// Keeps every gradient (f32, summed over the micro-batches of a step):
+/// what clipping by the global norm, gradient accumulation and data
+/// parallelism need, at the cost of one f32 gradient per weight.
+pub struct Accumulate(pub Vec<Option<Tensor>>);
+
+impl GradSink for Accumulate {
+    fn take(&mut self, param: usize, grad: Tensor) -> Result<()> {
+        let grad = grad.to_dtype(DType::F32).op("grad")?;
+        let slot = &mut self.0[param];
+        *slot = Some(match slot.take() {
+            None => grad,
+            Some(a) => (a + grad).op("accumulate grad")?,
+        });
+        Ok(())
+    }
+}
+
+/// The optimizer step inside backward: each weight is updated as soon as
+/// its gradient arrives and the gradient dropped, so at most one layer's
+/// gradients exist at once. No clipping (the global norm is known only
+/// after the last gradient); the norm is still summed on the device for
+/// the metrics, read once per step.
+pub struct StepNow<'a> {
+    pub opt: &'a mut AdamW,
+    pub params: &'a [Param],
+    pub lr: f64,
+    sum_sq: Option<Tensor>,
+}
+
+impl GradSink for StepNow<'_> {
+    fn take(&mut self, param: usize, grad: Tensor) -> Result<()> {
+        let grad = grad.to_dtype(DType::F32).op("grad")?;
+        let sq = grad
+            .sqr()
+            .and_then(|x| x.sum_all())
+            .and_then(|x| x.to_dtype(DType::F64))
+            .op("grad norm")?;
+        self.sum_sq = Some(match self.sum_sq.take() {
+            None => sq,
+            Some(a) => (a + sq).op("grad norm")?,
+        });
+        self.opt
+            .update_one(param, &self.params[param], &grad, self.lr)
+    }
+}
+
+/// The held-out loss in the run's path: the layerwise forward over packed
+/// chunks (`tokens`, else `batch_size` examples) with `recompute`, else
+/// [`eval_loss`].
+fn run_eval(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Result<f64> {
+    if !cfg.recompute {
+        return eval_loss(model, examples, cfg.batch_size);
+    }
+    let set = cfg.layerwise();
+    let (mut sum, mut n, mut at) = (0f64, 0usize, 0usize);
+    while at < examples.len() {
+        let take = if cfg.tokens > 0 {
+            take_fitting(
+                examples[at..].iter().map(|e| e.ids.len()),
+                cfg.tokens,
+                |k| format!("held-out example {}", at + k),
+            )?
+        } else {
+            cfg.batch_size.max(1).min(examples.len() - at)
+        };
+        let chunk: Vec<&Example> = examples[at..at + take].iter().collect();
+        let packed = Packed::new(&chunk, |_| 1.0)?;
+        sum += layerwise::target_nll(model, &packed, &set)?
+            .iter()
+            .sum::<f64>();
+        n += packed.n_targets();
+        at += take;
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
 /// A one-line progress bar on stderr (redrawn in place on a terminal).
 struct Progress {
     tty: bool,
@@ -353,6 +542,12 @@ pub fn train_parallel(
 ) -> Result<TrainReport> {
     cfg.validate()?;
     let (rank, world) = dp.map_or((0, 1), |d| (d.rank, d.world_size));
+    if world > 1 && (cfg.tokens > 0 || cfg.step_in_backward) {
+        return Err(Error::invalid(
+            "data parallelism",
+            "--tokens and --step-in-backward are single-process: a data-parallel job steps by --batch-size (the layerwise step and clipping work there)",
+        ));
+    }
     let main = rank == 0;
     let show_progress = show_progress && main;
     let run = RunDir(run.to_path_buf());
@@ -373,8 +568,12 @@ pub fn train_parallel(
     let eval_ex = build(&eval_idx)?;
     // Every micro-batch of every step (and of every rank: each holds
     // `batch_size` examples of the same data set) divides by this one number.
-    let norm = loss_normaliser(&train_ex, cfg.batch_size)
-        .ok_or_else(|| Error::invalid("pairs", "the training pairs have no target tokens"))?;
+    let norm = if cfg.tokens > 0 {
+        packed_loss_normaliser(&train_ex, cfg.tokens)
+    } else {
+        loss_normaliser(&train_ex, cfg.batch_size)
+    }
+    .ok_or_else(|| Error::invalid("pairs", "the training pairs have no target tokens"))?;
     let mut opt = AdamW::new(
         &model.params,
         AdamWParams {
@@ -426,10 +625,8 @@ pub fn train_parallel(
     };
 
     let n_train = train_ex.len();
-    // The data order: one seeded shuffle per epoch; (epoch_rng, cursor) pins it.
-    let mut rng = Rng(state.epoch_rng);
-    let mut order: Vec<usize> = (0..n_train).collect();
-    rng.shuffle(&mut order);
+    let mut order = Order::new(state.epoch_rng, n_train);
+    let set = cfg.layerwise();
 
     // A resumed run reports the losses of the steps it did not redo as the
     // run that did them logged them, so its report is the uninterrupted
@@ -443,7 +640,7 @@ pub fn train_parallel(
     let eval_loss_before = if eval_ex.is_empty() {
         None
     } else if resumed_from == 0 {
-        let l = eval_loss(model, &eval_ex, cfg.batch_size)?;
+        let l = run_eval(model, &eval_ex, cfg)?;
         log(serde_json::json!({"step": 0, "eval_loss": l}))?;
         Some(l)
     } else {
@@ -466,25 +663,64 @@ pub fn train_parallel(
     let t0 = Instant::now();
     for step in state.step..cfg.steps {
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr_ratio);
-        let mut grads: Vec<Option<Tensor>> = vec![None; model.params.len()];
+        let mut acc = Accumulate(vec![None; model.params.len()]);
+        // With the step inside backward: the step's sum of squared gradients.
+        let mut in_backward: Option<Option<Tensor>> = None;
         let (mut step_loss, mut step_tokens) = (0f64, 0usize);
-        for micro_index in 0..cfg.grad_accum {
-            let mut micro = Vec::with_capacity(cfg.batch_size);
-            for k in 0..cfg.batch_size * world {
-                let pos = state.cursor % n_train;
-                if pos == 0 && state.cursor > 0 {
-                    // A new epoch: a new order from the RNG where the last one left it.
-                    state.epoch_rng = rng.0;
-                    order = (0..n_train).collect();
-                    rng.shuffle(&mut order);
+        let n_micro = if cfg.tokens > 0 { 1 } else { cfg.grad_accum };
+        for micro_index in 0..n_micro {
+            let micro = if cfg.tokens > 0 {
+                // As many examples as fit in the step's tokens, in data order.
+                let mut peek = (order.clone(), state.clone());
+                let lens = std::iter::from_fn(|| Some(peek.0.next(&mut peek.1)))
+                    .take(n_train)
+                    .map(|i| train_ex[i].ids.len());
+                let n = take_fitting(lens, cfg.tokens, |k| {
+                    format!("training example at cursor {}", state.cursor + k)
+                })?;
+                (0..n).map(|_| order.next(&mut state)).collect()
+            } else {
+                let mut micro = Vec::with_capacity(cfg.batch_size);
+                for k in 0..cfg.batch_size * world {
+                    let i = order.next(&mut state);
+                    // Every rank walks the same global order and keeps its slice.
+                    if k / cfg.batch_size == rank {
+                        micro.push(i);
+                    }
                 }
-                // Every rank walks the same global order and keeps its slice.
-                if k / cfg.batch_size == rank {
-                    micro.push(order[pos]);
-                }
-                state.cursor += 1;
-            }
+                micro
+            };
             let exs: Vec<&Example> = micro.iter().map(|&i| &train_ex[i]).collect();
+            if !exs.iter().any(|e| e.weight > 0.0 && e.n_targets() > 0) {
+                continue;
+            }
+            if cfg.recompute && !cfg.align_loss {
+                let packed = Packed::new(&exs, |e| e.weight / norm)?;
+                let scale = 1.0 / n_micro as f64;
+                let value = if cfg.step_in_backward {
+                    opt.begin_step();
+                    let mut sink = StepNow {
+                        opt: &mut opt,
+                        params: &model.params,
+                        lr,
+                        sum_sq: None,
+                    };
+                    let v = layerwise::loss_and_grads(model, &packed, scale, &set, &mut sink)?;
+                    in_backward = Some(sink.sum_sq);
+                    v
+                } else {
+                    layerwise::loss_and_grads(model, &packed, scale, &set, &mut acc)?
+                };
+                if !value.is_finite() {
+                    return Err(Error::Training {
+                        step,
+                        reason: format!("loss is {value}"),
+                    });
+                }
+                step_loss += value;
+                step_tokens += packed.n_tokens();
+                continue;
+            }
             let Some((lm, toks)) = lm_loss(model, &exs, norm)? else {
                 continue;
             };
@@ -529,31 +765,38 @@ pub fn train_parallel(
             step_loss += value;
             step_tokens += toks;
             let g = loss.backward().op("backward")?;
-            for (acc, p) in grads.iter_mut().zip(&model.params) {
+            for (i, p) in model.params.iter().enumerate() {
                 if let Some(gi) = g.get(p.var.as_tensor()) {
-                    let gi = gi.to_dtype(DType::F32).op("grad")?;
-                    *acc = Some(match acc.take() {
-                        None => gi,
-                        Some(a) => (a + gi).op("accumulate grad")?,
-                    });
+                    acc.take(i, gi.clone())?;
                 }
             }
         }
-        let mut grads: Vec<Tensor> = grads
-            .into_iter()
-            .zip(&model.params)
-            .map(|(g, p)| match g {
-                Some(g) => Ok(g),
-                None => p.var.as_tensor().zeros_like().op("zero grad"),
-            })
-            .collect::<Result<_>>()?;
-        if let Some(dp) = dp {
-            for g in grads.iter_mut() {
-                *g = (dp.mean)(g)?;
+        let grad_norm = match in_backward {
+            // Already applied, weight by weight, during backward.
+            Some(sum_sq) => match sum_sq {
+                Some(s) => scalar(&s)?.sqrt(),
+                None => 0.0,
+            },
+            None => {
+                let mut grads: Vec<Tensor> = acc
+                    .0
+                    .into_iter()
+                    .zip(&model.params)
+                    .map(|(g, p)| match g {
+                        Some(g) => Ok(g),
+                        None => p.var.as_tensor().zeros_like().op("zero grad"),
+                    })
+                    .collect::<Result<_>>()?;
+                if let Some(dp) = dp {
+                    for g in grads.iter_mut() {
+                        *g = (dp.mean)(g)?;
+                    }
+                }
+                let grad_norm = clip_grad_norm(&mut grads, cfg.clip)?;
+                opt.update(&model.params, &grads, lr)?;
+                grad_norm
             }
-        }
-        let grad_norm = clip_grad_norm(&mut grads, cfg.clip)?;
-        opt.update(&model.params, &grads, lr)?;
+        };
         state.step = step + 1;
         tokens += step_tokens;
         last_loss = step_loss;
@@ -567,7 +810,7 @@ pub fn train_parallel(
         if !eval_ex.is_empty()
             && ((cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) || last)
         {
-            rec["eval_loss"] = eval_loss(model, &eval_ex, cfg.batch_size)?.into();
+            rec["eval_loss"] = run_eval(model, &eval_ex, cfg)?.into();
         }
         log(rec.clone())?;
         if show_progress {
@@ -586,7 +829,7 @@ pub fn train_parallel(
     let eval_loss_after = match last_eval {
         Some(e) => Some(e),
         None if eval_ex.is_empty() => None,
-        None => Some(eval_loss(model, &eval_ex, cfg.batch_size)?),
+        None => Some(run_eval(model, &eval_ex, cfg)?),
     };
     let secs = t0.elapsed().as_secs_f64();
     finish(

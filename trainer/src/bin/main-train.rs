@@ -103,6 +103,24 @@ struct SftArgs {
     warmup: Option<usize>,
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// Global gradient-norm bound (0: none; must be 0 with --step-in-backward).
+    #[arg(long)]
+    clip: Option<f64>,
+    /// Tokens per optimizer step: examples packed without padding up to
+    /// this budget (0: --batch-size examples per micro-batch).
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// true: the memory-saving layerwise step (per-layer recomputation,
+    /// query-block attention, chunked LM head); false: whole-graph autograd.
+    #[arg(long, value_name = "true|false")]
+    recompute: Option<bool>,
+    /// Apply the optimizer to each weight as soon as its gradient is
+    /// complete (needs --clip 0: no clipping by the global norm).
+    #[arg(long)]
+    step_in_backward: bool,
+    /// Query rows per attention block of the layerwise step.
+    #[arg(long)]
+    q_block: Option<usize>,
     #[arg(long)]
     eval_fraction: Option<f64>,
     #[arg(long)]
@@ -264,6 +282,10 @@ fn sft(a: SftArgs) -> Result<()> {
         lr,
         warmup,
         max_tokens,
+        clip,
+        tokens,
+        recompute,
+        q_block,
         eval_fraction,
         eval_every,
         checkpoint_every,
@@ -272,6 +294,9 @@ fn sft(a: SftArgs) -> Result<()> {
     );
     if a.align_loss {
         cfg.align_loss = true;
+    }
+    if a.step_in_backward {
+        cfg.step_in_backward = true;
     }
     if let Some(l) = a.lambda1 {
         cfg.lambda_contrastive = l;
