@@ -17,6 +17,7 @@
 //! on other branches.
 
 pub mod autograd;
+pub mod layerwise;
 
 use autograd::{Binary, Ctx, Unary, T};
 use main_engine::config::Config;
@@ -121,9 +122,9 @@ impl PlanSettings {
             moments: Moments::Bit8,
             recompute: true,
             step_in_backward: true,
-            q_block: 512,
-            head_rows: 1024,
-            head_vocab: 16384,
+            q_block: crate::layerwise::DEFAULT_Q_BLOCK,
+            head_rows: crate::head::HeadChunks::default().rows,
+            head_vocab: crate::head::HeadChunks::default().vocab,
         }
     }
 
@@ -543,12 +544,25 @@ fn replay_whole_graph(c: &Config, tied: bool, e: u64, b: BatchShape, base: u64) 
     (peak, activations, store)
 }
 
-/// The layer-by-layer path of issue 19's design.
+/// The layer-by-layer path (`layerwise.rs`): replayed statement by
+/// statement ([`layerwise::replay`]), then the step after backward when
+/// gradients are kept.
 fn plan_layerwise(c: &Config, tied: bool, s: &PlanSettings) -> Plan {
+    let shape = pack_shape(s.tokens as u64, s.seq_len as u64);
+    plan_layerwise_packed(c, tied, s, &shape)
+}
+
+/// The layer-by-layer path for one packed step of exactly `shape` (tests
+/// pass the shape of their step).
+pub fn plan_layerwise_packed(
+    c: &Config,
+    tied: bool,
+    s: &PlanSettings,
+    shape: &layerwise::PackShape,
+) -> Plan {
     let sizes = param_sizes(c, tied);
     let n_params: u64 = sizes.iter().sum();
     let e = s.device.compute_bytes();
-    let (n, d, v) = (s.tokens as u64, c.d_model as u64, c.vocab_size as u64);
     let weights = s.param_bytes * n_params;
     let master = if s.master && s.param_bytes != 4 {
         4 * n_params
@@ -561,25 +575,42 @@ fn plan_layerwise(c: &Config, tied: bool, s: &PlanSettings) -> Plan {
         // One byte per element and one f32 scale per block, for m and v.
         Moments::Bit8 => 2 * (n_params + 4 * n_params.div_ceil(MOMENT_BLOCK)),
     };
-    // Gradients land in the parameters' dtype (f32 with a master copy).
-    let gb = if master > 0 { 4 } else { s.param_bytes };
-    let layer: u64 = sizes[1..1 + 9].iter().sum();
-    let embd = v * d;
-    let grads = if s.step_in_backward {
-        // One layer's, plus the tied embedding/head's held from the head's
-        // backward to the lookup's (an untied head's is stepped at once).
-        gb * (layer + if tied { embd } else { 0 })
+    let sink = if s.step_in_backward {
+        layerwise::SinkKind::StepNow
     } else {
-        gb * n_params
+        layerwise::SinkKind::Accumulate
     };
-    let saved = (c.n_layers as u64 + 1) * n * d * e;
-    let seq = (s.seq_len as u64).min(n);
-    let (layer_peak, block_peak) = layer_graph_peaks(c, e, n, seq, s.q_block as u64);
-    // Head: the f32 max/sum-exp per row, grad_h (targets x d, f32), one
-    // chunk's logits and their gradient (f32), the chunk's weight gradient.
-    let head = 4 * (2 * n + n * d + 2 * s.head_rows as u64 * s.head_vocab as u64)
-        + gb * s.head_vocab as u64 * d;
-    let activations = saved + layer_peak.max(block_peak).max(head);
+    let (bw_peak, saved) = layerwise::replay(
+        c,
+        tied,
+        e,
+        s.param_bytes,
+        shape,
+        layerwise::Sizes {
+            q_block: s.q_block as u64,
+            head_rows: s.head_rows as u64,
+            head_vocab: s.head_vocab as u64,
+        },
+        sink,
+        moments + master,
+    );
+    let largest = *sizes.iter().max().unwrap_or(&0) * 4;
+    // Kept gradients: clipping, then AdamW's temporaries of one tensor.
+    let step_peak = if s.step_in_backward {
+        0
+    } else {
+        weights + master + moments + 4 * n_params + 5 * largest
+    };
+    let (total, peak_at) = if step_peak > bw_peak {
+        (step_peak, "optimizer update")
+    } else {
+        (bw_peak, "backward")
+    };
+    let grads = if s.step_in_backward || peak_at == "optimizer update" {
+        0
+    } else {
+        4 * n_params
+    };
     let mut parts = vec![
         Part {
             name: "weights",
@@ -598,97 +629,64 @@ fn plan_layerwise(c: &Config, tied: bool, s: &PlanSettings) -> Plan {
         },
         Part {
             name: "gradients",
-            bytes: grads,
-            what: if s.step_in_backward {
-                "in flight: one layer's, and the tied embedding's until its lookup".into()
+            bytes: if peak_at == "optimizer update" {
+                4 * n_params
             } else {
-                "every weight's, until the step".into()
+                grads
+            },
+            what: if s.step_in_backward {
+                "none kept: each is stepped as it completes (in flight: workspace)".into()
+            } else {
+                "every weight's, f32, kept for clipping and the step".into()
             },
         },
         Part {
             name: "activations",
-            bytes: activations,
+            bytes: if peak_at == "backward" { saved } else { 0 },
             what: format!(
-                "saved layer inputs {saved} B + the largest of one recomputed layer's graph \
-                 ({layer_peak} B), one attention block ({block_peak} B), the LM head chunk \
-                 ({head} B)"
+                "the {} saved layer inputs ({} tokens in sequences of at most {})",
+                c.n_layers + 1,
+                s.tokens,
+                s.seq_len
             ),
         },
     ];
-    // Moments dequantised per tensor in one fused pass: one block at a
-    // time, no tensor-sized temporary on the CPU path; without the step in
-    // backward, a global-norm pass keeps a few bytes.
+    let used: u64 = parts.iter().map(|p| p.bytes).sum();
     parts.push(Part {
         name: "workspace",
-        bytes: 0,
-        what: "the fused update works block by block".into(),
+        bytes: total - used,
+        what: match peak_at {
+            "optimizer update" => "the AdamW update's temporaries of the largest tensor".into(),
+            _ => "one layer's recomputed graphs and their backward, an attention block, \
+                  the head's chunks and its (vocab x d) gradient, gradients in flight"
+                .into(),
+        },
     });
-    let total = parts.iter().map(|p| p.bytes).sum();
     Plan {
         n_params,
         parts,
         total_bytes: total,
-        peak_at: "backward",
+        peak_at,
         settings: s.clone(),
     }
 }
 
-/// Peaks of one recomputed layer's candle graph over `n` tokens without
-/// its attention (norm + QKV + RoPE, output projection + FFN) and of one
-/// attention block of `q_block` query rows against at most `seq` keys,
-/// each replayed forward and backward (`(y * gy).sum_all().backward()`),
-/// over nothing else.
-fn layer_graph_peaks(c: &Config, e: u64, n: u64, seq: u64, q_block: u64) -> (u64, u64) {
-    let (d, hd, f) = (c.d_model as u64, c.head_dim as u64, c.d_ff as u64);
-    let (nh, nkv) = (c.n_heads as u64, c.n_kv_heads as u64);
-    let (q, kv) = (nh * hd, nkv * hd);
-    let layer = {
-        let ctx = Ctx::default();
-        let g = Builder { c: &ctx, e };
-        let lv = layer_vars(&ctx, c);
-        let weights = ctx.live();
-        let x = ctx.var(n * d, e);
-        let cos = ctx.leaf(n * hd, e);
-        let sin = ctx.leaf(n * hd, e);
-        let h = g.rms_norm(&x, &lv.attn_norm, n);
-        let qr = g.rope(&g.linear(&h, &lv.q, n, q), &cos, &sin);
-        let kr = g.rope(&g.linear(&h, &lv.k, n, kv), &cos, &sin);
-        let vy = g.linear(&h, &lv.v, n, kv);
-        // The attention output enters as its own input (its blocks have
-        // their own graphs); q, k, v stay for them.
-        let o = ctx.var(n * q, e);
-        let x1 = ctx.add(&x, &g.linear(&o, &lv.o, n, d));
-        let h2 = g.rms_norm(&x1, &lv.ffn_norm, n);
-        let gate = ctx.unary(Unary::Silu, &g.linear(&h2, &lv.gate, n, f));
-        let up = g.linear(&h2, &lv.up, n, f);
-        let y = ctx.add(&x1, &g.linear(&ctx.mul(&gate, &up), &lv.down, n, d));
-        let gy = ctx.leaf(n * d, e);
-        let loss = ctx.sum_keepdim(&ctx.mul(&y, &gy), 1);
-        let _keep = (qr, kr, vy);
-        let grads = ctx.backward(&loss);
-        drop(grads);
-        ctx.peak() - weights
-    };
-    let block = {
-        let ctx = Ctx::default();
-        let g = Builder { c: &ctx, e };
-        let qb = ctx.var(q_block * q, e);
-        let kb = ctx.var(seq * q, e);
-        let vb = ctx.var(seq * q, e);
-        let mask = ctx.leaf(q_block * seq, e);
-        let s = nh * q_block * seq;
-        let att = ctx.affine(&ctx.matmul(&qb, &ctx.transpose(&kb), s));
-        let att = g.softmax(&g.bcast(Binary::Add, &att, &mask), nh * q_block);
-        let o = ctx.matmul(&att, &vb, q_block * q);
-        let go = ctx.leaf(q_block * q, e);
-        let loss = ctx.sum_keepdim(&ctx.mul(&o, &go), 1);
-        let grads = ctx.backward(&loss);
-        drop(grads);
-        // Keys and values are the layer's, counted with it.
-        ctx.peak() - 2 * seq * q * e - q_block * q * e
-    };
-    let _ = nkv;
-    (layer, block)
+/// The worst packing of `tokens`: sequences of `seq_len`, the last one
+/// shorter; every position but each sequence's first a target.
+pub fn pack_shape(tokens: u64, seq_len: u64) -> layerwise::PackShape {
+    let seq_len = seq_len.clamp(2, tokens.max(2));
+    let mut seq_lens = vec![seq_len; (tokens / seq_len) as usize];
+    if tokens % seq_len > 1 {
+        seq_lens.push(tokens % seq_len);
+    }
+    if seq_lens.is_empty() {
+        seq_lens.push(tokens.max(2));
+    }
+    let n_targets = seq_lens.iter().map(|l| l - 1).sum();
+    layerwise::PackShape {
+        seq_lens,
+        n_targets,
+    }
 }
 
 /// `bytes` in GiB for people.

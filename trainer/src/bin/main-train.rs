@@ -242,7 +242,8 @@ fn plan(a: PlanArgs) -> Result<()> {
 }
 
 /// Refuses a run that the plan says will not fit the device, before the
-/// model is loaded.
+/// model is loaded: the plan of the path `cfg` runs (the layerwise step,
+/// or the whole graph with `--recompute false` or the alignment loss).
 fn check_memory(a: &SftArgs, cfg: &TrainConfig, device: &candle_core::Device) -> Result<()> {
     use main_trainer::plan::{PlanDevice, PlanSettings};
     let (config, tied) = main_trainer::plan::read_config(&a.model)?;
@@ -251,14 +252,22 @@ fn check_memory(a: &SftArgs, cfg: &TrainConfig, device: &candle_core::Device) ->
     } else {
         PlanDevice::Cpu
     };
-    // The whole-graph path sft runs: batch_size sequences of up to
-    // max_tokens per micro-batch.
-    let s = PlanSettings::whole_graph(
-        cfg.batch_size * cfg.max_tokens * cfg.grad_accum,
-        cfg.max_tokens,
-        cfg.grad_accum,
-        pd,
-    );
+    // A micro-batch: --tokens packed tokens, else batch_size sequences of
+    // up to max_tokens.
+    let micro = if cfg.tokens > 0 {
+        cfg.tokens
+    } else {
+        cfg.batch_size * cfg.max_tokens
+    };
+    let mut s =
+        PlanSettings::whole_graph(micro * cfg.grad_accum, cfg.max_tokens, cfg.grad_accum, pd);
+    if cfg.recompute && !cfg.align_loss {
+        s.recompute = true;
+        s.step_in_backward = cfg.step_in_backward;
+        s.q_block = cfg.q_block;
+        // Accumulated micro-batches: one micro-batch's activations.
+        s.tokens = micro;
+    }
     let p = main_trainer::plan::plan(&config, tied, &s)?;
     main_trainer::plan::check_fits(&p, main_trainer::plan::available(device)?)
 }

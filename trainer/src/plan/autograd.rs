@@ -132,6 +132,9 @@ pub struct Node {
 pub type T = Rc<Node>;
 
 impl Node {
+    pub fn id(&self) -> usize {
+        self.id
+    }
     fn tracks(&self) -> bool {
         self.var || self.op.is_some()
     }
@@ -210,7 +213,7 @@ impl Ctx {
         self.make(numel, x.elem, x.storage.clone(), op, false)
     }
     /// Same data, no history (candle's `detach`).
-    fn detach(&self, x: &T) -> T {
+    pub fn detach(&self, x: &T) -> T {
         Rc::new(Node {
             id: self.id(),
             numel: x.numel,
@@ -298,16 +301,36 @@ impl Ctx {
             self.new_t(x.numel, elem, Op::ToDType(x.clone()))
         }
     }
-    fn zeros_like(&self, x: &T) -> T {
+    /// `Var::from_tensor` of a tensor that is not one: a copy.
+    pub fn var_from(&self, x: &T) -> T {
+        let s = Storage::new(x.bytes(), &self.mem);
+        Rc::new(Node {
+            id: self.id(),
+            numel: x.numel,
+            elem: x.elem,
+            storage: s,
+            op: None,
+            var: true,
+        })
+    }
+    /// `pad_with_zeros` along rows: zeros then a cat (nothing when no pad).
+    pub fn pad_rows(&self, x: &T, pad: u64) -> T {
+        if pad == 0 {
+            return x.clone();
+        }
+        let z = self.zeros(pad, x.elem);
+        self.cat(&[&z, x])
+    }
+    pub fn zeros_like(&self, x: &T) -> T {
         let s = Storage::new(x.bytes(), &self.mem);
         self.make(x.numel, x.elem, s, Op::Other(vec![]), false)
     }
-    fn zeros(&self, numel: u64, elem: u64) -> T {
+    pub fn zeros(&self, numel: u64, elem: u64) -> T {
         let s = Storage::new(numel * elem, &self.mem);
         self.make(numel, elem, s, Op::Other(vec![]), false)
     }
     /// Ops replayed for their bytes and what they hold only.
-    fn other(&self, numel: u64, elem: u64, inputs: &[&T]) -> T {
+    pub fn other(&self, numel: u64, elem: u64, inputs: &[&T]) -> T {
         self.new_t(
             numel,
             elem,
