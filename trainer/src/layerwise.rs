@@ -439,6 +439,10 @@ pub fn loss_and_grads(
     }
     // The embedding lookup: rows of the gradient summed into their tokens.
     let emb = model.param("token_embd.weight")?.as_tensor();
+    // Detached: `gx` still carries layer 0's backward graph (candle tracks a
+    // gradient computed from tracked tensors), which the embedding gradient
+    // would otherwise hold, and through AdamW's moments every step's after.
+    let gx = gx.detach();
     let g_emb = emb
         .zeros_like()
         .and_then(|z| z.index_add(&st.ids, &gx.to_dtype(DType::F32)?, 0))

@@ -20,6 +20,7 @@ pub mod model;
 pub mod optim;
 pub mod pack;
 pub mod pipeline;
+pub mod plan;
 pub mod remote;
 pub mod sft;
 pub mod tensor_file;

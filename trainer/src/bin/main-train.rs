@@ -55,6 +55,10 @@ enum Cmd {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// Print the peak memory a run will take, by part, from config.json
+    /// alone (nothing is allocated).
+    #[command(args_override_self = true)]
+    Plan(PlanArgs),
     /// Run the MAIN loop described by a TOML config.
     Pipeline {
         #[arg(long)]
@@ -156,6 +160,138 @@ struct SftArgs {
     quiet: bool,
 }
 
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// A model folder with config.json (weights not needed), or the file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Tokens per optimizer step.
+    #[arg(long)]
+    tokens: usize,
+    /// cpu (f32 compute) or cuda (bf16 compute).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// One JSON object (the parts and total_bytes) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Per-layer recomputation (the layer-by-layer path); false: the whole
+    /// graph is kept, as `sft` runs today.
+    #[arg(long)]
+    recompute: Option<bool>,
+    /// f32 or bf16 (default bf16; f32 with --recompute false).
+    #[arg(long)]
+    param_dtype: Option<String>,
+    /// An f32 master copy beside bf16 parameters.
+    #[arg(long)]
+    master: bool,
+    /// f32, bf16 or 8bit (default 8bit; f32 with --recompute false).
+    #[arg(long)]
+    moments: Option<String>,
+    /// The optimizer step inside backward (default true; false with
+    /// --recompute false).
+    #[arg(long)]
+    step_in_backward: Option<bool>,
+    /// Query rows per attention block.
+    #[arg(long)]
+    q_block: Option<usize>,
+    /// Longest sequence (default: --tokens).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Micro-batches per step (whole-graph path).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+}
+
+fn plan(a: PlanArgs) -> Result<()> {
+    use main_trainer::plan::{Moments, PlanDevice, PlanSettings};
+    let (config, tied) = main_trainer::plan::read_config(&a.model)?;
+    let device = PlanDevice::parse(&a.device)?;
+    let seq_len = a.max_tokens.unwrap_or(a.tokens);
+    let mut s = if a.recompute == Some(false) {
+        PlanSettings::whole_graph(a.tokens, seq_len, a.grad_accum, device)
+    } else {
+        PlanSettings::defaults(a.tokens, device)
+    };
+    s.seq_len = seq_len;
+    s.grad_accum = a.grad_accum;
+    if let Some(p) = &a.param_dtype {
+        s.param_bytes = match p.as_str() {
+            "f32" => 4,
+            "bf16" => 2,
+            other => {
+                return Err(Error::invalid(
+                    "param-dtype",
+                    format!("'{other}' (expected f32 or bf16)"),
+                ))
+            }
+        };
+    }
+    s.master = a.master;
+    if let Some(m) = &a.moments {
+        s.moments = Moments::parse(m)?;
+    }
+    if let Some(b) = a.step_in_backward {
+        s.step_in_backward = b;
+    }
+    if let Some(q) = a.q_block {
+        s.q_block = q;
+    }
+    let p = main_trainer::plan::plan(&config, tied, &s)?;
+    if a.json {
+        let mut v = serde_json::json!({"total_bytes": p.total_bytes, "n_params": p.n_params,
+            "peak_at": p.peak_at, "settings": p.settings});
+        for part in &p.parts {
+            v[part.name] = part.bytes.into();
+        }
+        println!("{v}");
+    } else {
+        println!("{}", p.text());
+    }
+    Ok(())
+}
+
+/// Refuses a run that the plan says will not fit the device, before the
+/// model is loaded: the plan of the path `cfg` runs (the layerwise step,
+/// or the whole graph with `--recompute false` or the alignment loss).
+fn check_memory(a: &SftArgs, cfg: &TrainConfig, device: &candle_core::Device) -> Result<()> {
+    use main_trainer::plan::{PlanDevice, PlanSettings};
+    let (config, tied) = main_trainer::plan::read_config(&a.model)?;
+    let pd = if device.is_cuda() {
+        PlanDevice::Cuda
+    } else {
+        PlanDevice::Cpu
+    };
+    // A micro-batch: --tokens packed tokens, else batch_size sequences of
+    // up to max_tokens.
+    let micro = if cfg.tokens > 0 {
+        cfg.tokens
+    } else {
+        cfg.batch_size * cfg.max_tokens
+    };
+    let mut s =
+        PlanSettings::whole_graph(micro * cfg.grad_accum, cfg.max_tokens, cfg.grad_accum, pd);
+    // The weights and moments as this run stores them.
+    s.param_bytes = match cfg.param_dtype {
+        main_trainer::model::ParamDtype::F32 => 4,
+        main_trainer::model::ParamDtype::Bf16 => 2,
+    };
+    s.master = cfg.master;
+    s.moments = match cfg.moments {
+        main_trainer::optim::MomentsKind::F32 => main_trainer::plan::Moments::F32,
+        main_trainer::optim::MomentsKind::Bf16 => main_trainer::plan::Moments::Bf16,
+        main_trainer::optim::MomentsKind::Bit8 => main_trainer::plan::Moments::Bit8,
+    };
+    if cfg.recompute && !cfg.align_loss {
+        s.recompute = true;
+        s.step_in_backward = cfg.step_in_backward;
+        s.q_block = cfg.q_block;
+        // Accumulated micro-batches: one micro-batch's activations.
+        s.tokens = micro;
+    }
+    let p = main_trainer::plan::plan(&config, tied, &s)?;
+    main_trainer::plan::check_fits(&p, main_trainer::plan::available(device)?)
+}
+
 fn sft(a: SftArgs) -> Result<()> {
     let mut cfg = match &a.train_config {
         Some(p) => {
@@ -221,6 +357,8 @@ fn sft(a: SftArgs) -> Result<()> {
     };
     #[cfg(not(feature = "nccl"))]
     let (device, dtype) = main_trainer::device::select()?;
+    cfg.validate()?;
+    check_memory(&a, &cfg, &device)?;
     let mut model = main_trainer::model::TrainModel::load(&a.model, &device, dtype)?;
     model.cast_params(cfg.param_dtype.dtype())?;
     #[cfg(feature = "nccl")]
@@ -298,6 +436,7 @@ fn run(cli: Cli) -> Result<()> {
             let c = main_engine::config::Config::from_hf_json(&bytes)?;
             main_trainer::model::write_random(&out, &c, tied, &tokenizer, std, seed)
         }
+        Cmd::Plan(a) => plan(a),
         Cmd::Pipeline { config, generator } => {
             main_trainer::pipeline::run_file(&config, generator.as_deref())
         }

@@ -1,0 +1,825 @@
+//! The memory plan of a training run: the peak bytes a step takes, by part,
+//! computed from `config.json` and the run's settings before anything is
+//! allocated (`main-train plan`, and `sft`'s refusal of a run that does not
+//! fit).
+//!
+//! The whole-graph path (`--recompute false`, what `sft` runs today) is
+//! planned by replaying candle's autograd op by op ([`autograd`]): the
+//! forward graph of `model.rs` rebuilt with its shapes, then the backward's
+//! allocations in candle's order, then the optimizer's temporaries
+//! (`optim.rs`). `tests/plan_memory.rs` holds it to a counting allocator.
+//!
+//! The layer-by-layer path (`--recompute true`, issue 19's design: bf16
+//! weights, 8-bit moments, the optimizer step inside backward, per-layer
+//! recomputation, attention in query blocks, a chunked LM head) is planned
+//! from that design, its candle pieces (one layer's graph, one attention
+//! block) replayed the same way. It is not measured yet: the path is built
+//! on other branches.
+
+pub mod autograd;
+pub mod layerwise;
+
+use autograd::{Binary, Ctx, Unary, T};
+use main_engine::config::Config;
+
+use crate::error::{Error, Result};
+
+/// Where the run's tensors live; sets the compute dtype (f32 on the CPU,
+/// bf16 on CUDA, as `device::select` does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanDevice {
+    Cpu,
+    Cuda,
+}
+
+impl PlanDevice {
+    pub fn parse(s: &str) -> Result<PlanDevice> {
+        match s {
+            "cpu" => Ok(PlanDevice::Cpu),
+            "cuda" => Ok(PlanDevice::Cuda),
+            other => Err(Error::invalid(
+                "device",
+                format!("'{other}' (expected cpu or cuda)"),
+            )),
+        }
+    }
+    /// Bytes per element of the forward pass.
+    fn compute_bytes(self) -> u64 {
+        match self {
+            PlanDevice::Cpu => 4,
+            PlanDevice::Cuda => 2,
+        }
+    }
+}
+
+/// How AdamW's moments are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Moments {
+    F32,
+    Bf16,
+    #[serde(rename = "8bit")]
+    Bit8,
+}
+
+impl Moments {
+    pub fn parse(s: &str) -> Result<Moments> {
+        match s {
+            "f32" => Ok(Moments::F32),
+            "bf16" => Ok(Moments::Bf16),
+            "8bit" => Ok(Moments::Bit8),
+            other => Err(Error::invalid(
+                "moments",
+                format!("'{other}' (expected f32, bf16 or 8bit)"),
+            )),
+        }
+    }
+}
+
+/// Elements per 8-bit moment block, each with one f32 scale (bitsandbytes'
+/// blockwise 8-bit Adam uses 256).
+pub const MOMENT_BLOCK: u64 = 256;
+
+/// The settings of a run that decide its memory (`sft`'s memory flags).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PlanSettings {
+    /// Tokens per optimizer step.
+    pub tokens: usize,
+    /// Longest sequence (`max_tokens`): the whole-graph path pads every
+    /// sequence of a micro-batch to it at worst.
+    pub seq_len: usize,
+    /// Micro-batches per optimizer step (whole-graph path).
+    pub grad_accum: usize,
+    pub device: PlanDevice,
+    /// Bytes per parameter element: 4 (f32) or 2 (bf16).
+    pub param_bytes: u64,
+    /// An f32 master copy beside bf16 parameters.
+    pub master: bool,
+    pub moments: Moments,
+    /// Per-layer recomputation (the layer-by-layer path); false: the whole
+    /// graph is kept.
+    pub recompute: bool,
+    /// The optimizer step inside backward (layer-by-layer path only).
+    pub step_in_backward: bool,
+    /// Query rows per attention block (layer-by-layer path).
+    pub q_block: usize,
+    /// LM head chunk: target rows x vocabulary columns (layer-by-layer path).
+    pub head_rows: usize,
+    pub head_vocab: usize,
+}
+
+impl PlanSettings {
+    /// The memory-saving defaults of issue 19 at `tokens` per step.
+    pub fn defaults(tokens: usize, device: PlanDevice) -> PlanSettings {
+        PlanSettings {
+            tokens,
+            seq_len: tokens,
+            grad_accum: 1,
+            device,
+            param_bytes: 2,
+            master: false,
+            moments: Moments::Bit8,
+            recompute: true,
+            step_in_backward: true,
+            q_block: crate::layerwise::DEFAULT_Q_BLOCK,
+            head_rows: crate::head::HeadChunks::default().rows,
+            head_vocab: crate::head::HeadChunks::default().vocab,
+        }
+    }
+
+    /// What `sft` runs today: f32 masters and moments, the whole graph.
+    pub fn whole_graph(
+        tokens: usize,
+        seq_len: usize,
+        grad_accum: usize,
+        device: PlanDevice,
+    ) -> Self {
+        PlanSettings {
+            tokens,
+            seq_len,
+            grad_accum,
+            device,
+            param_bytes: 4,
+            master: false,
+            moments: Moments::F32,
+            recompute: false,
+            step_in_backward: false,
+            ..PlanSettings::defaults(tokens, device)
+        }
+    }
+}
+
+/// One part of the peak.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Part {
+    pub name: &'static str,
+    pub bytes: u64,
+    /// What the part holds, in words.
+    pub what: String,
+}
+
+/// The peak memory of a run, by part; the parts sum to `total_bytes`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    pub n_params: u64,
+    pub parts: Vec<Part>,
+    pub total_bytes: u64,
+    /// Which phase of the step reaches the peak.
+    pub peak_at: &'static str,
+    pub settings: PlanSettings,
+}
+
+/// The shape of one micro-batch of the whole-graph path: `n_seq`
+/// sequences padded to `seq_len`, `n_targets` scored positions.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchShape {
+    pub n_seq: usize,
+    pub seq_len: usize,
+    pub n_targets: usize,
+}
+
+impl BatchShape {
+    /// The worst micro-batch of `tokens` tokens in sequences of at most
+    /// `seq_len`: every sequence full length, every position but each
+    /// sequence's first a target.
+    pub fn worst(tokens: usize, seq_len: usize) -> BatchShape {
+        let seq_len = seq_len.min(tokens).max(2);
+        let n_seq = tokens.div_ceil(seq_len).max(1);
+        BatchShape {
+            n_seq,
+            seq_len,
+            n_targets: n_seq * (seq_len - 1),
+        }
+    }
+}
+
+/// Every trainable tensor's element count, in `model.rs`'s order.
+pub fn param_sizes(c: &Config, tied: bool) -> Vec<u64> {
+    let (d, v, f) = (c.d_model as u64, c.vocab_size as u64, c.d_ff as u64);
+    let q = (c.n_heads * c.head_dim) as u64;
+    let kv = (c.n_kv_heads * c.head_dim) as u64;
+    let mut s = vec![v * d];
+    for _ in 0..c.n_layers {
+        s.extend([d, q * d, kv * d, kv * d, d * q, d, f * d, f * d, d * f]);
+    }
+    s.push(d);
+    if !tied {
+        s.push(v * d);
+    }
+    s
+}
+
+/// Reads `config.json` of a model folder (or the file itself) and whether
+/// the LM head is tied to the embedding.
+pub fn read_config(path: &std::path::Path) -> Result<(Config, bool)> {
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+    let json: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid(file.display().to_string(), e.to_string()))?;
+    let tied = match json.get("tie_word_embeddings") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(v) => v.as_bool().ok_or_else(|| {
+            Error::invalid(
+                format!("{} tie_word_embeddings", file.display()),
+                format!("{v} is not a boolean"),
+            )
+        })?,
+    };
+    let c = Config::from_hf_json(&bytes)?;
+    c.validate()?;
+    Ok((c, tied))
+}
+
+/// The plan of a run of the model `c` with `s`.
+pub fn plan(c: &Config, tied: bool, s: &PlanSettings) -> Result<Plan> {
+    if s.tokens < 2 {
+        return Err(Error::invalid(
+            "tokens",
+            format!("{} (need at least 2)", s.tokens),
+        ));
+    }
+    if s.param_bytes != 2 && s.param_bytes != 4 {
+        return Err(Error::invalid("param-dtype", "must be f32 or bf16"));
+    }
+    if s.recompute {
+        if s.q_block == 0 || s.head_rows == 0 || s.head_vocab == 0 {
+            return Err(Error::invalid("q-block", "block sizes must be at least 1"));
+        }
+        Ok(plan_layerwise(c, tied, s))
+    } else {
+        if s.param_bytes != 4 || s.moments != Moments::F32 || s.step_in_backward {
+            return Err(Error::invalid(
+                "recompute",
+                "the whole-graph path (--recompute false) keeps f32 weights and moments \
+                 and steps after backward",
+            ));
+        }
+        let b = BatchShape::worst(s.tokens.div_ceil(s.grad_accum.max(1)), s.seq_len);
+        Ok(plan_whole_graph(c, tied, s, b))
+    }
+}
+
+/// The whole-graph path for one micro-batch shape `b` (tests pass the
+/// exact shape of their batch).
+pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape) -> Plan {
+    let sizes = param_sizes(c, tied);
+    let n_params: u64 = sizes.iter().sum();
+    let weights = 4 * n_params;
+    let moments = 8 * n_params;
+    let largest = *sizes.iter().max().unwrap_or(&0) * 4;
+    // Earlier micro-batches' summed gradients are alive through the later ones.
+    let accumulated = if s.grad_accum > 1 { 4 * n_params } else { 0 };
+    let (bw_peak, activations, store) =
+        replay_whole_graph(c, tied, s.device.compute_bytes(), b, moments + accumulated);
+    let held = store;
+    let base = weights + moments + accumulated + activations;
+    // After backward, the sum with the earlier micro-batches: one new tensor
+    // at a time, the graph and the store still alive.
+    let acc_peak = if s.grad_accum > 1 {
+        base + held + largest
+    } else {
+        0
+    };
+    let opt_peak = weights + moments + 4 * n_params + 7 * largest;
+    let grads = 4 * n_params + accumulated;
+    let (total, peak_at) = [
+        (bw_peak, "backward"),
+        (acc_peak, "gradient accumulation"),
+        (opt_peak, "optimizer update"),
+    ]
+    .into_iter()
+    .max_by_key(|p| p.0)
+    .unwrap();
+    let mut parts = vec![
+        Part {
+            name: "weights",
+            bytes: weights,
+            what: "f32 master weights (the forward reads them in place on the CPU)".into(),
+        },
+        Part {
+            name: "moments",
+            bytes: moments,
+            what: "AdamW m and v, f32".into(),
+        },
+    ];
+    let (acts, grads_here) = if peak_at == "optimizer update" {
+        (0, grads.min(4 * n_params))
+    } else {
+        (activations, accumulated + held.min(4 * n_params))
+    };
+    parts.push(Part {
+        name: "gradients",
+        bytes: grads_here,
+        what: if accumulated > 0 {
+            "f32 gradients of every weight, plus the running sum over micro-batches".into()
+        } else {
+            "f32 gradients of every weight (candle's gradient store)".into()
+        },
+    });
+    parts.push(Part {
+        name: "activations",
+        bytes: acts,
+        what: format!(
+            "the whole forward graph of a {}x{} micro-batch ({} targets): every op's output, \
+             six (batch, heads, T, T) attention tensors and four [targets x vocab] head tensors",
+            b.n_seq, b.seq_len, b.n_targets
+        ),
+    });
+    let used: u64 = parts.iter().map(|p| p.bytes).sum();
+    parts.push(Part {
+        name: "workspace",
+        bytes: total - used,
+        what: match peak_at {
+            "optimizer update" => "the AdamW update's temporaries of the largest tensor".into(),
+            _ => "backward temporaries in flight and the gradients candle keeps for inputs \
+                  that need none (mask, RoPE tables)"
+                .into(),
+        },
+    });
+    Plan {
+        n_params,
+        parts,
+        total_bytes: total,
+        peak_at,
+        settings: s.clone(),
+    }
+}
+
+/// `model.rs`'s forward ops on the replay, one call per candle call.
+struct Builder<'a> {
+    c: &'a Ctx,
+    /// Compute bytes per element.
+    e: u64,
+}
+
+impl Builder<'_> {
+    /// A weight in the compute dtype (`TrainModel::w`): the f32 master
+    /// itself, or its cast.
+    fn w(&self, var: &T) -> T {
+        self.c.to_dtype(var, self.e)
+    }
+    /// `x.matmul(w.t())` of `rows` rows into `out` columns.
+    fn linear(&self, x: &T, var: &T, rows: u64, out: u64) -> T {
+        let w = self.w(var);
+        self.c.matmul(x, &self.c.transpose(&w), rows * out)
+    }
+    /// `broadcast_*`: the smaller side becomes a broadcast view first.
+    fn bcast(&self, b: Binary, l: &T, r: &T) -> T {
+        let n = l.numel.max(r.numel);
+        let l = if l.numel < n {
+            self.c.broadcast_as(l, n)
+        } else {
+            l.clone()
+        };
+        let r = if r.numel < n {
+            self.c.broadcast_as(r, n)
+        } else {
+            r.clone()
+        };
+        self.c.binary(b, &l, &r)
+    }
+    /// `model::rms_norm` over `rows` rows.
+    fn rms_norm(&self, x: &T, w: &T, rows: u64) -> T {
+        let c = self.c;
+        let x32 = c.to_dtype(x, 4);
+        let ms = c.affine(&c.sum_keepdim(&c.unary(Unary::Sqr, &x32), rows)); // mean
+        let r = c.unary(Unary::Recip, &c.unary(Unary::Sqrt, &c.affine(&ms))); // + eps
+        let y = c.to_dtype(&self.bcast(Binary::Mul, &x32, &r), x.elem);
+        self.bcast(Binary::Mul, &y, &self.w(w))
+    }
+    /// `model::rope` on a contiguous `(B, heads, T, hd)` tensor.
+    fn rope(&self, x: &T, cos: &T, sin: &T) -> T {
+        let c = self.c;
+        let half = x.numel / 2;
+        let x1 = c.narrow(x, 0, half);
+        let x2 = c.narrow(x, half, half);
+        let rotated = c.cat(&[&c.unary(Unary::Neg, &x2), &x1]);
+        c.add(
+            &self.bcast(Binary::Mul, x, cos),
+            &self.bcast(Binary::Mul, &rotated, sin),
+        )
+    }
+    /// candle_nn::ops::softmax (the generic form model.rs calls).
+    fn softmax(&self, x: &T, rows: u64) -> T {
+        let c = self.c;
+        let max = c.max_keepdim(x, rows);
+        let diff = self.bcast(Binary::Sub, x, &max);
+        let num = c.unary(Unary::Exp, &diff);
+        let den = c.sum_keepdim(&num, rows);
+        self.bcast(Binary::Div, &num, &den)
+    }
+    fn log_softmax(&self, x: &T, rows: u64) -> T {
+        let c = self.c;
+        let max = c.max_keepdim(x, rows);
+        let diff = self.bcast(Binary::Sub, x, &max);
+        let sum_exp = c.sum_keepdim(&c.unary(Unary::Exp, &diff), rows);
+        self.bcast(Binary::Sub, &diff, &c.unary(Unary::Log, &sum_exp))
+    }
+    /// (rows, heads * hd) -> (B, heads, T, hd): reshape and transpose are
+    /// views, `contiguous` copies.
+    fn heads(&self, y: &T) -> T {
+        let c = self.c;
+        c.contiguous_copy(&c.transpose(&c.reshape(y)))
+    }
+    /// `model::repeat_kv`: unsqueeze (view), expand (view), reshape of the
+    /// strided result (copy).
+    fn repeat_kv(&self, y: &T, rep: u64) -> T {
+        if rep == 1 {
+            return y.clone();
+        }
+        let c = self.c;
+        c.reshape_copy(&c.broadcast_as(&c.reshape(y), y.numel * rep))
+    }
+}
+
+/// One layer's weights, f32 masters.
+struct LayerVars {
+    attn_norm: T,
+    q: T,
+    k: T,
+    v: T,
+    o: T,
+    ffn_norm: T,
+    gate: T,
+    up: T,
+    down: T,
+}
+
+fn layer_vars(ctx: &Ctx, c: &Config) -> LayerVars {
+    let (d, f) = (c.d_model as u64, c.d_ff as u64);
+    let q = (c.n_heads * c.head_dim) as u64;
+    let kv = (c.n_kv_heads * c.head_dim) as u64;
+    LayerVars {
+        attn_norm: ctx.var(d, 4),
+        q: ctx.var(q * d, 4),
+        k: ctx.var(kv * d, 4),
+        v: ctx.var(kv * d, 4),
+        o: ctx.var(d * q, 4),
+        ffn_norm: ctx.var(d, 4),
+        gate: ctx.var(f * d, 4),
+        up: ctx.var(f * d, 4),
+        down: ctx.var(d * f, 4),
+    }
+}
+
+/// Replays `sft`'s backward of one micro-batch of the whole-graph path
+/// over `base` bytes held outside it: (peak, activations, bytes the
+/// gradient store holds after backward beyond the weights' gradients).
+fn replay_whole_graph(c: &Config, tied: bool, e: u64, b: BatchShape, base: u64) -> (u64, u64, u64) {
+    let ctx = Ctx::default();
+    let _held = ctx.hold(base);
+    let g = Builder { c: &ctx, e };
+    let (bs, t) = (b.n_seq as u64, b.seq_len as u64);
+    let n = bs * t;
+    let nt = b.n_targets as u64;
+    let (d, hd, v, f) = (
+        c.d_model as u64,
+        c.head_dim as u64,
+        c.vocab_size as u64,
+        c.d_ff as u64,
+    );
+    let (nh, nkv) = (c.n_heads as u64, c.n_kv_heads as u64);
+    let (q, kv) = (nh * hd, nkv * hd);
+    // Every weight once, as TrainModel holds them.
+    let embd = ctx.var(v * d, 4);
+    let layers: Vec<LayerVars> = (0..c.n_layers).map(|_| layer_vars(&ctx, c)).collect();
+    let out_norm = ctx.var(d, 4);
+    let head = if tied {
+        embd.clone()
+    } else {
+        ctx.var(v * d, 4)
+    };
+    let weights_end = ctx.live();
+
+    let loss = {
+        let _ids = ctx.leaf(n, 4);
+        let mut x = ctx.index_select(&g.w(&embd), n, d);
+        let cos = ctx.leaf(t * hd, e);
+        let sin = ctx.leaf(t * hd, e);
+        let mask = ctx.leaf(t * t, e);
+        let s = bs * nh * t * t;
+        for lv in &layers {
+            let h = g.rms_norm(&x, &lv.attn_norm, n);
+            let qh = g.heads(&g.linear(&h, &lv.q, n, q));
+            let kh = g.heads(&g.linear(&h, &lv.k, n, kv));
+            let vh = g.heads(&g.linear(&h, &lv.v, n, kv));
+            let qr = g.rope(&qh, &cos, &sin);
+            let kr = g.rope(&kh, &cos, &sin);
+            let kr = g.repeat_kv(&kr, nh / nkv);
+            let vr = g.repeat_kv(&vh, nh / nkv);
+            let att = ctx.affine(&ctx.matmul(&qr, &ctx.transpose(&kr), s));
+            let att = g.bcast(Binary::Add, &att, &mask);
+            let att = g.softmax(&att, bs * nh * t);
+            let o = ctx.matmul(&att, &vr, n * q);
+            let o = ctx.reshape_copy(&ctx.transpose(&o));
+            x = ctx.add(&x, &g.linear(&o, &lv.o, n, d));
+            let h = g.rms_norm(&x, &lv.ffn_norm, n);
+            let gate = ctx.unary(Unary::Silu, &g.linear(&h, &lv.gate, n, f));
+            let up = g.linear(&h, &lv.up, n, f);
+            let down = g.linear(&ctx.mul(&gate, &up), &lv.down, n, d);
+            x = ctx.add(&x, &down);
+        }
+        let hidden = g.rms_norm(&x, &out_norm, n);
+        let rows = ctx.index_select(&hidden, nt, d);
+        let logits = ctx.matmul(&rows, &ctx.transpose(&g.w(&head)), nt * v);
+        let logits = ctx.to_dtype(&logits, 4);
+        let lsm = g.log_softmax(&logits, nt);
+        let lp = ctx.reshape(&ctx.gather(&lsm, nt)); // squeeze
+        let w = ctx.leaf(nt, 4);
+        let weighted = ctx.mul(&lp, &w);
+        let sum = ctx.sum_keepdim(&weighted, 1);
+        ctx.affine(&ctx.unary(Unary::Neg, &sum)) // / grad_accum
+    };
+    let activations = ctx.live() - weights_end;
+    let grads = ctx.backward(&loss);
+    let peak = ctx.peak();
+    let store = ctx.live() - weights_end - activations;
+    drop(grads);
+    drop(loss);
+    (peak, activations, store)
+}
+
+/// The layer-by-layer path (`layerwise.rs`): replayed statement by
+/// statement ([`layerwise::replay`]), then the step after backward when
+/// gradients are kept.
+fn plan_layerwise(c: &Config, tied: bool, s: &PlanSettings) -> Plan {
+    let shape = pack_shape(s.tokens as u64, s.seq_len as u64);
+    plan_layerwise_packed(c, tied, s, &shape)
+}
+
+/// The layer-by-layer path for one packed step of exactly `shape` (tests
+/// pass the shape of their step).
+pub fn plan_layerwise_packed(
+    c: &Config,
+    tied: bool,
+    s: &PlanSettings,
+    shape: &layerwise::PackShape,
+) -> Plan {
+    let sizes = param_sizes(c, tied);
+    let n_params: u64 = sizes.iter().sum();
+    let e = s.device.compute_bytes();
+    let weights = s.param_bytes * n_params;
+    let master = if s.master && s.param_bytes != 4 {
+        4 * n_params
+    } else {
+        0
+    };
+    let moments = match s.moments {
+        Moments::F32 => 8 * n_params,
+        Moments::Bf16 => 4 * n_params,
+        // One byte per element and one f32 scale per block, for m and v.
+        Moments::Bit8 => 2 * (n_params + 4 * n_params.div_ceil(MOMENT_BLOCK)),
+    };
+    let sink = if s.step_in_backward {
+        layerwise::SinkKind::StepNow
+    } else {
+        layerwise::SinkKind::Accumulate
+    };
+    let (bw_peak, saved) = layerwise::replay(
+        c,
+        tied,
+        e,
+        s.param_bytes,
+        shape,
+        layerwise::Sizes {
+            q_block: s.q_block as u64,
+            head_rows: s.head_rows as u64,
+            head_vocab: s.head_vocab as u64,
+        },
+        sink,
+        moments + master,
+    );
+    let largest = *sizes.iter().max().unwrap_or(&0) * 4;
+    // Kept gradients: clipping, then AdamW's temporaries of one tensor.
+    let step_peak = if s.step_in_backward {
+        0
+    } else {
+        weights + master + moments + 4 * n_params + 5 * largest
+    };
+    let (total, peak_at) = if step_peak > bw_peak {
+        (step_peak, "optimizer update")
+    } else {
+        (bw_peak, "backward")
+    };
+    let grads = if s.step_in_backward || peak_at == "optimizer update" {
+        0
+    } else {
+        4 * n_params
+    };
+    let mut parts = vec![
+        Part {
+            name: "weights",
+            bytes: weights,
+            what: format!("{} bytes per parameter", s.param_bytes),
+        },
+        Part {
+            name: "master",
+            bytes: master,
+            what: "f32 master copy (--master)".into(),
+        },
+        Part {
+            name: "moments",
+            bytes: moments,
+            what: format!("AdamW m and v, {:?}", s.moments),
+        },
+        Part {
+            name: "gradients",
+            bytes: if peak_at == "optimizer update" {
+                4 * n_params
+            } else {
+                grads
+            },
+            what: if s.step_in_backward {
+                "none kept: each is stepped as it completes (in flight: workspace)".into()
+            } else {
+                "every weight's, f32, kept for clipping and the step".into()
+            },
+        },
+        Part {
+            name: "activations",
+            bytes: if peak_at == "backward" { saved } else { 0 },
+            what: format!(
+                "the {} saved layer inputs ({} tokens in sequences of at most {})",
+                c.n_layers + 1,
+                s.tokens,
+                s.seq_len
+            ),
+        },
+    ];
+    let used: u64 = parts.iter().map(|p| p.bytes).sum();
+    parts.push(Part {
+        name: "workspace",
+        bytes: total - used,
+        what: match peak_at {
+            "optimizer update" => "the AdamW update's temporaries of the largest tensor".into(),
+            _ => "one layer's recomputed graphs and their backward, an attention block, \
+                  the head's chunks and its (vocab x d) gradient, gradients in flight"
+                .into(),
+        },
+    });
+    Plan {
+        n_params,
+        parts,
+        total_bytes: total,
+        peak_at,
+        settings: s.clone(),
+    }
+}
+
+/// The worst packing of `tokens`: sequences of `seq_len`, the last one
+/// shorter; every position but each sequence's first a target.
+pub fn pack_shape(tokens: u64, seq_len: u64) -> layerwise::PackShape {
+    let seq_len = seq_len.clamp(2, tokens.max(2));
+    let mut seq_lens = vec![seq_len; (tokens / seq_len) as usize];
+    if tokens % seq_len > 1 {
+        seq_lens.push(tokens % seq_len);
+    }
+    if seq_lens.is_empty() {
+        seq_lens.push(tokens.max(2));
+    }
+    let n_targets = seq_lens.iter().map(|l| l - 1).sum();
+    layerwise::PackShape {
+        seq_lens,
+        n_targets,
+    }
+}
+
+/// `bytes` in GiB for people.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+impl Plan {
+    /// The plan as lines for a terminal or an error message.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "memory plan: {} parameters, {} tokens per step, peak at {}\n",
+            self.n_params, self.settings.tokens, self.peak_at
+        );
+        for p in &self.parts {
+            s.push_str(&format!(
+                "  {:<12} {:>9.3} GiB  {}\n",
+                p.name,
+                gib(p.bytes),
+                p.what
+            ));
+        }
+        s.push_str(&format!(
+            "  {:<12} {:>9.3} GiB ({} bytes)",
+            "total",
+            gib(self.total_bytes),
+            self.total_bytes
+        ));
+        s
+    }
+}
+
+/// An error with the plan in it when the run needs more than `available`
+/// bytes.
+pub fn check_fits(plan: &Plan, available: u64) -> Result<()> {
+    if plan.total_bytes <= available {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "memory",
+        format!(
+            "this run needs {:.2} GiB at its peak and the device has {:.2} GiB available \
+             (lower --batch-size, --max-tokens or --tokens)\n{}",
+            gib(plan.total_bytes),
+            gib(available),
+            plan.text()
+        ),
+    ))
+}
+
+/// Bytes the device can give this run now: MemAvailable on the CPU
+/// (`/proc/meminfo`), the free memory of CUDA device 0.
+pub fn available(device: &candle_core::Device) -> Result<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(_) => {
+            // The context is current: candle opened the device.
+            let (free, _total) = candle_core::cuda::cudarc::driver::result::mem_get_info()
+                .map_err(|e| {
+                    Error::invalid("device", format!("CUDA free memory unknown: {e:?}"))
+                })?;
+            Ok(free as u64)
+        }
+        _ => {
+            let path = "/proc/meminfo";
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            text.lines()
+                .find_map(|l| {
+                    let rest = l.strip_prefix("MemAvailable:")?;
+                    let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+                    Some(kb * 1024)
+                })
+                .ok_or_else(|| Error::invalid(path, "no MemAvailable line"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Config {
+        Config::from_hf_json(
+            br#"{"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 1000, "rms_norm_eps": 1e-5, "max_position_embeddings": 512}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_run_that_does_not_fit_is_refused_with_the_plan() {
+        let s = PlanSettings::whole_graph(256, 128, 1, PlanDevice::Cpu);
+        let p = plan(&tiny(), true, &s).unwrap();
+        assert!(check_fits(&p, p.total_bytes).is_ok());
+        let e = check_fits(&p, p.total_bytes - 1).unwrap_err().to_string();
+        assert!(
+            e.contains("needs") && e.contains("activations") && e.contains("total"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn parts_sum_to_the_total_and_grow_with_tokens() {
+        for recompute in [false, true] {
+            let mut last = 0;
+            for tokens in [64, 128, 256] {
+                let mut s = PlanSettings::whole_graph(tokens, tokens, 1, PlanDevice::Cpu);
+                if recompute {
+                    s = PlanSettings::defaults(tokens, PlanDevice::Cpu);
+                }
+                let p = plan(&tiny(), false, &s).unwrap();
+                let sum: u64 = p.parts.iter().map(|x| x.bytes).sum();
+                assert_eq!(sum, p.total_bytes);
+                assert!(p.total_bytes > last);
+                last = p.total_bytes;
+            }
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_errors_naming_the_setting() {
+        let mut s = PlanSettings::defaults(4, PlanDevice::Cpu);
+        s.q_block = 0;
+        let e = plan(&tiny(), true, &s).unwrap_err().to_string();
+        assert!(e.contains("q-block"), "{e}");
+        let mut s = PlanSettings::whole_graph(64, 64, 1, PlanDevice::Cpu);
+        s.moments = Moments::Bit8;
+        let e = plan(&tiny(), true, &s).unwrap_err().to_string();
+        assert!(e.contains("recompute"), "{e}");
+        assert!(Moments::parse("4bit")
+            .unwrap_err()
+            .to_string()
+            .contains("4bit"));
+    }
+}
