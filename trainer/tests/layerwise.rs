@@ -300,3 +300,53 @@ fn step_in_backward_packed_equals_step_after_backward() {
     let e = bad.validate().unwrap_err().to_string();
     assert!(e.contains("clip"), "{e}");
 }
+
+/// A timing probe on the fixture model (by hand: `cargo test --release -p
+/// main-trainer --test layerwise -- --ignored --nocapture`): the layerwise
+/// step, its head alone and the whole-graph step on the same 4 examples.
+#[test]
+#[ignore]
+fn probe_step_times_on_the_fixture_model() {
+    use std::time::Instant;
+    let model =
+        TrainModel::load(&common::fixture("smollm2-f32"), &Device::Cpu, DType::F32).unwrap();
+    let exs: Vec<Example> = common::alpaca_pairs(4)
+        .iter()
+        .map(|p| {
+            let wp = WeightedPair::new(p.clone(), 1.0);
+            main_trainer::data::example(&model, &wp, Direction::Forward, 256).unwrap()
+        })
+        .collect();
+    let refs: Vec<&Example> = exs.iter().collect();
+    let set = Settings::default();
+    for _ in 0..2 {
+        let t = Instant::now();
+        let _ = whole_graph(&model, &exs);
+        let whole = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let _ = layerwise_grads(&model, &refs, &set);
+        let lw = t.elapsed().as_secs_f64();
+        let p = Packed::new(&refs, |e| e.weight).unwrap();
+        let h = Tensor::randn(
+            0f32,
+            1.0,
+            (p.n_targets(), model.config.d_model),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let w = model
+            .param("token_embd.weight")
+            .unwrap()
+            .as_tensor()
+            .detach();
+        let tg = Tensor::from_vec(p.targets.clone(), p.n_targets(), &Device::Cpu).unwrap();
+        let t = Instant::now();
+        let _ = main_trainer::head::loss_and_grads(&h, &w, &tg, &p.weights, set.head).unwrap();
+        let head = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{} tokens, {} targets: whole graph {whole:.2}s, layerwise {lw:.2}s (head {head:.2}s)",
+            p.n_tokens(),
+            p.n_targets()
+        );
+    }
+}
