@@ -442,12 +442,7 @@ pub struct StepNow<'a> {
 
 impl GradSink for StepNow<'_> {
     fn take(&mut self, param: usize, grad: Tensor) -> Result<()> {
-        let grad = grad.to_dtype(DType::F32).op("grad")?;
-        let sq = grad
-            .sqr()
-            .and_then(|x| x.sum_all())
-            .and_then(|x| x.to_dtype(DType::F64))
-            .op("grad norm")?;
+        let sq = crate::optim::sum_squares(&grad)?;
         self.sum_sq = Some(match self.sum_sq.take() {
             None => sq,
             Some(a) => (a + sq).op("grad norm")?,
