@@ -23,6 +23,9 @@ use autograd::{Binary, Ctx, Unary, T};
 use main_engine::config::Config;
 
 use crate::error::{Error, Result};
+use crate::model::ParamDtype;
+use crate::optim::MomentsKind;
+use crate::sft::TrainConfig;
 
 /// Where the run's tensors live; sets the compute dtype (f32 on the CPU,
 /// bf16 on CUDA, as `device::select` does).
@@ -53,34 +56,6 @@ impl PlanDevice {
     }
 }
 
-/// How AdamW's moments are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Moments {
-    F32,
-    Bf16,
-    #[serde(rename = "8bit")]
-    Bit8,
-}
-
-impl Moments {
-    pub fn parse(s: &str) -> Result<Moments> {
-        match s {
-            "f32" => Ok(Moments::F32),
-            "bf16" => Ok(Moments::Bf16),
-            "8bit" => Ok(Moments::Bit8),
-            other => Err(Error::invalid(
-                "moments",
-                format!("'{other}' (expected f32, bf16 or 8bit)"),
-            )),
-        }
-    }
-}
-
-/// Elements per 8-bit moment block, each with one f32 scale (bitsandbytes'
-/// blockwise 8-bit Adam uses 256).
-pub const MOMENT_BLOCK: u64 = 256;
-
 /// The settings of a run that decide its memory (`sft`'s memory flags).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PlanSettings {
@@ -92,11 +67,12 @@ pub struct PlanSettings {
     /// Micro-batches per optimizer step (whole-graph path).
     pub grad_accum: usize,
     pub device: PlanDevice,
-    /// Bytes per parameter element: 4 (f32) or 2 (bf16).
-    pub param_bytes: u64,
-    /// An f32 master copy beside bf16 parameters.
+    /// How the weights are stored (`--param-dtype`).
+    pub param_dtype: ParamDtype,
+    /// An f32 master copy beside bf16 parameters (`--master`).
     pub master: bool,
-    pub moments: Moments,
+    /// How AdamW stores its moments (`--moments`).
+    pub moments: MomentsKind,
     /// Per-layer recomputation (the layer-by-layer path); false: the whole
     /// graph is kept.
     pub recompute: bool,
@@ -117,9 +93,9 @@ impl PlanSettings {
             seq_len: tokens,
             grad_accum: 1,
             device,
-            param_bytes: 2,
+            param_dtype: ParamDtype::Bf16,
             master: false,
-            moments: Moments::Bit8,
+            moments: MomentsKind::Bit8,
             recompute: true,
             step_in_backward: true,
             q_block: crate::layerwise::DEFAULT_Q_BLOCK,
@@ -128,7 +104,66 @@ impl PlanSettings {
         }
     }
 
-    /// What `sft` runs today: f32 masters and moments, the whole graph.
+    /// The settings of the run `cfg` describes on `device`: `sft`'s refusal
+    /// and `main-train plan` both plan through here, so they read the same
+    /// fields the same way. A micro-batch is `--tokens` packed tokens, else
+    /// `batch_size` sequences of up to `max_tokens`; the layerwise path
+    /// (not taken with the alignment loss) holds one micro-batch's
+    /// activations at a time.
+    pub fn from_train_config(cfg: &TrainConfig, device: PlanDevice) -> PlanSettings {
+        let micro = if cfg.tokens > 0 {
+            cfg.tokens
+        } else {
+            cfg.batch_size * cfg.max_tokens
+        };
+        let recompute = cfg.recompute && !cfg.align_loss;
+        PlanSettings {
+            tokens: if recompute {
+                micro
+            } else {
+                micro * cfg.grad_accum
+            },
+            seq_len: cfg.max_tokens,
+            grad_accum: cfg.grad_accum,
+            device,
+            param_dtype: cfg.param_dtype,
+            master: cfg.master,
+            moments: cfg.moments,
+            recompute,
+            step_in_backward: recompute && cfg.step_in_backward,
+            q_block: cfg.q_block,
+            ..PlanSettings::defaults(micro, device)
+        }
+    }
+
+    /// Bytes per stored weight element.
+    pub fn param_bytes(&self) -> u64 {
+        match self.param_dtype {
+            ParamDtype::F32 => 4,
+            ParamDtype::Bf16 => 2,
+        }
+    }
+
+    /// AdamW's state for tensors of `sizes` elements: (moments, master
+    /// copies) in bytes, tensor by tensor as `optim::AdamW` allocates it (an
+    /// 8-bit moment's last block of each tensor has its own scale). On CUDA
+    /// it lives in host memory: `AdamW` keeps plain Rust buffers and steps
+    /// each tensor on the host.
+    fn optimizer_state(&self, sizes: &[u64]) -> (u64, u64) {
+        let n_params: u64 = sizes.iter().sum();
+        let moments = sizes
+            .iter()
+            .map(|&n| self.moments.bytes(n as usize) as u64)
+            .sum();
+        let master = if self.master && self.param_dtype != ParamDtype::F32 {
+            4 * n_params
+        } else {
+            0
+        };
+        (moments, master)
+    }
+
+    /// What `sft` ran before issue 19: f32 weights and moments, the whole graph.
     pub fn whole_graph(
         tokens: usize,
         seq_len: usize,
@@ -140,9 +175,9 @@ impl PlanSettings {
             seq_len,
             grad_accum,
             device,
-            param_bytes: 4,
+            param_dtype: ParamDtype::F32,
             master: false,
-            moments: Moments::F32,
+            moments: MomentsKind::F32,
             recompute: false,
             step_in_backward: false,
             ..PlanSettings::defaults(tokens, device)
@@ -167,7 +202,42 @@ pub struct Plan {
     pub total_bytes: u64,
     /// Which phase of the step reaches the peak.
     pub peak_at: &'static str,
+    /// On CUDA: what the run keeps in host memory (AdamW's state, which
+    /// `optim::AdamW` holds in plain buffers and steps on the host), not in
+    /// `total_bytes`; empty on the CPU, where it is in `parts`.
+    pub host: Vec<Part>,
+    /// On CUDA: the host bytes at the step's peak, the state plus the
+    /// largest tensor's weight and f32 gradient copied over to be stepped.
+    pub host_bytes: u64,
     pub settings: PlanSettings,
+}
+
+impl Plan {
+    fn new(
+        n_params: u64,
+        parts: Vec<Part>,
+        host: Vec<Part>,
+        total_bytes: u64,
+        peak_at: &'static str,
+        s: &PlanSettings,
+        largest: u64,
+    ) -> Plan {
+        let host_bytes = match s.device {
+            PlanDevice::Cpu => 0,
+            PlanDevice::Cuda => {
+                host.iter().map(|p| p.bytes).sum::<u64>() + (4 + s.param_bytes()) * largest
+            }
+        };
+        Plan {
+            n_params,
+            parts,
+            total_bytes,
+            peak_at,
+            host,
+            host_bytes,
+            settings: s.clone(),
+        }
+    }
 }
 
 /// The shape of one micro-batch of the whole-graph path: `n_seq`
@@ -243,20 +313,17 @@ pub fn plan(c: &Config, tied: bool, s: &PlanSettings) -> Result<Plan> {
             format!("{} (need at least 2)", s.tokens),
         ));
     }
-    if s.param_bytes != 2 && s.param_bytes != 4 {
-        return Err(Error::invalid("param-dtype", "must be f32 or bf16"));
-    }
     if s.recompute {
         if s.q_block == 0 || s.head_rows == 0 || s.head_vocab == 0 {
             return Err(Error::invalid("q-block", "block sizes must be at least 1"));
         }
         Ok(plan_layerwise(c, tied, s))
     } else {
-        if s.param_bytes != 4 || s.moments != Moments::F32 || s.step_in_backward {
+        if s.step_in_backward {
             return Err(Error::invalid(
                 "recompute",
-                "the whole-graph path (--recompute false) keeps f32 weights and moments \
-                 and steps after backward",
+                "the whole-graph path (--recompute false) steps after backward \
+                 (--step-in-backward needs --recompute true)",
             ));
         }
         let b = BatchShape::worst(s.tokens.div_ceil(s.grad_accum.max(1)), s.seq_len);
@@ -269,23 +336,33 @@ pub fn plan(c: &Config, tied: bool, s: &PlanSettings) -> Result<Plan> {
 pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape) -> Plan {
     let sizes = param_sizes(c, tied);
     let n_params: u64 = sizes.iter().sum();
-    let weights = 4 * n_params;
-    let moments = 8 * n_params;
-    let largest = *sizes.iter().max().unwrap_or(&0) * 4;
-    // Earlier micro-batches' summed gradients are alive through the later ones.
+    let pb = s.param_bytes();
+    let weights = pb * n_params;
+    let (moments, master) = s.optimizer_state(&sizes);
+    let cuda = s.device == PlanDevice::Cuda;
+    let state_here = if cuda { 0 } else { moments + master };
+    let largest = *sizes.iter().max().unwrap_or(&0);
+    // The gathered gradients are f32 (`Accumulate`); earlier micro-batches'
+    // sums are alive through the later ones.
     let accumulated = if s.grad_accum > 1 { 4 * n_params } else { 0 };
-    let (bw_peak, activations, store) =
-        replay_whole_graph(c, tied, s.device.compute_bytes(), b, moments + accumulated);
+    let (bw_peak, activations, store) = replay_whole_graph(
+        c,
+        tied,
+        s.device.compute_bytes(),
+        pb,
+        b,
+        state_here + accumulated,
+    );
     let held = store;
-    let base = weights + moments + accumulated + activations;
+    let base = weights + state_here + accumulated + activations;
     // After backward, the sum with the earlier micro-batches: one new tensor
     // at a time, the graph and the store still alive.
     let acc_peak = if s.grad_accum > 1 {
-        base + held + largest
+        base + held + 4 * largest
     } else {
         0
     };
-    let opt_peak = weights + moments + 4 * n_params + 7 * largest;
+    let opt_peak = weights + state_here + 4 * n_params + step_workspace(s, largest);
     let grads = 4 * n_params + accumulated;
     let (total, peak_at) = [
         (bw_peak, "backward"),
@@ -295,22 +372,11 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
     .into_iter()
     .max_by_key(|p| p.0)
     .unwrap();
-    let mut parts = vec![
-        Part {
-            name: "weights",
-            bytes: weights,
-            what: "f32 master weights (the forward reads them in place on the CPU)".into(),
-        },
-        Part {
-            name: "moments",
-            bytes: moments,
-            what: "AdamW m and v, f32".into(),
-        },
-    ];
+    let (mut parts, host) = weight_and_state_parts(s, &sizes);
     let (acts, grads_here) = if peak_at == "optimizer update" {
         (0, grads.min(4 * n_params))
     } else {
-        (activations, accumulated + held.min(4 * n_params))
+        (activations, accumulated + held.min(pb * n_params))
     };
     parts.push(Part {
         name: "gradients",
@@ -318,7 +384,7 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
         what: if accumulated > 0 {
             "f32 gradients of every weight, plus the running sum over micro-batches".into()
         } else {
-            "f32 gradients of every weight (candle's gradient store)".into()
+            "gradients of every weight (candle's gradient store, then f32)".into()
         },
     });
     parts.push(Part {
@@ -335,18 +401,68 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
         name: "workspace",
         bytes: total - used,
         what: match peak_at {
-            "optimizer update" => "the AdamW update's temporaries of the largest tensor".into(),
+            "optimizer update" => step_workspace_what(s),
             _ => "backward temporaries in flight and the gradients candle keeps for inputs \
                   that need none (mask, RoPE tables)"
                 .into(),
         },
     });
-    Plan {
-        n_params,
-        parts,
-        total_bytes: total,
-        peak_at,
-        settings: s.clone(),
+    Plan::new(n_params, parts, host, total, peak_at, s, largest)
+}
+
+/// The device bytes of the step after backward beyond the weights, their
+/// state and the f32 gradients (`global_grad_norm`, then the fused
+/// `AdamW::update`, one tensor at a time): nothing on the CPU (the norm
+/// sums in place, the update runs in place); on CUDA the largest tensor's
+/// f32 square for the norm, which outweighs the update's re-uploaded weight.
+fn step_workspace(s: &PlanSettings, largest: u64) -> u64 {
+    match s.device {
+        PlanDevice::Cpu => 0,
+        PlanDevice::Cuda => (4 * largest).max(s.param_bytes() * largest),
+    }
+}
+
+fn step_workspace_what(s: &PlanSettings) -> String {
+    match s.device {
+        PlanDevice::Cpu => "none: the norm and the fused AdamW update run in place".into(),
+        PlanDevice::Cuda => "the largest gradient's f32 square for the global norm \
+                             (the update then steps it on the host)"
+            .into(),
+    }
+}
+
+/// The weights (on the device) and AdamW's state: on the device's memory
+/// on the CPU, in host memory on CUDA (the second list).
+fn weight_and_state_parts(s: &PlanSettings, sizes: &[u64]) -> (Vec<Part>, Vec<Part>) {
+    let n_params: u64 = sizes.iter().sum();
+    let (moments, master) = s.optimizer_state(sizes);
+    let weights = Part {
+        name: "weights",
+        bytes: s.param_bytes() * n_params,
+        what: format!(
+            "{} weights; the forward casts each to the compute dtype as it uses it",
+            s.param_dtype.name()
+        ),
+    };
+    let state = vec![
+        Part {
+            name: "master",
+            bytes: master,
+            what: "f32 master copy (--master with bf16 weights)".into(),
+        },
+        Part {
+            name: "moments",
+            bytes: moments,
+            what: format!("AdamW m and v, {}", s.moments.name()),
+        },
+    ];
+    match s.device {
+        PlanDevice::Cpu => {
+            let mut parts = vec![weights];
+            parts.extend(state);
+            (parts, Vec::new())
+        }
+        PlanDevice::Cuda => (vec![weights], state),
     }
 }
 
@@ -437,7 +553,7 @@ impl Builder<'_> {
     }
 }
 
-/// One layer's weights, f32 masters.
+/// One layer's weights, `p` bytes per element.
 struct LayerVars {
     attn_norm: T,
     q: T,
@@ -450,27 +566,34 @@ struct LayerVars {
     down: T,
 }
 
-fn layer_vars(ctx: &Ctx, c: &Config) -> LayerVars {
+fn layer_vars(ctx: &Ctx, c: &Config, p: u64) -> LayerVars {
     let (d, f) = (c.d_model as u64, c.d_ff as u64);
     let q = (c.n_heads * c.head_dim) as u64;
     let kv = (c.n_kv_heads * c.head_dim) as u64;
     LayerVars {
-        attn_norm: ctx.var(d, 4),
-        q: ctx.var(q * d, 4),
-        k: ctx.var(kv * d, 4),
-        v: ctx.var(kv * d, 4),
-        o: ctx.var(d * q, 4),
-        ffn_norm: ctx.var(d, 4),
-        gate: ctx.var(f * d, 4),
-        up: ctx.var(f * d, 4),
-        down: ctx.var(d * f, 4),
+        attn_norm: ctx.var(d, p),
+        q: ctx.var(q * d, p),
+        k: ctx.var(kv * d, p),
+        v: ctx.var(kv * d, p),
+        o: ctx.var(d * q, p),
+        ffn_norm: ctx.var(d, p),
+        gate: ctx.var(f * d, p),
+        up: ctx.var(f * d, p),
+        down: ctx.var(d * f, p),
     }
 }
 
 /// Replays `sft`'s backward of one micro-batch of the whole-graph path
 /// over `base` bytes held outside it: (peak, activations, bytes the
 /// gradient store holds after backward beyond the weights' gradients).
-fn replay_whole_graph(c: &Config, tied: bool, e: u64, b: BatchShape, base: u64) -> (u64, u64, u64) {
+fn replay_whole_graph(
+    c: &Config,
+    tied: bool,
+    e: u64,
+    p: u64,
+    b: BatchShape,
+    base: u64,
+) -> (u64, u64, u64) {
     let ctx = Ctx::default();
     let _held = ctx.hold(base);
     let g = Builder { c: &ctx, e };
@@ -486,13 +609,13 @@ fn replay_whole_graph(c: &Config, tied: bool, e: u64, b: BatchShape, base: u64) 
     let (nh, nkv) = (c.n_heads as u64, c.n_kv_heads as u64);
     let (q, kv) = (nh * hd, nkv * hd);
     // Every weight once, as TrainModel holds them.
-    let embd = ctx.var(v * d, 4);
-    let layers: Vec<LayerVars> = (0..c.n_layers).map(|_| layer_vars(&ctx, c)).collect();
-    let out_norm = ctx.var(d, 4);
+    let embd = ctx.var(v * d, p);
+    let layers: Vec<LayerVars> = (0..c.n_layers).map(|_| layer_vars(&ctx, c, p)).collect();
+    let out_norm = ctx.var(d, p);
     let head = if tied {
         embd.clone()
     } else {
-        ctx.var(v * d, 4)
+        ctx.var(v * d, p)
     };
     let weights_end = ctx.live();
 
@@ -563,17 +686,12 @@ pub fn plan_layerwise_packed(
     let sizes = param_sizes(c, tied);
     let n_params: u64 = sizes.iter().sum();
     let e = s.device.compute_bytes();
-    let weights = s.param_bytes * n_params;
-    let master = if s.master && s.param_bytes != 4 {
-        4 * n_params
-    } else {
-        0
-    };
-    let moments = match s.moments {
-        Moments::F32 => 8 * n_params,
-        Moments::Bf16 => 4 * n_params,
-        // One byte per element and one f32 scale per block, for m and v.
-        Moments::Bit8 => 2 * (n_params + 4 * n_params.div_ceil(MOMENT_BLOCK)),
+    let pb = s.param_bytes();
+    let weights = pb * n_params;
+    let (moments, master) = s.optimizer_state(&sizes);
+    let state_here = match s.device {
+        PlanDevice::Cpu => moments + master,
+        PlanDevice::Cuda => 0,
     };
     let sink = if s.step_in_backward {
         layerwise::SinkKind::StepNow
@@ -584,7 +702,7 @@ pub fn plan_layerwise_packed(
         c,
         tied,
         e,
-        s.param_bytes,
+        pb,
         shape,
         layerwise::Sizes {
             q_block: s.q_block as u64,
@@ -592,83 +710,53 @@ pub fn plan_layerwise_packed(
             head_vocab: s.head_vocab as u64,
         },
         sink,
-        moments + master,
+        state_here,
     );
-    let largest = *sizes.iter().max().unwrap_or(&0) * 4;
-    // Kept gradients: clipping, then AdamW's temporaries of one tensor.
+    let largest = *sizes.iter().max().unwrap_or(&0);
+    // Kept (f32) gradients: the global norm, then the fused update.
     let step_peak = if s.step_in_backward {
         0
     } else {
-        weights + master + moments + 4 * n_params + 5 * largest
+        weights + state_here + 4 * n_params + step_workspace(s, largest)
     };
     let (total, peak_at) = if step_peak > bw_peak {
         (step_peak, "optimizer update")
     } else {
         (bw_peak, "backward")
     };
-    let grads = if s.step_in_backward || peak_at == "optimizer update" {
-        0
-    } else {
-        4 * n_params
-    };
-    let mut parts = vec![
-        Part {
-            name: "weights",
-            bytes: weights,
-            what: format!("{} bytes per parameter", s.param_bytes),
+    let grads = if s.step_in_backward { 0 } else { 4 * n_params };
+    let (mut parts, host) = weight_and_state_parts(s, &sizes);
+    parts.push(Part {
+        name: "gradients",
+        bytes: grads,
+        what: if s.step_in_backward {
+            "none kept: each is stepped as it completes (in flight: workspace)".into()
+        } else {
+            "every weight's, f32, kept for the global norm and the step".into()
         },
-        Part {
-            name: "master",
-            bytes: master,
-            what: "f32 master copy (--master)".into(),
-        },
-        Part {
-            name: "moments",
-            bytes: moments,
-            what: format!("AdamW m and v, {:?}", s.moments),
-        },
-        Part {
-            name: "gradients",
-            bytes: if peak_at == "optimizer update" {
-                4 * n_params
-            } else {
-                grads
-            },
-            what: if s.step_in_backward {
-                "none kept: each is stepped as it completes (in flight: workspace)".into()
-            } else {
-                "every weight's, f32, kept for clipping and the step".into()
-            },
-        },
-        Part {
-            name: "activations",
-            bytes: if peak_at == "backward" { saved } else { 0 },
-            what: format!(
-                "the {} saved layer inputs ({} tokens in sequences of at most {})",
-                c.n_layers + 1,
-                s.tokens,
-                s.seq_len
-            ),
-        },
-    ];
+    });
+    parts.push(Part {
+        name: "activations",
+        bytes: if peak_at == "backward" { saved } else { 0 },
+        what: format!(
+            "the {} saved layer inputs ({} tokens in sequences of at most {})",
+            c.n_layers + 1,
+            s.tokens,
+            s.seq_len
+        ),
+    });
     let used: u64 = parts.iter().map(|p| p.bytes).sum();
     parts.push(Part {
         name: "workspace",
         bytes: total - used,
         what: match peak_at {
-            "optimizer update" => "the AdamW update's temporaries of the largest tensor".into(),
+            "optimizer update" => step_workspace_what(s),
             _ => "one layer's recomputed graphs and their backward, an attention block, \
                   the head's chunks and its (vocab x d) gradient, gradients in flight"
                 .into(),
         },
     });
-    Plan {
-        n_params,
-        parts,
-        total_bytes: total,
-        peak_at,
-        settings: s.clone(),
-    }
+    Plan::new(n_params, parts, host, total, peak_at, s, largest)
 }
 
 /// The worst packing of `tokens`: sequences of `seq_len`, the last one
@@ -715,6 +803,23 @@ impl Plan {
             gib(self.total_bytes),
             self.total_bytes
         ));
+        if !self.host.is_empty() {
+            s.push_str("\nin host memory (AdamW steps each tensor there):\n");
+            for p in &self.host {
+                s.push_str(&format!(
+                    "  {:<12} {:>9.3} GiB  {}\n",
+                    p.name,
+                    gib(p.bytes),
+                    p.what
+                ));
+            }
+            s.push_str(&format!(
+                "  {:<12} {:>9.3} GiB  with the largest tensor's weight and f32 gradient \
+                 copied over",
+                "host total",
+                gib(self.host_bytes)
+            ));
+        }
         s
     }
 }
@@ -814,12 +919,8 @@ mod tests {
         let e = plan(&tiny(), true, &s).unwrap_err().to_string();
         assert!(e.contains("q-block"), "{e}");
         let mut s = PlanSettings::whole_graph(64, 64, 1, PlanDevice::Cpu);
-        s.moments = Moments::Bit8;
+        s.step_in_backward = true;
         let e = plan(&tiny(), true, &s).unwrap_err().to_string();
         assert!(e.contains("recompute"), "{e}");
-        assert!(Moments::parse("4bit")
-            .unwrap_err()
-            .to_string()
-            .contains("4bit"));
     }
 }
