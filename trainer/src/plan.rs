@@ -3,18 +3,18 @@
 //! allocated (`main-train plan`, and `sft`'s refusal of a run that does not
 //! fit).
 //!
-//! The whole-graph path (`--recompute false`, what `sft` runs today) is
-//! planned by replaying candle's autograd op by op ([`autograd`]): the
-//! forward graph of `model.rs` rebuilt with its shapes, then the backward's
-//! allocations in candle's order, then the optimizer's temporaries
-//! (`optim.rs`). `tests/plan_memory.rs` holds it to a counting allocator.
+//! The whole-graph path (`--recompute false`) is planned by replaying
+//! candle's autograd op by op ([`autograd`]): the forward graph of
+//! `model.rs` rebuilt with its shapes (bf16 weights cast as `w()` casts
+//! them), then the backward's allocations in candle's order, then the step:
+//! `global_grad_norm` and `optim`'s fused AdamW, which allocates nothing on
+//! the CPU and keeps its state in host memory on CUDA.
 //!
-//! The layer-by-layer path (`--recompute true`, issue 19's design: bf16
-//! weights, 8-bit moments, the optimizer step inside backward, per-layer
-//! recomputation, attention in query blocks, a chunked LM head) is planned
-//! from that design, its candle pieces (one layer's graph, one attention
-//! block) replayed the same way. It is not measured yet: the path is built
-//! on other branches.
+//! The layer-by-layer path (`--recompute true`: packed sequences, per-layer
+//! recomputation, attention in query blocks, a chunked LM head, optionally
+//! the optimizer step inside backward) is replayed statement by statement
+//! ([`layerwise`]). `tests/plan_memory.rs` holds both to a counting
+//! allocator, with f32, bf16 + 8-bit and bf16 + master storage.
 
 pub mod autograd;
 pub mod layerwise;
@@ -922,5 +922,57 @@ mod tests {
         s.step_in_backward = true;
         let e = plan(&tiny(), true, &s).unwrap_err().to_string();
         assert!(e.contains("recompute"), "{e}");
+    }
+
+    #[test]
+    fn settings_come_from_the_train_config_sft_runs() {
+        let mut cfg = TrainConfig {
+            tokens: 1024,
+            max_tokens: 256,
+            param_dtype: ParamDtype::Bf16,
+            moments: MomentsKind::Bit8,
+            step_in_backward: true,
+            clip: 0.0,
+            q_block: 32,
+            ..TrainConfig::default()
+        };
+        let s = PlanSettings::from_train_config(&cfg, PlanDevice::Cuda);
+        assert_eq!((s.tokens, s.seq_len, s.q_block), (1024, 256, 32));
+        assert_eq!(
+            (s.param_dtype, s.moments),
+            (ParamDtype::Bf16, MomentsKind::Bit8)
+        );
+        assert!(s.recompute && s.step_in_backward && !s.master);
+        // The alignment loss runs the whole graph, which steps after backward.
+        cfg.align_loss = true;
+        let s = PlanSettings::from_train_config(&cfg, PlanDevice::Cpu);
+        assert!(!s.recompute && !s.step_in_backward);
+        // batch_size sequences of max_tokens per micro-batch without --tokens.
+        cfg.tokens = 0;
+        cfg.grad_accum = 2;
+        let s = PlanSettings::from_train_config(&cfg, PlanDevice::Cpu);
+        assert_eq!(s.tokens, 2 * cfg.batch_size * 256);
+    }
+
+    #[test]
+    fn cuda_keeps_the_optimizer_state_in_host_memory() {
+        let mut s = PlanSettings::whole_graph(128, 128, 1, PlanDevice::Cuda);
+        s.param_dtype = ParamDtype::Bf16;
+        s.master = true;
+        let sizes = param_sizes(&tiny(), true);
+        let n: u64 = sizes.iter().sum();
+        let p = plan(&tiny(), true, &s).unwrap();
+        assert!(p.parts.iter().all(|x| x.name != "moments"));
+        let host: u64 = p.host.iter().map(|x| x.bytes).sum();
+        assert_eq!(host, 8 * n + 4 * n);
+        assert_eq!(p.host_bytes, host + 6 * sizes.iter().max().unwrap());
+        // The same run on the CPU holds the state in the one memory.
+        s.device = PlanDevice::Cpu;
+        let cpu = plan(&tiny(), true, &s).unwrap();
+        assert!(cpu.host.is_empty() && cpu.host_bytes == 0);
+        assert!(cpu
+            .parts
+            .iter()
+            .any(|x| x.name == "moments" && x.bytes == 8 * n));
     }
 }
