@@ -83,6 +83,12 @@ pub struct PlanSettings {
     /// LM head chunk: target rows x vocabulary columns (layer-by-layer path).
     pub head_rows: usize,
     pub head_vocab: usize,
+    /// Tokens of the largest eval batch (forward only): `--tokens` packed
+    /// on the layerwise path, else `batch_size` sequences of `max_tokens`
+    /// (the whole-graph eval pads `batch_size` examples even with
+    /// `--tokens`). 0: not known (the plan was not made from a run's
+    /// settings).
+    pub eval_tokens: usize,
 }
 
 impl PlanSettings {
@@ -101,6 +107,7 @@ impl PlanSettings {
             q_block: crate::layerwise::DEFAULT_Q_BLOCK,
             head_rows: crate::head::HeadChunks::default().rows,
             head_vocab: crate::head::HeadChunks::default().vocab,
+            eval_tokens: 0,
         }
     }
 
@@ -132,6 +139,11 @@ impl PlanSettings {
             recompute,
             step_in_backward: recompute && cfg.step_in_backward,
             q_block: cfg.q_block,
+            eval_tokens: if recompute {
+                micro
+            } else {
+                cfg.batch_size * cfg.max_tokens
+            },
             ..PlanSettings::defaults(micro, device)
         }
     }
@@ -209,6 +221,11 @@ pub struct Plan {
     /// On CUDA: the host bytes at the step's peak, the state plus the
     /// largest tensor's weight and f32 gradient copied over to be stepped.
     pub host_bytes: u64,
+    /// The end-of-run save (`TrainModel::save_hf`), estimated, not measured:
+    /// host bytes with every weight copied to an f32 `Vec` first
+    /// (`engine_tensors`), one tensor's encoded bytes in flight, and what the
+    /// host already holds then (AdamW's state; on the CPU also the weights).
+    pub save_host_bytes: u64,
     pub settings: PlanSettings,
 }
 
@@ -228,6 +245,15 @@ impl Plan {
                 host.iter().map(|p| p.bytes).sum::<u64>() + (4 + s.param_bytes()) * largest
             }
         };
+        let resident: u64 = match s.device {
+            PlanDevice::Cpu => parts
+                .iter()
+                .filter(|p| ["weights", "master", "moments"].contains(&p.name))
+                .map(|p| p.bytes)
+                .sum(),
+            PlanDevice::Cuda => host.iter().map(|p| p.bytes).sum(),
+        };
+        let save_host_bytes = resident + 4 * n_params + s.param_bytes() * largest;
         Plan {
             n_params,
             parts,
@@ -235,6 +261,7 @@ impl Plan {
             peak_at,
             host,
             host_bytes,
+            save_host_bytes,
             settings: s.clone(),
         }
     }
@@ -820,6 +847,42 @@ impl Plan {
                 gib(self.host_bytes)
             ));
         }
+        let step_host = match self.settings.device {
+            PlanDevice::Cpu => self.total_bytes,
+            PlanDevice::Cuda => self.host_bytes,
+        };
+        s.push_str(&format!(
+            "\nsave at the end (estimated): {:.3} GiB of host memory (every weight copied \
+             to f32 first){}",
+            gib(self.save_host_bytes),
+            if self.save_host_bytes > step_host {
+                ": more than the step, the run's host peak"
+            } else {
+                ""
+            }
+        ));
+        let st = &self.settings;
+        if st.eval_tokens > 0 {
+            let micro = if st.recompute {
+                st.tokens
+            } else {
+                st.tokens.div_ceil(st.grad_accum.max(1))
+            };
+            if st.eval_tokens > micro {
+                s.push_str(&format!(
+                    "\neval batches of up to {} tokens exceed the step's micro-batch of {} \
+                     (the whole-graph eval takes --batch-size examples of --max-tokens): \
+                     their forward is not in this plan; lower --batch-size",
+                    st.eval_tokens, micro
+                ));
+            } else {
+                s.push_str(&format!(
+                    "\neval batches of up to {} tokens, forward only: within the step's \
+                     micro-batch of {}",
+                    st.eval_tokens, micro
+                ));
+            }
+        }
         s
     }
 }
@@ -974,5 +1037,33 @@ mod tests {
             .parts
             .iter()
             .any(|x| x.name == "moments" && x.bytes == 8 * n));
+    }
+
+    #[test]
+    fn the_plan_says_whether_eval_batches_exceed_the_step() {
+        // The whole-graph eval pads --batch-size examples even with --tokens.
+        let mut cfg = TrainConfig {
+            tokens: 512,
+            max_tokens: 128,
+            batch_size: 8,
+            recompute: false,
+            ..TrainConfig::default()
+        };
+        let p = plan(
+            &tiny(),
+            true,
+            &PlanSettings::from_train_config(&cfg, PlanDevice::Cpu),
+        );
+        let text = p.unwrap().text();
+        assert!(text.contains("up to 1024 tokens exceed"), "{text}");
+        cfg.recompute = true;
+        let p = plan(
+            &tiny(),
+            true,
+            &PlanSettings::from_train_config(&cfg, PlanDevice::Cpu),
+        );
+        let text = p.unwrap().text();
+        assert!(text.contains("up to 512 tokens, forward only"), "{text}");
+        assert!(text.contains("save at the end"), "{text}");
     }
 }

@@ -236,7 +236,8 @@ fn plan(a: PlanArgs) -> Result<()> {
     let p = main_trainer::plan::plan(&config, tied, &s)?;
     if a.json {
         let mut v = serde_json::json!({"total_bytes": p.total_bytes, "n_params": p.n_params,
-            "peak_at": p.peak_at, "host_bytes": p.host_bytes, "settings": p.settings});
+            "peak_at": p.peak_at, "host_bytes": p.host_bytes,
+            "save_host_bytes": p.save_host_bytes, "settings": p.settings});
         for part in p.parts.iter().chain(&p.host) {
             v[part.name] = part.bytes.into();
         }
