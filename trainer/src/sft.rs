@@ -455,10 +455,10 @@ impl<'a> StepNow<'a> {
 impl GradSink for StepNow<'_> {
     fn take(&mut self, param: usize, grad: Tensor) -> Result<()> {
         let grad = grad.to_dtype(DType::F32).op("grad")?;
-        let sq = grad
-            .sqr()
-            .and_then(|x| x.sum_all())
-            .and_then(|x| x.to_dtype(DType::F64))
+        // The same sum as `global_grad_norm`'s (f64 on the CPU), so the
+        // norm reported in backward equals the step-after-backward one.
+        let sq = crate::optim::sum_squares(&grad)?
+            .to_dtype(DType::F64)
             .op("grad norm")?;
         self.sum_sq = Some(match self.sum_sq.take() {
             None => sq,

@@ -43,7 +43,7 @@ impl CustomOp1 for SumSquares {
 
 /// `sum(g^2)` of one gradient as a scalar tensor on its device (f64 on the
 /// CPU, f32 elsewhere: no f64 reductions on every GPU).
-fn sum_squares(g: &Tensor) -> Result<Tensor> {
+pub fn sum_squares(g: &Tensor) -> Result<Tensor> {
     if g.device().is_cpu() {
         let g = g.contiguous().op("grad norm")?;
         g.apply_op1_no_bwd(&SumSquares).op("grad norm")

@@ -35,7 +35,7 @@ use crate::model::Param;
 
 pub use fused::TensorState;
 use fused::{FusedAdamW, StepConsts};
-pub use grad_norm::{clip_grad_norm, clip_scale, global_grad_norm};
+pub use grad_norm::{clip_grad_norm, clip_scale, global_grad_norm, sum_squares};
 pub use moments::{MomentBuf, MomentsKind};
 pub use schedule::lr_at;
 

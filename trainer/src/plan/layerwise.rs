@@ -77,8 +77,11 @@ impl Sink<'_> {
             }
             SinkKind::StepNow => {
                 let c = self.ctx;
-                // sum of squares for the norm: sqr, then a scalar.
-                drop(c.unary(Unary::Sqr, &grad));
+                // sum of squares for the norm (`optim::sum_squares`): in
+                // place on the CPU; on CUDA sqr, then a scalar.
+                if self.round_trip {
+                    drop(c.unary(Unary::Sqr, &grad));
+                }
                 fused_update_one(c, param.numel, param.elem, self.round_trip);
             }
         }
