@@ -418,3 +418,69 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    /// clap's own checks (no flag defined twice: `sft` and `plan` share
+    /// `MemoryArgs`), and the memory flags parse the same for both.
+    #[test]
+    fn sft_and_plan_take_the_same_memory_flags() {
+        super::Cli::command().debug_assert();
+        let flags = [
+            "--tokens",
+            "4096",
+            "--max-tokens",
+            "1024",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--recompute",
+            "true",
+            "--step-in-backward",
+            "--clip",
+            "0",
+            "--q-block",
+            "64",
+            "--moments",
+            "8bit",
+            "--param-dtype",
+            "bf16",
+            "--master",
+        ];
+        let mut from = Vec::new();
+        for cmd in [
+            vec![
+                "main-train",
+                "sft",
+                "--model",
+                "m",
+                "--data",
+                "d",
+                "-o",
+                "o",
+            ],
+            vec!["main-train", "plan", "--model", "m"],
+        ] {
+            let cli = super::Cli::try_parse_from(cmd.into_iter().chain(flags)).unwrap();
+            let mem = match cli.cmd {
+                super::Cmd::Sft(a) => a.mem,
+                super::Cmd::Plan(a) => a.mem,
+                _ => unreachable!(),
+            };
+            let mut cfg = main_trainer::sft::TrainConfig::default();
+            mem.apply(&mut cfg).unwrap();
+            from.push(cfg);
+        }
+        assert_eq!(from[0], from[1]);
+        let c = &from[0];
+        assert_eq!(
+            (c.tokens, c.max_tokens, c.q_block, c.clip),
+            (4096, 1024, 64, 0.0)
+        );
+        assert!(c.step_in_backward && c.master && c.recompute);
+        assert_eq!(c.moments, main_trainer::optim::MomentsKind::Bit8);
+    }
+}
