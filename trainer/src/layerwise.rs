@@ -443,9 +443,9 @@ pub fn loss_and_grads(
     // gradient computed from tracked tensors), which the embedding gradient
     // would otherwise hold, and through AdamW's moments every step's after.
     let gx = gx.detach();
-    // Summed in f32 whatever the weights' dtype (bf16 weights: the tied
-    // head's gradient is f32 too, and the optimizer takes either).
-    let g_emb = Tensor::zeros(emb.shape(), DType::F32, emb.device())
+    // Summed in f32 whatever the weight's dtype (bf16 weights: the sink
+    // takes f32 gradients, and the tied head's gradient added below is f32).
+    let g_emb = Tensor::zeros(emb.dims(), DType::F32, emb.device())
         .and_then(|z| z.index_add(&st.ids, &gx.to_dtype(DType::F32)?, 0))
         .op("embedding grad")?;
     let g_emb = match head_grad {

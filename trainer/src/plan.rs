@@ -3,18 +3,18 @@
 //! allocated (`main-train plan`, and `sft`'s refusal of a run that does not
 //! fit).
 //!
-//! The whole-graph path (`--recompute false`, what `sft` runs today) is
-//! planned by replaying candle's autograd op by op ([`autograd`]): the
-//! forward graph of `model.rs` rebuilt with its shapes, then the backward's
-//! allocations in candle's order, then the optimizer's temporaries
-//! (`optim.rs`). `tests/plan_memory.rs` holds it to a counting allocator.
+//! The whole-graph path (`--recompute false`) is planned by replaying
+//! candle's autograd op by op ([`autograd`]): the forward graph of
+//! `model.rs` rebuilt with its shapes (bf16 weights cast as `w()` casts
+//! them), then the backward's allocations in candle's order, then the step:
+//! `global_grad_norm` and `optim`'s fused AdamW, which allocates nothing on
+//! the CPU and keeps its state in host memory on CUDA.
 //!
-//! The layer-by-layer path (`--recompute true`, issue 19's design: bf16
-//! weights, 8-bit moments, the optimizer step inside backward, per-layer
-//! recomputation, attention in query blocks, a chunked LM head) is planned
-//! from that design, its candle pieces (one layer's graph, one attention
-//! block) replayed the same way. It is not measured yet: the path is built
-//! on other branches.
+//! The layer-by-layer path (`--recompute true`: packed sequences, per-layer
+//! recomputation, attention in query blocks, a chunked LM head, optionally
+//! the optimizer step inside backward) is replayed statement by statement
+//! ([`layerwise`]). `tests/plan_memory.rs` holds both to a counting
+//! allocator, with f32, bf16 + 8-bit and bf16 + master storage.
 
 pub mod autograd;
 pub mod layerwise;
@@ -23,6 +23,9 @@ use autograd::{Binary, Ctx, Unary, T};
 use main_engine::config::Config;
 
 use crate::error::{Error, Result};
+use crate::model::ParamDtype;
+use crate::optim::MomentsKind;
+use crate::sft::TrainConfig;
 
 /// Where the run's tensors live; sets the compute dtype (f32 on the CPU,
 /// bf16 on CUDA, as `device::select` does).
@@ -53,34 +56,6 @@ impl PlanDevice {
     }
 }
 
-/// How AdamW's moments are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Moments {
-    F32,
-    Bf16,
-    #[serde(rename = "8bit")]
-    Bit8,
-}
-
-impl Moments {
-    pub fn parse(s: &str) -> Result<Moments> {
-        match s {
-            "f32" => Ok(Moments::F32),
-            "bf16" => Ok(Moments::Bf16),
-            "8bit" => Ok(Moments::Bit8),
-            other => Err(Error::invalid(
-                "moments",
-                format!("'{other}' (expected f32, bf16 or 8bit)"),
-            )),
-        }
-    }
-}
-
-/// Elements per 8-bit moment block, each with one f32 scale (bitsandbytes'
-/// blockwise 8-bit Adam uses 256).
-pub const MOMENT_BLOCK: u64 = 256;
-
 /// The settings of a run that decide its memory (`sft`'s memory flags).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PlanSettings {
@@ -92,11 +67,12 @@ pub struct PlanSettings {
     /// Micro-batches per optimizer step (whole-graph path).
     pub grad_accum: usize,
     pub device: PlanDevice,
-    /// Bytes per parameter element: 4 (f32) or 2 (bf16).
-    pub param_bytes: u64,
-    /// An f32 master copy beside bf16 parameters.
+    /// How the weights are stored (`--param-dtype`).
+    pub param_dtype: ParamDtype,
+    /// An f32 master copy beside bf16 parameters (`--master`).
     pub master: bool,
-    pub moments: Moments,
+    /// How AdamW stores its moments (`--moments`).
+    pub moments: MomentsKind,
     /// Per-layer recomputation (the layer-by-layer path); false: the whole
     /// graph is kept.
     pub recompute: bool,
@@ -107,6 +83,12 @@ pub struct PlanSettings {
     /// LM head chunk: target rows x vocabulary columns (layer-by-layer path).
     pub head_rows: usize,
     pub head_vocab: usize,
+    /// Tokens of the largest eval batch (forward only): `--tokens` packed
+    /// on the layerwise path, else `batch_size` sequences of `max_tokens`
+    /// (the whole-graph eval pads `batch_size` examples even with
+    /// `--tokens`). 0: not known (the plan was not made from a run's
+    /// settings).
+    pub eval_tokens: usize,
 }
 
 impl PlanSettings {
@@ -117,18 +99,83 @@ impl PlanSettings {
             seq_len: tokens,
             grad_accum: 1,
             device,
-            param_bytes: 2,
+            param_dtype: ParamDtype::Bf16,
             master: false,
-            moments: Moments::Bit8,
+            moments: MomentsKind::Bit8,
             recompute: true,
             step_in_backward: true,
             q_block: crate::layerwise::DEFAULT_Q_BLOCK,
             head_rows: crate::head::HeadChunks::default().rows,
             head_vocab: crate::head::HeadChunks::default().vocab,
+            eval_tokens: 0,
         }
     }
 
-    /// What `sft` runs today: f32 masters and moments, the whole graph.
+    /// The settings of the run `cfg` describes on `device`: `sft`'s refusal
+    /// and `main-train plan` both plan through here, so they read the same
+    /// fields the same way. A micro-batch is `--tokens` packed tokens, else
+    /// `batch_size` sequences of up to `max_tokens`; the layerwise path
+    /// (not taken with the alignment loss) holds one micro-batch's
+    /// activations at a time.
+    pub fn from_train_config(cfg: &TrainConfig, device: PlanDevice) -> PlanSettings {
+        let micro = if cfg.tokens > 0 {
+            cfg.tokens
+        } else {
+            cfg.batch_size * cfg.max_tokens
+        };
+        let recompute = cfg.recompute && !cfg.align_loss;
+        PlanSettings {
+            tokens: if recompute {
+                micro
+            } else {
+                micro * cfg.grad_accum
+            },
+            seq_len: cfg.max_tokens,
+            grad_accum: cfg.grad_accum,
+            device,
+            param_dtype: cfg.param_dtype,
+            master: cfg.master,
+            moments: cfg.moments,
+            recompute,
+            step_in_backward: recompute && cfg.step_in_backward,
+            q_block: cfg.q_block,
+            eval_tokens: if recompute {
+                micro
+            } else {
+                cfg.batch_size * cfg.max_tokens
+            },
+            ..PlanSettings::defaults(micro, device)
+        }
+    }
+
+    /// Bytes per stored weight element.
+    pub fn param_bytes(&self) -> u64 {
+        match self.param_dtype {
+            ParamDtype::F32 => 4,
+            ParamDtype::Bf16 => 2,
+        }
+    }
+
+    /// AdamW's state for tensors of `sizes` elements: (moments, master
+    /// copies) in bytes, tensor by tensor as `optim::AdamW` allocates it (an
+    /// 8-bit moment's last block of each tensor has its own scale). On CUDA
+    /// it lives in host memory: `AdamW` keeps plain Rust buffers and steps
+    /// each tensor on the host.
+    fn optimizer_state(&self, sizes: &[u64]) -> (u64, u64) {
+        let n_params: u64 = sizes.iter().sum();
+        let moments = sizes
+            .iter()
+            .map(|&n| self.moments.bytes(n as usize) as u64)
+            .sum();
+        let master = if self.master && self.param_dtype != ParamDtype::F32 {
+            4 * n_params
+        } else {
+            0
+        };
+        (moments, master)
+    }
+
+    /// What `sft` ran before issue 19: f32 weights and moments, the whole graph.
     pub fn whole_graph(
         tokens: usize,
         seq_len: usize,
@@ -140,9 +187,9 @@ impl PlanSettings {
             seq_len,
             grad_accum,
             device,
-            param_bytes: 4,
+            param_dtype: ParamDtype::F32,
             master: false,
-            moments: Moments::F32,
+            moments: MomentsKind::F32,
             recompute: false,
             step_in_backward: false,
             ..PlanSettings::defaults(tokens, device)
@@ -167,7 +214,57 @@ pub struct Plan {
     pub total_bytes: u64,
     /// Which phase of the step reaches the peak.
     pub peak_at: &'static str,
+    /// On CUDA: what the run keeps in host memory (AdamW's state, which
+    /// `optim::AdamW` holds in plain buffers and steps on the host), not in
+    /// `total_bytes`; empty on the CPU, where it is in `parts`.
+    pub host: Vec<Part>,
+    /// On CUDA: the host bytes at the step's peak, the state plus the
+    /// largest tensor's weight and f32 gradient copied over to be stepped.
+    pub host_bytes: u64,
+    /// The end-of-run save (`TrainModel::save_hf`), estimated, not measured:
+    /// host bytes with every weight copied to an f32 `Vec` first
+    /// (`engine_tensors`), one tensor's encoded bytes in flight, and what the
+    /// host already holds then (AdamW's state; on the CPU also the weights).
+    pub save_host_bytes: u64,
     pub settings: PlanSettings,
+}
+
+impl Plan {
+    fn new(
+        n_params: u64,
+        parts: Vec<Part>,
+        host: Vec<Part>,
+        total_bytes: u64,
+        peak_at: &'static str,
+        s: &PlanSettings,
+        largest: u64,
+    ) -> Plan {
+        let host_bytes = match s.device {
+            PlanDevice::Cpu => 0,
+            PlanDevice::Cuda => {
+                host.iter().map(|p| p.bytes).sum::<u64>() + (4 + s.param_bytes()) * largest
+            }
+        };
+        let resident: u64 = match s.device {
+            PlanDevice::Cpu => parts
+                .iter()
+                .filter(|p| ["weights", "master", "moments"].contains(&p.name))
+                .map(|p| p.bytes)
+                .sum(),
+            PlanDevice::Cuda => host.iter().map(|p| p.bytes).sum(),
+        };
+        let save_host_bytes = resident + 4 * n_params + s.param_bytes() * largest;
+        Plan {
+            n_params,
+            parts,
+            total_bytes,
+            peak_at,
+            host,
+            host_bytes,
+            save_host_bytes,
+            settings: s.clone(),
+        }
+    }
 }
 
 /// The shape of one micro-batch of the whole-graph path: `n_seq`
@@ -243,20 +340,17 @@ pub fn plan(c: &Config, tied: bool, s: &PlanSettings) -> Result<Plan> {
             format!("{} (need at least 2)", s.tokens),
         ));
     }
-    if s.param_bytes != 2 && s.param_bytes != 4 {
-        return Err(Error::invalid("param-dtype", "must be f32 or bf16"));
-    }
     if s.recompute {
         if s.q_block == 0 || s.head_rows == 0 || s.head_vocab == 0 {
             return Err(Error::invalid("q-block", "block sizes must be at least 1"));
         }
         Ok(plan_layerwise(c, tied, s))
     } else {
-        if s.param_bytes != 4 || s.moments != Moments::F32 || s.step_in_backward {
+        if s.step_in_backward {
             return Err(Error::invalid(
                 "recompute",
-                "the whole-graph path (--recompute false) keeps f32 weights and moments \
-                 and steps after backward",
+                "the whole-graph path (--recompute false) steps after backward \
+                 (--step-in-backward needs --recompute true)",
             ));
         }
         let b = BatchShape::worst(s.tokens.div_ceil(s.grad_accum.max(1)), s.seq_len);
@@ -269,23 +363,33 @@ pub fn plan(c: &Config, tied: bool, s: &PlanSettings) -> Result<Plan> {
 pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape) -> Plan {
     let sizes = param_sizes(c, tied);
     let n_params: u64 = sizes.iter().sum();
-    let weights = 4 * n_params;
-    let moments = 8 * n_params;
-    let largest = *sizes.iter().max().unwrap_or(&0) * 4;
-    // Earlier micro-batches' summed gradients are alive through the later ones.
+    let pb = s.param_bytes();
+    let weights = pb * n_params;
+    let (moments, master) = s.optimizer_state(&sizes);
+    let cuda = s.device == PlanDevice::Cuda;
+    let state_here = if cuda { 0 } else { moments + master };
+    let largest = *sizes.iter().max().unwrap_or(&0);
+    // The gathered gradients are f32 (`Accumulate`); earlier micro-batches'
+    // sums are alive through the later ones.
     let accumulated = if s.grad_accum > 1 { 4 * n_params } else { 0 };
-    let (bw_peak, activations, store) =
-        replay_whole_graph(c, tied, s.device.compute_bytes(), b, moments + accumulated);
+    let (bw_peak, activations, store) = replay_whole_graph(
+        c,
+        tied,
+        s.device.compute_bytes(),
+        pb,
+        b,
+        state_here + accumulated,
+    );
     let held = store;
-    let base = weights + moments + accumulated + activations;
+    let base = weights + state_here + accumulated + activations;
     // After backward, the sum with the earlier micro-batches: one new tensor
     // at a time, the graph and the store still alive.
     let acc_peak = if s.grad_accum > 1 {
-        base + held + largest
+        base + held + 4 * largest
     } else {
         0
     };
-    let opt_peak = weights + moments + 4 * n_params + 7 * largest;
+    let opt_peak = weights + state_here + 4 * n_params + step_workspace(s, largest);
     let grads = 4 * n_params + accumulated;
     let (total, peak_at) = [
         (bw_peak, "backward"),
@@ -295,22 +399,11 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
     .into_iter()
     .max_by_key(|p| p.0)
     .unwrap();
-    let mut parts = vec![
-        Part {
-            name: "weights",
-            bytes: weights,
-            what: "f32 master weights (the forward reads them in place on the CPU)".into(),
-        },
-        Part {
-            name: "moments",
-            bytes: moments,
-            what: "AdamW m and v, f32".into(),
-        },
-    ];
+    let (mut parts, host) = weight_and_state_parts(s, &sizes);
     let (acts, grads_here) = if peak_at == "optimizer update" {
         (0, grads.min(4 * n_params))
     } else {
-        (activations, accumulated + held.min(4 * n_params))
+        (activations, accumulated + held.min(pb * n_params))
     };
     parts.push(Part {
         name: "gradients",
@@ -318,7 +411,7 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
         what: if accumulated > 0 {
             "f32 gradients of every weight, plus the running sum over micro-batches".into()
         } else {
-            "f32 gradients of every weight (candle's gradient store)".into()
+            "gradients of every weight (candle's gradient store, then f32)".into()
         },
     });
     parts.push(Part {
@@ -335,18 +428,68 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
         name: "workspace",
         bytes: total - used,
         what: match peak_at {
-            "optimizer update" => "the AdamW update's temporaries of the largest tensor".into(),
+            "optimizer update" => step_workspace_what(s),
             _ => "backward temporaries in flight and the gradients candle keeps for inputs \
                   that need none (mask, RoPE tables)"
                 .into(),
         },
     });
-    Plan {
-        n_params,
-        parts,
-        total_bytes: total,
-        peak_at,
-        settings: s.clone(),
+    Plan::new(n_params, parts, host, total, peak_at, s, largest)
+}
+
+/// The device bytes of the step after backward beyond the weights, their
+/// state and the f32 gradients (`global_grad_norm`, then the fused
+/// `AdamW::update`, one tensor at a time): nothing on the CPU (the norm
+/// sums in place, the update runs in place); on CUDA the largest tensor's
+/// f32 square for the norm, which outweighs the update's re-uploaded weight.
+fn step_workspace(s: &PlanSettings, largest: u64) -> u64 {
+    match s.device {
+        PlanDevice::Cpu => 0,
+        PlanDevice::Cuda => (4 * largest).max(s.param_bytes() * largest),
+    }
+}
+
+fn step_workspace_what(s: &PlanSettings) -> String {
+    match s.device {
+        PlanDevice::Cpu => "none: the norm and the fused AdamW update run in place".into(),
+        PlanDevice::Cuda => "the largest gradient's f32 square for the global norm \
+                             (the update then steps it on the host)"
+            .into(),
+    }
+}
+
+/// The weights (on the device) and AdamW's state: on the device's memory
+/// on the CPU, in host memory on CUDA (the second list).
+fn weight_and_state_parts(s: &PlanSettings, sizes: &[u64]) -> (Vec<Part>, Vec<Part>) {
+    let n_params: u64 = sizes.iter().sum();
+    let (moments, master) = s.optimizer_state(sizes);
+    let weights = Part {
+        name: "weights",
+        bytes: s.param_bytes() * n_params,
+        what: format!(
+            "{} weights; the forward casts each to the compute dtype as it uses it",
+            s.param_dtype.name()
+        ),
+    };
+    let state = vec![
+        Part {
+            name: "master",
+            bytes: master,
+            what: "f32 master copy (--master with bf16 weights)".into(),
+        },
+        Part {
+            name: "moments",
+            bytes: moments,
+            what: format!("AdamW m and v, {}", s.moments.name()),
+        },
+    ];
+    match s.device {
+        PlanDevice::Cpu => {
+            let mut parts = vec![weights];
+            parts.extend(state);
+            (parts, Vec::new())
+        }
+        PlanDevice::Cuda => (vec![weights], state),
     }
 }
 
@@ -437,7 +580,7 @@ impl Builder<'_> {
     }
 }
 
-/// One layer's weights, f32 masters.
+/// One layer's weights, `p` bytes per element.
 struct LayerVars {
     attn_norm: T,
     q: T,
@@ -450,27 +593,34 @@ struct LayerVars {
     down: T,
 }
 
-fn layer_vars(ctx: &Ctx, c: &Config) -> LayerVars {
+fn layer_vars(ctx: &Ctx, c: &Config, p: u64) -> LayerVars {
     let (d, f) = (c.d_model as u64, c.d_ff as u64);
     let q = (c.n_heads * c.head_dim) as u64;
     let kv = (c.n_kv_heads * c.head_dim) as u64;
     LayerVars {
-        attn_norm: ctx.var(d, 4),
-        q: ctx.var(q * d, 4),
-        k: ctx.var(kv * d, 4),
-        v: ctx.var(kv * d, 4),
-        o: ctx.var(d * q, 4),
-        ffn_norm: ctx.var(d, 4),
-        gate: ctx.var(f * d, 4),
-        up: ctx.var(f * d, 4),
-        down: ctx.var(d * f, 4),
+        attn_norm: ctx.var(d, p),
+        q: ctx.var(q * d, p),
+        k: ctx.var(kv * d, p),
+        v: ctx.var(kv * d, p),
+        o: ctx.var(d * q, p),
+        ffn_norm: ctx.var(d, p),
+        gate: ctx.var(f * d, p),
+        up: ctx.var(f * d, p),
+        down: ctx.var(d * f, p),
     }
 }
 
 /// Replays `sft`'s backward of one micro-batch of the whole-graph path
 /// over `base` bytes held outside it: (peak, activations, bytes the
 /// gradient store holds after backward beyond the weights' gradients).
-fn replay_whole_graph(c: &Config, tied: bool, e: u64, b: BatchShape, base: u64) -> (u64, u64, u64) {
+fn replay_whole_graph(
+    c: &Config,
+    tied: bool,
+    e: u64,
+    p: u64,
+    b: BatchShape,
+    base: u64,
+) -> (u64, u64, u64) {
     let ctx = Ctx::default();
     let _held = ctx.hold(base);
     let g = Builder { c: &ctx, e };
@@ -486,13 +636,13 @@ fn replay_whole_graph(c: &Config, tied: bool, e: u64, b: BatchShape, base: u64) 
     let (nh, nkv) = (c.n_heads as u64, c.n_kv_heads as u64);
     let (q, kv) = (nh * hd, nkv * hd);
     // Every weight once, as TrainModel holds them.
-    let embd = ctx.var(v * d, 4);
-    let layers: Vec<LayerVars> = (0..c.n_layers).map(|_| layer_vars(&ctx, c)).collect();
-    let out_norm = ctx.var(d, 4);
+    let embd = ctx.var(v * d, p);
+    let layers: Vec<LayerVars> = (0..c.n_layers).map(|_| layer_vars(&ctx, c, p)).collect();
+    let out_norm = ctx.var(d, p);
     let head = if tied {
         embd.clone()
     } else {
-        ctx.var(v * d, 4)
+        ctx.var(v * d, p)
     };
     let weights_end = ctx.live();
 
@@ -563,17 +713,12 @@ pub fn plan_layerwise_packed(
     let sizes = param_sizes(c, tied);
     let n_params: u64 = sizes.iter().sum();
     let e = s.device.compute_bytes();
-    let weights = s.param_bytes * n_params;
-    let master = if s.master && s.param_bytes != 4 {
-        4 * n_params
-    } else {
-        0
-    };
-    let moments = match s.moments {
-        Moments::F32 => 8 * n_params,
-        Moments::Bf16 => 4 * n_params,
-        // One byte per element and one f32 scale per block, for m and v.
-        Moments::Bit8 => 2 * (n_params + 4 * n_params.div_ceil(MOMENT_BLOCK)),
+    let pb = s.param_bytes();
+    let weights = pb * n_params;
+    let (moments, master) = s.optimizer_state(&sizes);
+    let state_here = match s.device {
+        PlanDevice::Cpu => moments + master,
+        PlanDevice::Cuda => 0,
     };
     let sink = if s.step_in_backward {
         layerwise::SinkKind::StepNow
@@ -584,7 +729,7 @@ pub fn plan_layerwise_packed(
         c,
         tied,
         e,
-        s.param_bytes,
+        pb,
         shape,
         layerwise::Sizes {
             q_block: s.q_block as u64,
@@ -592,83 +737,53 @@ pub fn plan_layerwise_packed(
             head_vocab: s.head_vocab as u64,
         },
         sink,
-        moments + master,
+        state_here,
     );
-    let largest = *sizes.iter().max().unwrap_or(&0) * 4;
-    // Kept gradients: clipping, then AdamW's temporaries of one tensor.
+    let largest = *sizes.iter().max().unwrap_or(&0);
+    // Kept (f32) gradients: the global norm, then the fused update.
     let step_peak = if s.step_in_backward {
         0
     } else {
-        weights + master + moments + 4 * n_params + 5 * largest
+        weights + state_here + 4 * n_params + step_workspace(s, largest)
     };
     let (total, peak_at) = if step_peak > bw_peak {
         (step_peak, "optimizer update")
     } else {
         (bw_peak, "backward")
     };
-    let grads = if s.step_in_backward || peak_at == "optimizer update" {
-        0
-    } else {
-        4 * n_params
-    };
-    let mut parts = vec![
-        Part {
-            name: "weights",
-            bytes: weights,
-            what: format!("{} bytes per parameter", s.param_bytes),
+    let grads = if s.step_in_backward { 0 } else { 4 * n_params };
+    let (mut parts, host) = weight_and_state_parts(s, &sizes);
+    parts.push(Part {
+        name: "gradients",
+        bytes: grads,
+        what: if s.step_in_backward {
+            "none kept: each is stepped as it completes (in flight: workspace)".into()
+        } else {
+            "every weight's, f32, kept for the global norm and the step".into()
         },
-        Part {
-            name: "master",
-            bytes: master,
-            what: "f32 master copy (--master)".into(),
-        },
-        Part {
-            name: "moments",
-            bytes: moments,
-            what: format!("AdamW m and v, {:?}", s.moments),
-        },
-        Part {
-            name: "gradients",
-            bytes: if peak_at == "optimizer update" {
-                4 * n_params
-            } else {
-                grads
-            },
-            what: if s.step_in_backward {
-                "none kept: each is stepped as it completes (in flight: workspace)".into()
-            } else {
-                "every weight's, f32, kept for clipping and the step".into()
-            },
-        },
-        Part {
-            name: "activations",
-            bytes: if peak_at == "backward" { saved } else { 0 },
-            what: format!(
-                "the {} saved layer inputs ({} tokens in sequences of at most {})",
-                c.n_layers + 1,
-                s.tokens,
-                s.seq_len
-            ),
-        },
-    ];
+    });
+    parts.push(Part {
+        name: "activations",
+        bytes: if peak_at == "backward" { saved } else { 0 },
+        what: format!(
+            "the {} saved layer inputs ({} tokens in sequences of at most {})",
+            c.n_layers + 1,
+            s.tokens,
+            s.seq_len
+        ),
+    });
     let used: u64 = parts.iter().map(|p| p.bytes).sum();
     parts.push(Part {
         name: "workspace",
         bytes: total - used,
         what: match peak_at {
-            "optimizer update" => "the AdamW update's temporaries of the largest tensor".into(),
+            "optimizer update" => step_workspace_what(s),
             _ => "one layer's recomputed graphs and their backward, an attention block, \
                   the head's chunks and its (vocab x d) gradient, gradients in flight"
                 .into(),
         },
     });
-    Plan {
-        n_params,
-        parts,
-        total_bytes: total,
-        peak_at,
-        settings: s.clone(),
-    }
+    Plan::new(n_params, parts, host, total, peak_at, s, largest)
 }
 
 /// The worst packing of `tokens`: sequences of `seq_len`, the last one
@@ -715,6 +830,59 @@ impl Plan {
             gib(self.total_bytes),
             self.total_bytes
         ));
+        if !self.host.is_empty() {
+            s.push_str("\nin host memory (AdamW steps each tensor there):\n");
+            for p in &self.host {
+                s.push_str(&format!(
+                    "  {:<12} {:>9.3} GiB  {}\n",
+                    p.name,
+                    gib(p.bytes),
+                    p.what
+                ));
+            }
+            s.push_str(&format!(
+                "  {:<12} {:>9.3} GiB  with the largest tensor's weight and f32 gradient \
+                 copied over",
+                "host total",
+                gib(self.host_bytes)
+            ));
+        }
+        let step_host = match self.settings.device {
+            PlanDevice::Cpu => self.total_bytes,
+            PlanDevice::Cuda => self.host_bytes,
+        };
+        s.push_str(&format!(
+            "\nsave at the end (estimated): {:.3} GiB of host memory (every weight copied \
+             to f32 first){}",
+            gib(self.save_host_bytes),
+            if self.save_host_bytes > step_host {
+                ": more than the step, the run's host peak"
+            } else {
+                ""
+            }
+        ));
+        let st = &self.settings;
+        if st.eval_tokens > 0 {
+            let micro = if st.recompute {
+                st.tokens
+            } else {
+                st.tokens.div_ceil(st.grad_accum.max(1))
+            };
+            if st.eval_tokens > micro {
+                s.push_str(&format!(
+                    "\neval batches of up to {} tokens exceed the step's micro-batch of {} \
+                     (the whole-graph eval takes --batch-size examples of --max-tokens): \
+                     their forward is not in this plan; lower --batch-size",
+                    st.eval_tokens, micro
+                ));
+            } else {
+                s.push_str(&format!(
+                    "\neval batches of up to {} tokens, forward only: within the step's \
+                     micro-batch of {}",
+                    st.eval_tokens, micro
+                ));
+            }
+        }
         s
     }
 }
@@ -814,12 +982,88 @@ mod tests {
         let e = plan(&tiny(), true, &s).unwrap_err().to_string();
         assert!(e.contains("q-block"), "{e}");
         let mut s = PlanSettings::whole_graph(64, 64, 1, PlanDevice::Cpu);
-        s.moments = Moments::Bit8;
+        s.step_in_backward = true;
         let e = plan(&tiny(), true, &s).unwrap_err().to_string();
         assert!(e.contains("recompute"), "{e}");
-        assert!(Moments::parse("4bit")
-            .unwrap_err()
-            .to_string()
-            .contains("4bit"));
+    }
+
+    #[test]
+    fn settings_come_from_the_train_config_sft_runs() {
+        let mut cfg = TrainConfig {
+            tokens: 1024,
+            max_tokens: 256,
+            param_dtype: ParamDtype::Bf16,
+            moments: MomentsKind::Bit8,
+            step_in_backward: true,
+            clip: 0.0,
+            q_block: 32,
+            ..TrainConfig::default()
+        };
+        let s = PlanSettings::from_train_config(&cfg, PlanDevice::Cuda);
+        assert_eq!((s.tokens, s.seq_len, s.q_block), (1024, 256, 32));
+        assert_eq!(
+            (s.param_dtype, s.moments),
+            (ParamDtype::Bf16, MomentsKind::Bit8)
+        );
+        assert!(s.recompute && s.step_in_backward && !s.master);
+        // The alignment loss runs the whole graph, which steps after backward.
+        cfg.align_loss = true;
+        let s = PlanSettings::from_train_config(&cfg, PlanDevice::Cpu);
+        assert!(!s.recompute && !s.step_in_backward);
+        // batch_size sequences of max_tokens per micro-batch without --tokens.
+        cfg.tokens = 0;
+        cfg.grad_accum = 2;
+        let s = PlanSettings::from_train_config(&cfg, PlanDevice::Cpu);
+        assert_eq!(s.tokens, 2 * cfg.batch_size * 256);
+    }
+
+    #[test]
+    fn cuda_keeps_the_optimizer_state_in_host_memory() {
+        let mut s = PlanSettings::whole_graph(128, 128, 1, PlanDevice::Cuda);
+        s.param_dtype = ParamDtype::Bf16;
+        s.master = true;
+        let sizes = param_sizes(&tiny(), true);
+        let n: u64 = sizes.iter().sum();
+        let p = plan(&tiny(), true, &s).unwrap();
+        assert!(p.parts.iter().all(|x| x.name != "moments"));
+        let host: u64 = p.host.iter().map(|x| x.bytes).sum();
+        assert_eq!(host, 8 * n + 4 * n);
+        assert_eq!(p.host_bytes, host + 6 * sizes.iter().max().unwrap());
+        // The same run on the CPU holds the state in the one memory.
+        s.device = PlanDevice::Cpu;
+        let cpu = plan(&tiny(), true, &s).unwrap();
+        assert!(cpu.host.is_empty() && cpu.host_bytes == 0);
+        assert!(cpu
+            .parts
+            .iter()
+            .any(|x| x.name == "moments" && x.bytes == 8 * n));
+    }
+
+    #[test]
+    fn the_plan_says_whether_eval_batches_exceed_the_step() {
+        // The whole-graph eval pads --batch-size examples even with --tokens.
+        let mut cfg = TrainConfig {
+            tokens: 512,
+            max_tokens: 128,
+            batch_size: 8,
+            recompute: false,
+            ..TrainConfig::default()
+        };
+        let p = plan(
+            &tiny(),
+            true,
+            &PlanSettings::from_train_config(&cfg, PlanDevice::Cpu),
+        );
+        let text = p.unwrap().text();
+        assert!(text.contains("up to 1024 tokens exceed"), "{text}");
+        cfg.recompute = true;
+        let p = plan(
+            &tiny(),
+            true,
+            &PlanSettings::from_train_config(&cfg, PlanDevice::Cpu),
+        );
+        let text = p.unwrap().text();
+        assert!(text.contains("up to 512 tokens, forward only"), "{text}");
+        assert!(text.contains("save at the end"), "{text}");
     }
 }

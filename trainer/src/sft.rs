@@ -440,9 +440,26 @@ pub struct StepNow<'a> {
     sum_sq: Option<Tensor>,
 }
 
+impl<'a> StepNow<'a> {
+    /// A sink stepping `params` with `opt` at `lr` (after `opt.begin_step()`).
+    pub fn new(opt: &'a mut AdamW, params: &'a [Param], lr: f64) -> StepNow<'a> {
+        StepNow {
+            opt,
+            params,
+            lr,
+            sum_sq: None,
+        }
+    }
+}
+
 impl GradSink for StepNow<'_> {
     fn take(&mut self, param: usize, grad: Tensor) -> Result<()> {
-        let sq = crate::optim::sum_squares(&grad)?;
+        let grad = grad.to_dtype(DType::F32).op("grad")?;
+        // The same sum as `global_grad_norm`'s (f64 on the CPU), so the
+        // norm reported in backward equals the step-after-backward one.
+        let sq = crate::optim::sum_squares(&grad)?
+            .to_dtype(DType::F64)
+            .op("grad norm")?;
         self.sum_sq = Some(match self.sum_sq.take() {
             None => sq,
             Some(a) => (a + sq).op("grad norm")?,
@@ -740,12 +757,7 @@ pub fn train_parallel(
                 let scale = 1.0 / n_micro as f64;
                 let value = if cfg.step_in_backward {
                     opt.begin_step();
-                    let mut sink = StepNow {
-                        opt: &mut opt,
-                        params: &model.params,
-                        lr,
-                        sum_sq: None,
-                    };
+                    let mut sink = StepNow::new(&mut opt, &model.params, lr);
                     let v = layerwise::loss_and_grads(model, &packed, scale, &set, &mut sink)?;
                     in_backward = Some(sink.sum_sq);
                     v

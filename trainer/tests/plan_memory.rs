@@ -22,17 +22,17 @@ use candle_core::{DType, Device, Tensor};
 use main_engine::config::Config;
 use main_trainer::data::Example;
 use main_trainer::head::HeadChunks;
-use main_trainer::layerwise::{loss_and_grads, GradSink, Settings};
-use main_trainer::model::Param;
+use main_trainer::layerwise::{loss_and_grads, Settings};
+use main_trainer::model::ParamDtype;
 use main_trainer::model::TrainModel;
-use main_trainer::optim::{clip_grad_norm, AdamW, AdamWParams};
+use main_trainer::optim::{clip_scale, global_grad_norm, AdamW, AdamWParams, MomentsKind};
 use main_trainer::pack::Packed;
 use main_trainer::plan::layerwise::PackShape;
 use main_trainer::plan::{
     plan_layerwise_packed, plan_whole_graph, BatchShape, PlanDevice, PlanSettings,
 };
 use main_trainer::sft::lm_loss;
-use main_trainer::sft::Accumulate;
+use main_trainer::sft::{Accumulate, StepNow};
 
 struct Counting;
 
@@ -160,11 +160,12 @@ fn measure(s: &Shape) -> (u64, u64) {
     let other = before - static_bytes;
     PEAK.store(before, Ordering::Relaxed);
 
-    // The body of sft's step loop (grad_accum 1, clip 1.0).
+    // The body of sft's step loop (grad_accum 1, clip 1.0: one norm, the
+    // clipping factor applied inside the fused update).
     {
         let (loss, _) = lm_loss(&model, &refs, norm).unwrap().unwrap();
         let g = loss.backward().unwrap();
-        let mut grads: Vec<Tensor> = model
+        let grads: Vec<Tensor> = model
             .params
             .iter()
             .map(|p| {
@@ -176,7 +177,7 @@ fn measure(s: &Shape) -> (u64, u64) {
             .collect();
         drop(g);
         drop(loss);
-        clip_grad_norm(&mut grads, 1.0).unwrap();
+        opt.grad_scale = clip_scale(global_grad_norm(&grads).unwrap(), 1.0);
         opt.update(&model.params, &grads, 1e-3).unwrap();
     }
     let peak = PEAK.load(Ordering::Relaxed) - other;
@@ -289,21 +290,33 @@ struct Packing {
     step_in_backward: bool,
 }
 
-/// The optimizer step inside backward, as sft's `StepNow` (its norm sum
-/// is a scalar per tensor).
-struct UpdateNow<'a> {
-    opt: &'a mut AdamW,
-    params: &'a [Param],
+/// How the weights and AdamW's state are stored (`--param-dtype`,
+/// `--moments`, `--master`).
+#[derive(Clone, Copy, Debug)]
+struct Storage {
+    param_dtype: ParamDtype,
+    moments: MomentsKind,
+    master: bool,
 }
 
-impl GradSink for UpdateNow<'_> {
-    fn take(&mut self, param: usize, grad: Tensor) -> main_trainer::Result<()> {
-        let _sq = grad.sqr().unwrap().sum_all().unwrap();
-        self.opt.update_one(param, &self.params[param], &grad, 1e-3)
-    }
-}
+const F32: Storage = Storage {
+    param_dtype: ParamDtype::F32,
+    moments: MomentsKind::F32,
+    master: false,
+};
+/// The memory-saving storage (with the step inside backward).
+const BF16_8BIT: Storage = Storage {
+    param_dtype: ParamDtype::Bf16,
+    moments: MomentsKind::Bit8,
+    master: false,
+};
+const BF16_MASTER: Storage = Storage {
+    param_dtype: ParamDtype::Bf16,
+    moments: MomentsKind::Bf16,
+    master: true,
+};
 
-fn measure_layerwise(s: &Packing) -> (u64, u64) {
+fn measure_layerwise(s: &Packing, st: Storage) -> (u64, u64) {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let c = config(&Shape {
@@ -333,10 +346,22 @@ fn measure_layerwise(s: &Packing) -> (u64, u64) {
     let refs: Vec<&Example> = exs.iter().collect();
     let n_targets: usize = s.seq_lens.iter().map(|l| l - s.n_prompt).sum();
     let packed = Packed::new(&refs, |_| 1.0 / n_targets as f64).unwrap();
-    let model = TrainModel::load(&dir, &Device::Cpu, DType::F32).unwrap();
-    let mut opt = AdamW::new(&model.params, AdamWParams::default()).unwrap();
+    let mut model = TrainModel::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    model.cast_params(st.param_dtype.dtype()).unwrap();
+    let mut opt = AdamW::new(
+        &model.params,
+        AdamWParams {
+            moments: st.moments,
+            master: st.master,
+            ..AdamWParams::default()
+        },
+    )
+    .unwrap();
     let tokens: usize = s.seq_lens.iter().sum();
     let mut settings = PlanSettings::whole_graph(tokens, tokens, 1, PlanDevice::Cpu);
+    settings.param_dtype = st.param_dtype;
+    settings.moments = st.moments;
+    settings.master = st.master;
     settings.recompute = true;
     settings.step_in_backward = s.step_in_backward;
     settings.q_block = s.q_block;
@@ -348,7 +373,22 @@ fn measure_layerwise(s: &Packing) -> (u64, u64) {
     };
     let plan = plan_layerwise_packed(&c, true, &settings, &shape);
     assert_eq!(plan.n_params as usize, model.n_params());
-    let static_bytes = 12 * plan.n_params;
+    let static_bytes: u64 = plan
+        .parts
+        .iter()
+        .filter(|p| ["weights", "master", "moments"].contains(&p.name))
+        .map(|p| p.bytes)
+        .sum();
+    assert_eq!(
+        static_bytes,
+        (model.n_params()
+            * if st.param_dtype == ParamDtype::F32 {
+                4
+            } else {
+                2
+            }
+            + opt.state_bytes()) as u64
+    );
 
     let before = LIVE.load(Ordering::Relaxed);
     let other = before - static_bytes;
@@ -357,29 +397,27 @@ fn measure_layerwise(s: &Packing) -> (u64, u64) {
         q_block: s.q_block,
         head: s.head,
     };
-    // The body of sft's layerwise step.
+    // The body of sft's layerwise step, with sft's sinks.
     if s.step_in_backward {
         opt.begin_step();
-        let mut sink = UpdateNow {
-            opt: &mut opt,
-            params: &model.params,
-        };
+        let mut sink = StepNow::new(&mut opt, &model.params, 1e-3);
         loss_and_grads(&model, &packed, 1.0, &set, &mut sink).unwrap();
     } else {
         let mut acc = Accumulate(vec![None; model.params.len()]);
         loss_and_grads(&model, &packed, 1.0, &set, &mut acc).unwrap();
-        let mut grads: Vec<Tensor> = acc.0.into_iter().map(|g| g.unwrap()).collect();
-        clip_grad_norm(&mut grads, 1.0).unwrap();
+        let grads: Vec<Tensor> = acc.0.into_iter().map(|g| g.unwrap()).collect();
+        opt.grad_scale = clip_scale(global_grad_norm(&grads).unwrap(), 1.0);
         opt.update(&model.params, &grads, 1e-3).unwrap();
     }
     let peak = PEAK.load(Ordering::Relaxed) - other;
     eprintln!(
-        "layerwise d={} L={} seqs {:?} q_block {} step_in_backward {}: measured {} B, planned {} B ({:+.2}%), peak at {}\n{}",
+        "layerwise d={} L={} seqs {:?} q_block {} step_in_backward {} {:?}: measured {} B, planned {} B ({:+.2}%), peak at {}\n{}",
         s.d_model,
         s.n_layers,
         s.seq_lens,
         s.q_block,
         s.step_in_backward,
+        st,
         peak,
         plan.total_bytes,
         100.0 * (plan.total_bytes as f64 / peak as f64 - 1.0),
@@ -389,13 +427,22 @@ fn measure_layerwise(s: &Packing) -> (u64, u64) {
     (peak, plan.total_bytes)
 }
 
+/// The shape as given (f32 storage), then with the memory-saving storage
+/// and the step inside backward, then with bf16 moments and an f32 master.
 fn layerwise_within_10_percent(s: Packing) {
-    let (measured, planned) = measure_layerwise(&s);
-    let ratio = planned as f64 / measured as f64;
-    assert!(
-        (0.9..=1.1).contains(&ratio),
-        "plan {planned} B vs measured {measured} B: ratio {ratio:.3}"
-    );
+    let saving = Packing {
+        step_in_backward: true,
+        seq_lens: s.seq_lens.clone(),
+        ..s
+    };
+    for (p, st) in [(&s, F32), (&saving, BF16_8BIT), (&s, BF16_MASTER)] {
+        let (measured, planned) = measure_layerwise(p, st);
+        let ratio = planned as f64 / measured as f64;
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "{st:?}: plan {planned} B vs measured {measured} B: ratio {ratio:.3}"
+        );
+    }
 }
 
 #[test]

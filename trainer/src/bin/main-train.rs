@@ -93,34 +93,12 @@ struct SftArgs {
     train_config: Option<PathBuf>,
     #[arg(long)]
     steps: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    grad_accum: Option<usize>,
+    #[command(flatten)]
+    mem: MemoryArgs,
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long)]
     warmup: Option<usize>,
-    #[arg(long)]
-    max_tokens: Option<usize>,
-    /// Global gradient-norm bound (0: none; must be 0 with --step-in-backward).
-    #[arg(long)]
-    clip: Option<f64>,
-    /// Tokens per optimizer step: examples packed without padding up to
-    /// this budget (0: --batch-size examples per micro-batch).
-    #[arg(long)]
-    tokens: Option<usize>,
-    /// true: the memory-saving layerwise step (per-layer recomputation,
-    /// query-block attention, chunked LM head); false: whole-graph autograd.
-    #[arg(long, value_name = "true|false")]
-    recompute: Option<bool>,
-    /// Apply the optimizer to each weight as soon as its gradient is
-    /// complete (needs --clip 0: no clipping by the global norm).
-    #[arg(long)]
-    step_in_backward: bool,
-    /// Query rows per attention block of the layerwise step.
-    #[arg(long)]
-    q_block: Option<usize>,
     #[arg(long)]
     eval_fraction: Option<f64>,
     #[arg(long)]
@@ -143,6 +121,45 @@ struct SftArgs {
     lambda1: Option<f64>,
     #[arg(long)]
     lambda2: Option<f64>,
+    /// CPU threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The settings that decide a run's memory: `sft` and `plan` take the same
+/// flags and apply them to a [`TrainConfig`] the same way.
+#[derive(clap::Args)]
+struct MemoryArgs {
+    /// Examples per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Longest training sequence.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Global gradient-norm bound (0: none; must be 0 with --step-in-backward).
+    #[arg(long)]
+    clip: Option<f64>,
+    /// Tokens per optimizer step: examples packed without padding up to
+    /// this budget (0: --batch-size examples per micro-batch).
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// true: the memory-saving layerwise step (per-layer recomputation,
+    /// query-block attention, chunked LM head); false: whole-graph autograd.
+    #[arg(long, value_name = "true|false")]
+    recompute: Option<bool>,
+    /// Apply the optimizer to each weight as soon as its gradient is
+    /// complete (needs --clip 0: no clipping by the global norm).
+    #[arg(long)]
+    step_in_backward: bool,
+    /// Query rows per attention block of the layerwise step.
+    #[arg(long)]
+    q_block: Option<usize>,
     /// AdamW moments: f32, bf16 or 8bit (blockwise, as bitsandbytes).
     #[arg(long)]
     moments: Option<String>,
@@ -152,12 +169,40 @@ struct SftArgs {
     /// With bf16 weights, keep an f32 master copy in the optimizer.
     #[arg(long)]
     master: bool,
-    /// CPU threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
+}
+
+impl MemoryArgs {
+    fn apply(&self, cfg: &mut TrainConfig) -> Result<()> {
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = self.$f { cfg.$f = v; })* };
+        }
+        set!(batch_size, grad_accum, max_tokens, clip, tokens, recompute, q_block);
+        if self.step_in_backward {
+            cfg.step_in_backward = true;
+        }
+        if let Some(m) = &self.moments {
+            cfg.moments = main_trainer::optim::MomentsKind::parse(m)?;
+        }
+        if let Some(p) = &self.param_dtype {
+            cfg.param_dtype = main_trainer::model::ParamDtype::parse(p)?;
+        }
+        if self.master {
+            cfg.master = true;
+        }
+        Ok(())
+    }
+}
+
+/// The `[train]` settings of `--train-config`, or the defaults.
+fn read_train_config(path: Option<&PathBuf>) -> Result<TrainConfig> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            toml::from_str::<TrainConfig>(&text)
+                .map_err(|e| Error::invalid(p.display().to_string(), e.to_string()))
+        }
+        None => Ok(TrainConfig::default()),
+    }
 }
 
 #[derive(clap::Args)]
@@ -165,82 +210,35 @@ struct PlanArgs {
     /// A model folder with config.json (weights not needed), or the file.
     #[arg(long)]
     model: PathBuf,
-    /// Tokens per optimizer step.
-    #[arg(long)]
-    tokens: usize,
     /// cpu (f32 compute) or cuda (bf16 compute).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// One JSON object (the parts and total_bytes) instead of a table.
     #[arg(long)]
     json: bool,
-    /// Per-layer recomputation (the layer-by-layer path); false: the whole
-    /// graph is kept, as `sft` runs today.
+    /// Settings as TOML (the `[train]` table of main.toml); flags override,
+    /// as for `sft`.
     #[arg(long)]
-    recompute: Option<bool>,
-    /// f32 or bf16 (default bf16; f32 with --recompute false).
-    #[arg(long)]
-    param_dtype: Option<String>,
-    /// An f32 master copy beside bf16 parameters.
-    #[arg(long)]
-    master: bool,
-    /// f32, bf16 or 8bit (default 8bit; f32 with --recompute false).
-    #[arg(long)]
-    moments: Option<String>,
-    /// The optimizer step inside backward (default true; false with
-    /// --recompute false).
-    #[arg(long)]
-    step_in_backward: Option<bool>,
-    /// Query rows per attention block.
-    #[arg(long)]
-    q_block: Option<usize>,
-    /// Longest sequence (default: --tokens).
-    #[arg(long)]
-    max_tokens: Option<usize>,
-    /// Micro-batches per step (whole-graph path).
-    #[arg(long, default_value_t = 1)]
-    grad_accum: usize,
+    train_config: Option<PathBuf>,
+    /// `sft`'s memory flags, with `sft`'s defaults.
+    #[command(flatten)]
+    mem: MemoryArgs,
 }
 
 fn plan(a: PlanArgs) -> Result<()> {
-    use main_trainer::plan::{Moments, PlanDevice, PlanSettings};
+    use main_trainer::plan::{PlanDevice, PlanSettings};
     let (config, tied) = main_trainer::plan::read_config(&a.model)?;
     let device = PlanDevice::parse(&a.device)?;
-    let seq_len = a.max_tokens.unwrap_or(a.tokens);
-    let mut s = if a.recompute == Some(false) {
-        PlanSettings::whole_graph(a.tokens, seq_len, a.grad_accum, device)
-    } else {
-        PlanSettings::defaults(a.tokens, device)
-    };
-    s.seq_len = seq_len;
-    s.grad_accum = a.grad_accum;
-    if let Some(p) = &a.param_dtype {
-        s.param_bytes = match p.as_str() {
-            "f32" => 4,
-            "bf16" => 2,
-            other => {
-                return Err(Error::invalid(
-                    "param-dtype",
-                    format!("'{other}' (expected f32 or bf16)"),
-                ))
-            }
-        };
-    }
-    s.master = a.master;
-    if let Some(m) = &a.moments {
-        s.moments = Moments::parse(m)?;
-    }
-    if let Some(b) = a.step_in_backward {
-        s.step_in_backward = b;
-    }
-    if let Some(q) = a.q_block {
-        s.q_block = q;
-    }
+    let mut cfg = read_train_config(a.train_config.as_ref())?;
+    a.mem.apply(&mut cfg)?;
+    cfg.validate()?;
+    let s = PlanSettings::from_train_config(&cfg, device);
     let p = main_trainer::plan::plan(&config, tied, &s)?;
     if a.json {
         let mut v = serde_json::json!({"total_bytes": p.total_bytes, "n_params": p.n_params,
-            "peak_at": p.peak_at, "settings": p.settings});
-        for part in &p.parts {
+            "peak_at": p.peak_at, "host_bytes": p.host_bytes,
+            "save_host_bytes": p.save_host_bytes, "settings": p.settings});
+        for part in p.parts.iter().chain(&p.host) {
             v[part.name] = part.bytes.into();
         }
         println!("{v}");
@@ -261,86 +259,34 @@ fn check_memory(a: &SftArgs, cfg: &TrainConfig, device: &candle_core::Device) ->
     } else {
         PlanDevice::Cpu
     };
-    // A micro-batch: --tokens packed tokens, else batch_size sequences of
-    // up to max_tokens.
-    let micro = if cfg.tokens > 0 {
-        cfg.tokens
-    } else {
-        cfg.batch_size * cfg.max_tokens
-    };
-    let mut s =
-        PlanSettings::whole_graph(micro * cfg.grad_accum, cfg.max_tokens, cfg.grad_accum, pd);
-    // The weights and moments as this run stores them.
-    s.param_bytes = match cfg.param_dtype {
-        main_trainer::model::ParamDtype::F32 => 4,
-        main_trainer::model::ParamDtype::Bf16 => 2,
-    };
-    s.master = cfg.master;
-    s.moments = match cfg.moments {
-        main_trainer::optim::MomentsKind::F32 => main_trainer::plan::Moments::F32,
-        main_trainer::optim::MomentsKind::Bf16 => main_trainer::plan::Moments::Bf16,
-        main_trainer::optim::MomentsKind::Bit8 => main_trainer::plan::Moments::Bit8,
-    };
-    if cfg.recompute && !cfg.align_loss {
-        s.recompute = true;
-        s.step_in_backward = cfg.step_in_backward;
-        s.q_block = cfg.q_block;
-        // Accumulated micro-batches: one micro-batch's activations.
-        s.tokens = micro;
-    }
-    let p = main_trainer::plan::plan(&config, tied, &s)?;
+    let p = main_trainer::plan::plan(&config, tied, &PlanSettings::from_train_config(cfg, pd))?;
     main_trainer::plan::check_fits(&p, main_trainer::plan::available(device)?)
 }
 
 fn sft(a: SftArgs) -> Result<()> {
-    let mut cfg = match &a.train_config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-            toml::from_str::<TrainConfig>(&text)
-                .map_err(|e| Error::invalid(p.display().to_string(), e.to_string()))?
-        }
-        None => TrainConfig::default(),
-    };
+    let mut cfg = read_train_config(a.train_config.as_ref())?;
     macro_rules! set {
         ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
     }
     set!(
         steps,
-        batch_size,
-        grad_accum,
         lr,
         warmup,
-        max_tokens,
-        clip,
-        tokens,
-        recompute,
-        q_block,
         eval_fraction,
         eval_every,
         checkpoint_every,
         seed,
         align_negatives
     );
+    a.mem.apply(&mut cfg)?;
     if a.align_loss {
         cfg.align_loss = true;
-    }
-    if a.step_in_backward {
-        cfg.step_in_backward = true;
     }
     if let Some(l) = a.lambda1 {
         cfg.lambda_contrastive = l;
     }
     if let Some(l) = a.lambda2 {
         cfg.lambda_consistency = l;
-    }
-    if let Some(m) = &a.moments {
-        cfg.moments = main_trainer::optim::MomentsKind::parse(m)?;
-    }
-    if let Some(p) = &a.param_dtype {
-        cfg.param_dtype = main_trainer::model::ParamDtype::parse(p)?;
-    }
-    if a.master {
-        cfg.master = true;
     }
     cfg.validate()?;
     let direction = Direction::parse(&a.direction)?;
@@ -470,5 +416,71 @@ fn main() -> ExitCode {
             eprintln!("main-train: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    /// clap's own checks (no flag defined twice: `sft` and `plan` share
+    /// `MemoryArgs`), and the memory flags parse the same for both.
+    #[test]
+    fn sft_and_plan_take_the_same_memory_flags() {
+        super::Cli::command().debug_assert();
+        let flags = [
+            "--tokens",
+            "4096",
+            "--max-tokens",
+            "1024",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--recompute",
+            "true",
+            "--step-in-backward",
+            "--clip",
+            "0",
+            "--q-block",
+            "64",
+            "--moments",
+            "8bit",
+            "--param-dtype",
+            "bf16",
+            "--master",
+        ];
+        let mut from = Vec::new();
+        for cmd in [
+            vec![
+                "main-train",
+                "sft",
+                "--model",
+                "m",
+                "--data",
+                "d",
+                "-o",
+                "o",
+            ],
+            vec!["main-train", "plan", "--model", "m"],
+        ] {
+            let cli = super::Cli::try_parse_from(cmd.into_iter().chain(flags)).unwrap();
+            let mem = match cli.cmd {
+                super::Cmd::Sft(a) => a.mem,
+                super::Cmd::Plan(a) => a.mem,
+                _ => unreachable!(),
+            };
+            let mut cfg = main_trainer::sft::TrainConfig::default();
+            mem.apply(&mut cfg).unwrap();
+            from.push(cfg);
+        }
+        assert_eq!(from[0], from[1]);
+        let c = &from[0];
+        assert_eq!(
+            (c.tokens, c.max_tokens, c.q_block, c.clip),
+            (4096, 1024, 64, 0.0)
+        );
+        assert!(c.step_in_backward && c.master && c.recompute);
+        assert_eq!(c.moments, main_trainer::optim::MomentsKind::Bit8);
     }
 }

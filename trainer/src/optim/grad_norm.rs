@@ -43,9 +43,6 @@ impl CustomOp1 for SumSquares {
 
 /// `sum(g^2)` of one gradient as a scalar tensor on its device (f64 on the
 /// CPU, f32 elsewhere: no f64 reductions on every GPU).
-/// `sum(g^2)` of one gradient as a one-element tensor on its device (f64
-/// on the CPU): the optimizer-in-backward sink sums these as gradients go
-/// by, the same reduction [`global_grad_norm`] makes after backward.
 pub fn sum_squares(g: &Tensor) -> Result<Tensor> {
     if g.device().is_cpu() {
         let g = g.contiguous().op("grad norm")?;

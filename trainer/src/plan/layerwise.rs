@@ -29,8 +29,8 @@ impl PackShape {
 pub enum SinkKind {
     /// Kept (f32) until the step after backward.
     Accumulate,
-    /// AdamW `update_one` at once (f32 moments, the temporaries of one
-    /// tensor's update), the gradient dropped.
+    /// AdamW `update_one` at once (the fused update: in place on the CPU,
+    /// a host round trip on CUDA), the gradient dropped.
     StepNow,
 }
 
@@ -64,6 +64,8 @@ struct Sink<'a> {
     ctx: &'a Ctx,
     kind: SinkKind,
     kept: HashMap<usize, T>,
+    /// The optimizer steps on the host (CUDA, whose compute is bf16).
+    round_trip: bool,
 }
 
 impl Sink<'_> {
@@ -75,52 +77,28 @@ impl Sink<'_> {
             }
             SinkKind::StepNow => {
                 let c = self.ctx;
-                // sum of squares for the norm: sqr, then a scalar.
-                drop(c.unary(Unary::Sqr, &grad));
-                adam_update_one(c, grad.bytes());
+                // sum of squares for the norm (`optim::sum_squares`): in
+                // place on the CPU; on CUDA sqr, then a scalar.
+                if self.round_trip {
+                    drop(c.unary(Unary::Sqr, &grad));
+                }
+                fused_update_one(c, param.numel, param.elem, self.round_trip);
             }
         }
     }
 }
 
-/// `AdamW::update_one`'s temporaries for a tensor of `p` bytes, statement
-/// by statement (`optim.rs`): at most five at once (the new m and v with
-/// three temporaries of a statement); the old moments are replaced after.
-pub fn adam_update_one(c: &Ctx, p: u64) {
-    // m = m * b1 + g * (1 - b1)
-    let m = {
-        let _a = c.hold(p);
-        let _b = c.hold(p);
-        c.hold(p)
-    };
-    // v = v * b2 + g.sqr() * (1 - b2)
-    let v = {
-        let _a = c.hold(p);
-        let _s = c.hold(p);
-        let _b = c.hold(p);
-        c.hold(p)
-    };
-    // denom = (v / c2).sqrt() + eps
-    let denom = {
-        let _a = c.hold(p);
-        let _b = c.hold(p);
-        c.hold(p)
-    };
-    // update = (m / c1) / denom: denom consumed
-    let update = {
-        let _a = c.hold(p);
-        let u = c.hold(p);
-        drop(denom);
-        u
-    };
-    // new = w * decay - update * lr: update consumed; new copied into the weight
-    {
-        let _a = c.hold(p);
-        let _b = c.hold(p);
-        drop(update);
-        let _new = c.hold(p);
+/// `AdamW::update_one`'s device bytes for a weight of `numel` elements
+/// stored in `param_elem` bytes each (`optim/mod.rs`, the fused update):
+/// on the CPU the update runs in place over the weight, its moments and the
+/// gradient (nothing allocated beyond per-block scratch on the stack); on
+/// CUDA the weight and gradient go to the host, are updated there, and the
+/// updated weight comes back as a new device tensor before `Var::set`
+/// copies it in, so one weight-sized tensor is briefly alive.
+pub fn fused_update_one(c: &Ctx, numel: u64, param_elem: u64, round_trip: bool) {
+    if round_trip {
+        drop(c.hold(numel * param_elem));
     }
-    drop((m, v));
 }
 
 /// One step of the layerwise path over `base` bytes held outside it (the
@@ -211,6 +189,8 @@ pub fn replay(
         ctx: &ctx,
         kind: sink,
         kept: HashMap::new(),
+        // bf16 compute is what `device::select` picks on CUDA.
+        round_trip: e != 4,
     };
 
     // Forward: the input of every layer, nothing else.
