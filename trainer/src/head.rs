@@ -143,11 +143,18 @@ pub fn loss_and_grads(
         .and_then(|x| x.to_dtype(st))
         .op("head weights")?;
     let lse = lse.unsqueeze(1).op("head lse")?;
+    let targets_col = targets
+        .to_dtype(DType::U32)
+        .and_then(|x| x.unsqueeze(1))
+        .op("head targets")?;
     let mut grad_h: Vec<Option<Tensor>> = vec![None; m.div_ceil(chunks.rows.max(1))];
     let mut grad_w = Vec::new();
     for c0 in (0..v).step_by(chunks.vocab.max(1)) {
         let vc = chunks.vocab.min(v - c0);
         let wc = w.narrow(0, c0, vc).op("head chunk")?;
+        let cols = Tensor::arange(c0 as u32, (c0 + vc) as u32, dev)
+            .and_then(|x| x.unsqueeze(0))
+            .op("head cols")?;
         let mut gwc: Option<Tensor> = None;
         for (ri, r0) in (0..m).step_by(chunks.rows.max(1)).enumerate() {
             let rows = chunks.rows.min(m - r0);
@@ -160,11 +167,14 @@ pub fn loss_and_grads(
                 .broadcast_sub(&lse.narrow(0, r0, rows).op("head")?)
                 .and_then(|x| x.exp())
                 .op("head softmax")?;
-            // (rows, vc) `w_r softmax_r` in the inputs' dtype for the two
-            // matmuls; the one-hot part of `dlogits` is applied once after
-            // the loops (it touches one column per row).
-            let dl = softmax
-                .broadcast_mul(&wts.narrow(0, r0, rows).op("head")?)
+            let onehot = targets_col
+                .narrow(0, r0, rows)
+                .and_then(|t| t.broadcast_eq(&cols))
+                .and_then(|x| x.to_dtype(st))
+                .op("head onehot")?;
+            // (rows, vc) in the inputs' dtype for the two matmuls.
+            let dl = (softmax - onehot)
+                .and_then(|x| x.broadcast_mul(&wts.narrow(0, r0, rows)?))
                 .and_then(|x| x.to_dtype(h.dtype()))
                 .op("head dlogits")?;
             let gh = dl.matmul(&wc).op("head grad h")?;
@@ -193,23 +203,10 @@ pub fn loss_and_grads(
         let parts: Vec<Tensor> = grad_h.into_iter().flatten().collect();
         Tensor::cat(&parts, 0).op("head grad h")?
     };
-    let grad_w = Tensor::cat(&grad_w, 0).op("head grad w")?;
-    // The one-hot part, `-w_r` at (r, target_r): `grad_h[r] -= w_r W[target_r]`
-    // and `grad_W[target_r] -= w_r h[r]`.
-    let w_t = w
-        .index_select(targets, 0)
-        .and_then(|x| x.to_dtype(st))
-        .and_then(|x| x.broadcast_mul(&wts))
-        .op("head one-hot")?;
-    let h_t = h
-        .to_dtype(st)
-        .and_then(|x| x.broadcast_mul(&wts))
-        .and_then(|x| x.neg())
-        .op("head one-hot")?;
     Ok(HeadGrads {
         loss,
-        grad_h: (grad_h - w_t).op("head grad h")?,
-        grad_w: grad_w.index_add(targets, &h_t, 0).op("head grad w")?,
+        grad_h,
+        grad_w: Tensor::cat(&grad_w, 0).op("head grad w")?,
     })
 }
 
