@@ -816,13 +816,9 @@ impl Plan {
             "memory plan: {} parameters, {} tokens per step, peak at {}\n",
             self.n_params, self.settings.tokens, self.peak_at
         );
+        let part = |p: &Part| format!("  {:<12} {:>9.3} GiB  {}\n", p.name, gib(p.bytes), p.what);
         for p in &self.parts {
-            s.push_str(&format!(
-                "  {:<12} {:>9.3} GiB  {}\n",
-                p.name,
-                gib(p.bytes),
-                p.what
-            ));
+            s.push_str(&part(p));
         }
         s.push_str(&format!(
             "  {:<12} {:>9.3} GiB ({} bytes)",
@@ -833,12 +829,7 @@ impl Plan {
         if !self.host.is_empty() {
             s.push_str("\nin host memory (AdamW steps each tensor there):\n");
             for p in &self.host {
-                s.push_str(&format!(
-                    "  {:<12} {:>9.3} GiB  {}\n",
-                    p.name,
-                    gib(p.bytes),
-                    p.what
-                ));
+                s.push_str(&part(p));
             }
             s.push_str(&format!(
                 "  {:<12} {:>9.3} GiB  with the largest tensor's weight and f32 gradient \
