@@ -18,8 +18,9 @@
 
 pub mod autograd;
 pub mod layerwise;
+mod ops;
+mod whole_graph;
 
-use autograd::{Binary, Ctx, Unary, T};
 use main_engine::config::Config;
 
 use crate::error::{Error, Result};
@@ -372,7 +373,7 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
     // The gathered gradients are f32 (`Accumulate`); earlier micro-batches'
     // sums are alive through the later ones.
     let accumulated = if s.grad_accum > 1 { 4 * n_params } else { 0 };
-    let (bw_peak, activations, store) = replay_whole_graph(
+    let (bw_peak, activations, store) = whole_graph::replay_whole_graph(
         c,
         tied,
         s.device.compute_bytes(),
@@ -491,207 +492,6 @@ fn weight_and_state_parts(s: &PlanSettings, sizes: &[u64]) -> (Vec<Part>, Vec<Pa
         }
         PlanDevice::Cuda => (vec![weights], state),
     }
-}
-
-/// `model.rs`'s forward ops on the replay, one call per candle call.
-struct Builder<'a> {
-    c: &'a Ctx,
-    /// Compute bytes per element.
-    e: u64,
-}
-
-impl Builder<'_> {
-    /// A weight in the compute dtype (`TrainModel::w`): the f32 master
-    /// itself, or its cast.
-    fn w(&self, var: &T) -> T {
-        self.c.to_dtype(var, self.e)
-    }
-    /// `x.matmul(w.t())` of `rows` rows into `out` columns.
-    fn linear(&self, x: &T, var: &T, rows: u64, out: u64) -> T {
-        let w = self.w(var);
-        self.c.matmul(x, &self.c.transpose(&w), rows * out)
-    }
-    /// `broadcast_*`: the smaller side becomes a broadcast view first.
-    fn bcast(&self, b: Binary, l: &T, r: &T) -> T {
-        let n = l.numel.max(r.numel);
-        let l = if l.numel < n {
-            self.c.broadcast_as(l, n)
-        } else {
-            l.clone()
-        };
-        let r = if r.numel < n {
-            self.c.broadcast_as(r, n)
-        } else {
-            r.clone()
-        };
-        self.c.binary(b, &l, &r)
-    }
-    /// `model::rms_norm` over `rows` rows.
-    fn rms_norm(&self, x: &T, w: &T, rows: u64) -> T {
-        let c = self.c;
-        let x32 = c.to_dtype(x, 4);
-        let ms = c.affine(&c.sum_keepdim(&c.unary(Unary::Sqr, &x32), rows)); // mean
-        let r = c.unary(Unary::Recip, &c.unary(Unary::Sqrt, &c.affine(&ms))); // + eps
-        let y = c.to_dtype(&self.bcast(Binary::Mul, &x32, &r), x.elem);
-        self.bcast(Binary::Mul, &y, &self.w(w))
-    }
-    /// `model::rope` on a contiguous `(B, heads, T, hd)` tensor.
-    fn rope(&self, x: &T, cos: &T, sin: &T) -> T {
-        let c = self.c;
-        let half = x.numel / 2;
-        let x1 = c.narrow(x, 0, half);
-        let x2 = c.narrow(x, half, half);
-        let rotated = c.cat(&[&c.unary(Unary::Neg, &x2), &x1]);
-        c.add(
-            &self.bcast(Binary::Mul, x, cos),
-            &self.bcast(Binary::Mul, &rotated, sin),
-        )
-    }
-    /// candle_nn::ops::softmax (the generic form model.rs calls).
-    fn softmax(&self, x: &T, rows: u64) -> T {
-        let c = self.c;
-        let max = c.max_keepdim(x, rows);
-        let diff = self.bcast(Binary::Sub, x, &max);
-        let num = c.unary(Unary::Exp, &diff);
-        let den = c.sum_keepdim(&num, rows);
-        self.bcast(Binary::Div, &num, &den)
-    }
-    fn log_softmax(&self, x: &T, rows: u64) -> T {
-        let c = self.c;
-        let max = c.max_keepdim(x, rows);
-        let diff = self.bcast(Binary::Sub, x, &max);
-        let sum_exp = c.sum_keepdim(&c.unary(Unary::Exp, &diff), rows);
-        self.bcast(Binary::Sub, &diff, &c.unary(Unary::Log, &sum_exp))
-    }
-    /// (rows, heads * hd) -> (B, heads, T, hd): reshape and transpose are
-    /// views, `contiguous` copies.
-    fn heads(&self, y: &T) -> T {
-        let c = self.c;
-        c.contiguous_copy(&c.transpose(&c.reshape(y)))
-    }
-    /// `model::repeat_kv`: unsqueeze (view), expand (view), reshape of the
-    /// strided result (copy).
-    fn repeat_kv(&self, y: &T, rep: u64) -> T {
-        if rep == 1 {
-            return y.clone();
-        }
-        let c = self.c;
-        c.reshape_copy(&c.broadcast_as(&c.reshape(y), y.numel * rep))
-    }
-}
-
-/// One layer's weights, `p` bytes per element.
-struct LayerVars {
-    attn_norm: T,
-    q: T,
-    k: T,
-    v: T,
-    o: T,
-    ffn_norm: T,
-    gate: T,
-    up: T,
-    down: T,
-}
-
-fn layer_vars(ctx: &Ctx, c: &Config, p: u64) -> LayerVars {
-    let (d, f) = (c.d_model as u64, c.d_ff as u64);
-    let q = (c.n_heads * c.head_dim) as u64;
-    let kv = (c.n_kv_heads * c.head_dim) as u64;
-    LayerVars {
-        attn_norm: ctx.var(d, p),
-        q: ctx.var(q * d, p),
-        k: ctx.var(kv * d, p),
-        v: ctx.var(kv * d, p),
-        o: ctx.var(d * q, p),
-        ffn_norm: ctx.var(d, p),
-        gate: ctx.var(f * d, p),
-        up: ctx.var(f * d, p),
-        down: ctx.var(d * f, p),
-    }
-}
-
-/// Replays `sft`'s backward of one micro-batch of the whole-graph path
-/// over `base` bytes held outside it: (peak, activations, bytes the
-/// gradient store holds after backward beyond the weights' gradients).
-fn replay_whole_graph(
-    c: &Config,
-    tied: bool,
-    e: u64,
-    p: u64,
-    b: BatchShape,
-    base: u64,
-) -> (u64, u64, u64) {
-    let ctx = Ctx::default();
-    let _held = ctx.hold(base);
-    let g = Builder { c: &ctx, e };
-    let (bs, t) = (b.n_seq as u64, b.seq_len as u64);
-    let n = bs * t;
-    let nt = b.n_targets as u64;
-    let (d, hd, v, f) = (
-        c.d_model as u64,
-        c.head_dim as u64,
-        c.vocab_size as u64,
-        c.d_ff as u64,
-    );
-    let (nh, nkv) = (c.n_heads as u64, c.n_kv_heads as u64);
-    let (q, kv) = (nh * hd, nkv * hd);
-    // Every weight once, as TrainModel holds them.
-    let embd = ctx.var(v * d, p);
-    let layers: Vec<LayerVars> = (0..c.n_layers).map(|_| layer_vars(&ctx, c, p)).collect();
-    let out_norm = ctx.var(d, p);
-    let head = if tied {
-        embd.clone()
-    } else {
-        ctx.var(v * d, p)
-    };
-    let weights_end = ctx.live();
-
-    let loss = {
-        let _ids = ctx.leaf(n, 4);
-        let mut x = ctx.index_select(&g.w(&embd), n, d);
-        let cos = ctx.leaf(t * hd, e);
-        let sin = ctx.leaf(t * hd, e);
-        let mask = ctx.leaf(t * t, e);
-        let s = bs * nh * t * t;
-        for lv in &layers {
-            let h = g.rms_norm(&x, &lv.attn_norm, n);
-            let qh = g.heads(&g.linear(&h, &lv.q, n, q));
-            let kh = g.heads(&g.linear(&h, &lv.k, n, kv));
-            let vh = g.heads(&g.linear(&h, &lv.v, n, kv));
-            let qr = g.rope(&qh, &cos, &sin);
-            let kr = g.rope(&kh, &cos, &sin);
-            let kr = g.repeat_kv(&kr, nh / nkv);
-            let vr = g.repeat_kv(&vh, nh / nkv);
-            let att = ctx.affine(&ctx.matmul(&qr, &ctx.transpose(&kr), s));
-            let att = g.bcast(Binary::Add, &att, &mask);
-            let att = g.softmax(&att, bs * nh * t);
-            let o = ctx.matmul(&att, &vr, n * q);
-            let o = ctx.reshape_copy(&ctx.transpose(&o));
-            x = ctx.add(&x, &g.linear(&o, &lv.o, n, d));
-            let h = g.rms_norm(&x, &lv.ffn_norm, n);
-            let gate = ctx.unary(Unary::Silu, &g.linear(&h, &lv.gate, n, f));
-            let up = g.linear(&h, &lv.up, n, f);
-            let down = g.linear(&ctx.mul(&gate, &up), &lv.down, n, d);
-            x = ctx.add(&x, &down);
-        }
-        let hidden = g.rms_norm(&x, &out_norm, n);
-        let rows = ctx.index_select(&hidden, nt, d);
-        let logits = ctx.matmul(&rows, &ctx.transpose(&g.w(&head)), nt * v);
-        let logits = ctx.to_dtype(&logits, 4);
-        let lsm = g.log_softmax(&logits, nt);
-        let lp = ctx.reshape(&ctx.gather(&lsm, nt)); // squeeze
-        let w = ctx.leaf(nt, 4);
-        let weighted = ctx.mul(&lp, &w);
-        let sum = ctx.sum_keepdim(&weighted, 1);
-        ctx.affine(&ctx.unary(Unary::Neg, &sum)) // / grad_accum
-    };
-    let activations = ctx.live() - weights_end;
-    let grads = ctx.backward(&loss);
-    let peak = ctx.peak();
-    let store = ctx.live() - weights_end - activations;
-    drop(grads);
-    drop(loss);
-    (peak, activations, store)
 }
 
 /// The layer-by-layer path (`layerwise.rs`): replayed statement by

@@ -7,7 +7,7 @@
 //! gradients handed to the sink.
 
 use super::autograd::{Binary, Ctx, Unary, T};
-use super::Builder;
+use super::ops::Builder;
 use main_engine::config::Config;
 use std::collections::HashMap;
 
