@@ -24,5 +24,6 @@ pub mod plan;
 pub mod remote;
 pub mod sft;
 pub mod tensor_file;
+pub mod train_config;
 
 pub use error::{Error, Result};
