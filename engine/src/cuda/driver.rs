@@ -30,15 +30,43 @@ pub const LIBRARIES: [(&str, &[&str]); 4] = [
     ("cuBLASLt (libcublasLt)", &["cublasLt"]),
 ];
 
-/// The file names cudarc tries for a library, in cudarc's own order
-/// (`cudarc::get_lib_name_candidates`: the unversioned `libcuda.so` before
+/// The file names cudarc tries for a library, in cudarc's own order (its
+/// `get_lib_name_candidates`: the unversioned `libcuda.so` before
 /// `libcuda.so.13` before `libcuda.so.1`), so the file found here is the
-/// file cudarc loads.
+/// file cudarc loads. Written out rather than called: cudarc has that
+/// function only with its `dynamic-loading` feature, and a build that also
+/// links candle's CUDA backend (`main-train --features cuda`) turns on
+/// `dynamic-linking` instead. A test holds this list equal to cudarc's.
+/// The release numbers are those of the `cuda-13000` feature pinned in
+/// Cargo.toml.
 pub fn candidates(stems: &[&str]) -> Vec<String> {
-    stems
-        .iter()
-        .flat_map(|s| cudarc::get_lib_name_candidates(s))
-        .collect()
+    use std::env::consts::{DLL_PREFIX as P, DLL_SUFFIX as S};
+    const MAJOR: u32 = 13;
+    const MINOR: u32 = 0;
+    let w = usize::BITS;
+    let mut out = Vec::new();
+    for l in stems {
+        out.extend([
+            format!("{P}{l}{S}"),
+            format!("{P}{l}{w}{S}"),
+            format!("{P}{l}{w}_{MAJOR}{S}"),
+            format!("{P}{l}{w}_{MAJOR}{MINOR}{S}"),
+            format!("{P}{l}{w}_{MAJOR}{MINOR}_0{S}"),
+            format!("{P}{l}{w}_{MAJOR}0_{MINOR}{S}"),
+            format!("{P}{l}{w}_10{S}"),
+            format!("{P}{l}{w}_11{S}"),
+            format!("{P}{l}{w}_12{S}"),
+            format!("{P}{l}{w}_{MAJOR}0_0{S}"),
+            format!("{P}{l}{w}_9{S}"),
+            format!("{P}{l}{S}.{MAJOR}"),
+            format!("{P}{l}{S}.12"),
+            format!("{P}{l}{S}.11"),
+            format!("{P}{l}{S}.10"),
+            format!("{P}{l}{S}.9"),
+            format!("{P}{l}{S}.1"),
+        ]);
+    }
+    out
 }
 
 /// The first of `names` that loads, with its handle (kept open while its
