@@ -397,28 +397,10 @@ impl TrainModel {
             .op("attention mask")
     }
 
-    /// Every weight as `(GGUF name, ggml dims, f32 values)`, the form the
-    /// engine's writers take.
-    pub fn engine_tensors(&self) -> Result<Vec<NamedTensor>> {
-        let mut out = Vec::with_capacity(self.params.len());
-        for p in &self.params {
-            let t = p.var.as_tensor();
-            let dims: Vec<usize> = t.dims().iter().rev().copied().collect();
-            let values = t
-                .flatten_all()
-                .and_then(|x| x.to_dtype(DType::F32))
-                .and_then(|x| x.to_vec1::<f32>())
-                .op("read weight")?;
-            out.push((p.name.clone(), dims, values));
-        }
-        Ok(out)
-    }
-
     /// Writes the weights as a Hugging Face folder the engine (and
     /// transformers) loads, with the source's tokenizer files. f32 weights
     /// are written as f32 (exports stay exact), bf16 weights as bf16.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
-        let tensors = self.engine_tensors()?;
         let tok = std::fs::read_to_string(self.source.join("tokenizer.json"))
             .map_err(|e| Error::io(self.source.join("tokenizer.json"), e))?;
         let tok_config = self.source.join("tokenizer_config.json");
@@ -433,10 +415,13 @@ impl TrainModel {
             bf16: self.param_dtype() == DType::BF16,
             ..Default::default()
         };
-        main_engine::safetensors::write_dir_sharded(
+        // Read tensor by tensor as the writer reaches each one: one weight
+        // in f32 at a time in host memory, never all of them
+        // (`main-train plan`'s save estimate counts the same).
+        main_engine::safetensors::write_dir_sharded_from(
             dir,
             &self.config,
-            &tensors,
+            self,
             Some(&tok),
             options,
         )?;
@@ -448,6 +433,33 @@ impl TrainModel {
     pub fn to_engine(&self, dir: &Path) -> Result<EngineModel> {
         self.save_hf(dir)?;
         Ok(EngineModel::load(dir)?)
+    }
+}
+
+/// The weights as the engine's writer reads them, one tensor at a time
+/// (`save_hf`).
+impl main_engine::safetensors::TensorSource for TrainModel {
+    fn specs(&self) -> Vec<(String, Vec<usize>)> {
+        self.params
+            .iter()
+            .map(|p| {
+                let dims = p.var.as_tensor().dims().iter().rev().copied().collect();
+                (p.name.clone(), dims)
+            })
+            .collect()
+    }
+
+    fn values(&self, i: usize) -> main_engine::Result<Vec<f32>> {
+        let p = self
+            .params
+            .get(i)
+            .ok_or_else(|| main_engine::Error::tensor(format!("#{i}"), "no such parameter"))?;
+        p.var
+            .as_tensor()
+            .flatten_all()
+            .and_then(|x| x.to_dtype(DType::F32))
+            .and_then(|x| x.to_vec1::<f32>())
+            .map_err(|e| main_engine::Error::tensor(p.name.clone(), format!("cannot be read: {e}")))
     }
 }
 

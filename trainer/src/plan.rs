@@ -222,10 +222,11 @@ pub struct Plan {
     /// On CUDA: the host bytes at the step's peak, the state plus the
     /// largest tensor's weight and f32 gradient copied over to be stepped.
     pub host_bytes: u64,
-    /// The end-of-run save (`TrainModel::save_hf`), estimated, not measured:
-    /// host bytes with every weight copied to an f32 `Vec` first
-    /// (`engine_tensors`), one tensor's encoded bytes in flight, and what the
-    /// host already holds then (AdamW's state; on the CPU also the weights).
+    /// The end-of-run save (`TrainModel::save_hf`), estimated: what the
+    /// host already holds then (AdamW's state; on the CPU also the
+    /// weights) and the one tensor in flight (the writer reads the weights
+    /// one at a time): its f32 values, a reordered copy for GGUF-ordered
+    /// Q/K rows, and its encoded bytes.
     pub save_host_bytes: u64,
     pub settings: PlanSettings,
 }
@@ -254,7 +255,7 @@ impl Plan {
                 .sum(),
             PlanDevice::Cuda => host.iter().map(|p| p.bytes).sum(),
         };
-        let save_host_bytes = resident + 4 * n_params + s.param_bytes() * largest;
+        let save_host_bytes = resident + (4 + 4 + s.param_bytes()) * largest;
         Plan {
             n_params,
             parts,
@@ -643,8 +644,8 @@ impl Plan {
             PlanDevice::Cuda => self.host_bytes,
         };
         s.push_str(&format!(
-            "\nsave at the end (estimated): {:.3} GiB of host memory (every weight copied \
-             to f32 first){}",
+            "\nsave at the end (estimated): {:.3} GiB of host memory (the weights are \
+             written one tensor at a time){}",
             gib(self.save_host_bytes),
             if self.save_host_bytes > step_host {
                 ": more than the step, the run's host peak"
@@ -678,26 +679,47 @@ impl Plan {
     }
 }
 
-/// An error with the plan in it when the run needs more than `available`
-/// bytes.
-pub fn check_fits(plan: &Plan, available: u64) -> Result<()> {
-    if plan.total_bytes <= available {
-        return Ok(());
+/// An error with the plan in it when the run needs more memory than there
+/// is: on the CPU, the step's peak or the save's, whichever is larger,
+/// against `available` (the host's); on CUDA, the device peak against
+/// `available` (the device's) and the host's share (AdamW's state, the
+/// save) against `host_available`.
+pub fn check_fits(plan: &Plan, available: u64, host_available: u64) -> Result<()> {
+    let refuse = |what: &str, need: u64, have: u64| {
+        Err(Error::invalid(
+            "memory",
+            format!(
+                "this run needs {:.2} GiB of {what} at its peak and {:.2} GiB is available \
+                 (lower --batch-size, --max-tokens or --tokens, or see the memory flags: \
+                 --param-dtype, --moments, --step-in-backward)\n{}",
+                gib(need),
+                gib(have),
+                plan.text()
+            ),
+        ))
+    };
+    match plan.settings.device {
+        PlanDevice::Cpu => {
+            let need = plan.total_bytes.max(plan.save_host_bytes);
+            if need > available {
+                return refuse("memory", need, available);
+            }
+        }
+        PlanDevice::Cuda => {
+            if plan.total_bytes > available {
+                return refuse("device memory", plan.total_bytes, available);
+            }
+            let host = plan.host_bytes.max(plan.save_host_bytes);
+            if host > host_available {
+                return refuse("host memory", host, host_available);
+            }
+        }
     }
-    Err(Error::invalid(
-        "memory",
-        format!(
-            "this run needs {:.2} GiB at its peak and the device has {:.2} GiB available \
-             (lower --batch-size, --max-tokens or --tokens)\n{}",
-            gib(plan.total_bytes),
-            gib(available),
-            plan.text()
-        ),
-    ))
+    Ok(())
 }
 
 /// Bytes the device can give this run now: MemAvailable on the CPU
-/// (`/proc/meminfo`), the free memory of CUDA device 0.
+/// ([`host_available`]), the free memory of the CUDA device.
 pub fn available(device: &candle_core::Device) -> Result<u64> {
     match device {
         #[cfg(feature = "cuda")]
@@ -709,18 +731,21 @@ pub fn available(device: &candle_core::Device) -> Result<u64> {
                 })?;
             Ok(free as u64)
         }
-        _ => {
-            let path = "/proc/meminfo";
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            text.lines()
-                .find_map(|l| {
-                    let rest = l.strip_prefix("MemAvailable:")?;
-                    let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-                    Some(kb * 1024)
-                })
-                .ok_or_else(|| Error::invalid(path, "no MemAvailable line"))
-        }
+        _ => host_available(),
     }
+}
+
+/// The host's MemAvailable (`/proc/meminfo`).
+pub fn host_available() -> Result<u64> {
+    let path = "/proc/meminfo";
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("MemAvailable:")?;
+            let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+            Some(kb * 1024)
+        })
+        .ok_or_else(|| Error::invalid(path, "no MemAvailable line"))
 }
 
 #[cfg(test)]
@@ -740,12 +765,34 @@ mod tests {
     fn a_run_that_does_not_fit_is_refused_with_the_plan() {
         let s = PlanSettings::whole_graph(256, 128, 1, PlanDevice::Cpu);
         let p = plan(&tiny(), true, &s).unwrap();
-        assert!(check_fits(&p, p.total_bytes).is_ok());
-        let e = check_fits(&p, p.total_bytes - 1).unwrap_err().to_string();
+        assert!(p.total_bytes > p.save_host_bytes);
+        assert!(check_fits(&p, p.total_bytes, 0).is_ok());
+        let e = check_fits(&p, p.total_bytes - 1, u64::MAX)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("needs") && e.contains("activations") && e.contains("total"),
             "{e}"
         );
+    }
+
+    /// On CUDA the host's share (AdamW's state there, the save) is checked
+    /// against the host's memory, the rest against the device's.
+    #[test]
+    fn a_cuda_run_is_checked_on_the_device_and_on_the_host() {
+        let s = PlanSettings::whole_graph(256, 128, 1, PlanDevice::Cuda);
+        let p = plan(&tiny(), true, &s).unwrap();
+        let host = p.host_bytes.max(p.save_host_bytes);
+        assert!(host > 0);
+        assert!(check_fits(&p, p.total_bytes, host).is_ok());
+        let e = check_fits(&p, p.total_bytes, host - 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("of host memory"), "{e}");
+        let e = check_fits(&p, p.total_bytes - 1, host)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("of device memory"), "{e}");
     }
 
     #[test]

@@ -498,3 +498,75 @@ fn layerwise_plan_matches_a_wide_attention_heavy_step() {
         step_in_backward: false,
     });
 }
+
+/// The end-of-run save (`TrainModel::save_hf`) reads the weights one
+/// tensor at a time: the heap it adds to the live model stays within the
+/// plan's in-flight share of `save_host_bytes` (one tensor's f32 values,
+/// a reordered copy, its bytes) plus the tokenizer's text, where a copy of
+/// every weight first (the old save) would need `4 x n_params` more. The
+/// shape is deep enough that the layers outweigh the embedding (the
+/// largest tensor) twice over, so the two differ.
+#[test]
+fn the_save_holds_one_tensor_at_a_time() {
+    use main_trainer::plan::plan;
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(&Shape {
+        d_model: 256,
+        n_layers: 32,
+        n_heads: 4,
+        n_kv_heads: 2,
+        n_seq: 1,
+        seq_len: 2,
+        n_prompt: 1,
+    });
+    let dir = tmp.path().join("m");
+    let source = common::fixture("smollm2-f32");
+    main_trainer::model::write_random(&dir, &c, true, &source, 0.02, 7).unwrap();
+    let model = TrainModel::load(&dir, &Device::Cpu, DType::F32).unwrap();
+    // f32 weights, as loaded (the whole-graph settings keep f32).
+    let settings = PlanSettings::whole_graph(256, 256, 1, PlanDevice::Cpu);
+    let p = plan(&c, true, &settings).unwrap();
+    let resident: u64 = p
+        .parts
+        .iter()
+        .filter(|x| ["weights", "master", "moments"].contains(&x.name))
+        .map(|x| x.bytes)
+        .sum();
+    let planned = p.save_host_bytes - resident;
+    let tokenizer = std::fs::metadata(source.join("tokenizer.json"))
+        .unwrap()
+        .len();
+    let bound = planned + tokenizer + (1 << 20);
+    // The old save: every weight in f32, then one tensor's bytes.
+    let n = model.n_params() as u64;
+    let largest = model.params.iter().map(|p| p.var.as_tensor().elem_count());
+    let old = 4 * n + 4 * largest.max().unwrap() as u64;
+    assert!(old > bound, "the shape must tell the two saves apart");
+
+    let before = LIVE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    model.save_hf(&tmp.path().join("out")).unwrap();
+    let added = PEAK.load(Ordering::Relaxed) - before;
+    eprintln!(
+        "save: {added} B above the live model; planned in flight {planned} B, tokenizer \
+         {tokenizer} B; a copy of every weight first would need {old} B"
+    );
+    assert!(
+        added <= bound,
+        "{added} B > {planned} + {tokenizer} + 1 MiB"
+    );
+    // What was written loads back as the model's weights.
+    let back = TrainModel::load(&tmp.path().join("out"), &Device::Cpu, DType::F32).unwrap();
+    for (a, b) in model.params.iter().zip(&back.params) {
+        let diff = (a.var.as_tensor() - b.var.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{}", a.name);
+    }
+}

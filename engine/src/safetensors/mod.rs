@@ -30,4 +30,4 @@ pub use permute::{permute_qk, unpermute_qk};
 pub use writer::write_bytes;
 pub use writer::ShardOptions;
 #[cfg(feature = "std-fs")]
-pub use writer::{write_dir, write_dir_sharded};
+pub use writer::{write_dir, write_dir_sharded, write_dir_sharded_from, TensorSource};

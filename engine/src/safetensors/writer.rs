@@ -2,6 +2,7 @@
 //! through the `safetensors` crate's serializer.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use safetensors::tensor::Dtype;
@@ -16,31 +17,129 @@ use crate::error::{Error, Result};
 pub(super) struct HfTensor<'a> {
     pub(super) name: String,
     pub(super) shape: Vec<usize>,
-    pub(super) data: Cow<'a, [f32]>,
+    pub(super) data: Values<'a>,
+}
+
+/// Tensors read one at a time by [`write_dir_sharded_from`], so a model is
+/// written with one tensor's values in memory, not all of them (a trainer
+/// saving a 7-8B model would otherwise hold an f32 copy of every weight:
+/// 32 GB).
+pub trait TensorSource {
+    /// `(GGUF name, ggml dims)` of each tensor, in any order.
+    fn specs(&self) -> Vec<(String, Vec<usize>)>;
+    /// The values of tensor `i` of [`TensorSource::specs`], in ggml order.
+    fn values(&self, i: usize) -> Result<Vec<f32>>;
+}
+
+/// Where a tensor's values come from.
+pub(super) enum Values<'a> {
+    /// Given, in HF row order.
+    Given(Cow<'a, [f32]>),
+    /// Read from a [`TensorSource`] when the serializer reaches the tensor
+    /// (`qk`: GGUF's interleaved Q/K rows to put in HF order, as
+    /// `(heads, head_dim, inputs)`). The serializer cannot return an
+    /// error from a tensor's bytes, so a failed read writes zeros and
+    /// leaves the error in `failed`, which the writer then returns
+    /// instead of publishing the file.
+    Read {
+        source: &'a dyn TensorSource,
+        index: usize,
+        len: usize,
+        qk: Option<(usize, usize, usize)>,
+        failed: &'a RefCell<Option<Error>>,
+    },
+}
+
+impl Values<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Values::Given(x) => x.len(),
+            Values::Read { len, .. } => *len,
+        }
+    }
+
+    /// The values in HF row order (a read tensor is read now).
+    fn f32s(&self) -> Cow<'_, [f32]> {
+        match self {
+            Values::Given(x) => Cow::Borrowed(x),
+            Values::Read {
+                source,
+                index,
+                len,
+                qk,
+                failed,
+            } => {
+                let read = source.values(*index).and_then(|v| {
+                    if v.len() == *len {
+                        Ok(v)
+                    } else {
+                        Err(Error::tensor(
+                            source.specs()[*index].0.clone(),
+                            format!("{} values read, {len} expected", v.len()),
+                        ))
+                    }
+                });
+                match read {
+                    Ok(v) => match qk {
+                        Some((heads, head_dim, n_in)) => {
+                            Cow::Owned(unpermute_qk(&v, *heads, *head_dim, *n_in))
+                        }
+                        None => Cow::Owned(v),
+                    },
+                    Err(e) => {
+                        failed.borrow_mut().get_or_insert(e);
+                        Cow::Owned(vec![0.0; *len])
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The tensors to write: all values given, or a source read one at a time.
+enum Input<'a> {
+    Given(&'a [(String, Vec<usize>, Vec<f32>)]),
+    // Only the file writer reads from a source (no file system on wasm).
+    #[cfg_attr(not(feature = "std-fs"), allow(dead_code))]
+    Source(&'a dyn TensorSource, &'a RefCell<Option<Error>>),
 }
 
 /// Converts GGUF-named tensors to HF names, shapes and (for GGUF's
 /// interleaved Q/K rows) HF row order, and checks them against the config.
-fn to_hf_tensors<'a>(
-    config: &Config,
-    tensors: &'a [(String, Vec<usize>, Vec<f32>)],
-) -> Result<(Vec<HfTensor<'a>>, bool)> {
-    let mut out = Vec::with_capacity(tensors.len());
-    for (gguf, dims, data) in tensors {
+fn to_hf_tensors<'a>(config: &Config, input: Input<'a>) -> Result<(Vec<HfTensor<'a>>, bool)> {
+    type Spec<'v> = (String, Vec<usize>, Option<&'v [f32]>);
+    let specs: Vec<Spec<'a>> = match &input {
+        Input::Given(t) => t
+            .iter()
+            .map(|(n, d, v)| (n.clone(), d.clone(), Some(v.as_slice())))
+            .collect(),
+        Input::Source(src, _) => src.specs().into_iter().map(|(n, d)| (n, d, None)).collect(),
+    };
+    let mut out = Vec::with_capacity(specs.len());
+    for (index, (gguf, dims, given)) in specs.into_iter().enumerate() {
         // The divisors are written to config.json as rope_scaling instead.
         if gguf == "rope_freqs.weight" {
             continue;
         }
-        let name = hf_name(gguf).ok_or_else(|| {
+        let name = hf_name(&gguf).ok_or_else(|| {
             Error::invalid_argument("tensors", format!("'{gguf}' has no Hugging Face name"))
         })?;
         let n: Option<usize> = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-        if n != Some(data.len()) {
-            return Err(Error::invalid_argument(
-                "tensors",
-                format!("'{gguf}' has dims {dims:?} but {} values", data.len()),
-            ));
-        }
+        let len = match (n, given) {
+            (Some(n), Some(data)) if n == data.len() => n,
+            (Some(n), None) => n,
+            (_, given) => {
+                return Err(Error::invalid_argument(
+                    "tensors",
+                    match given {
+                        Some(data) => {
+                            format!("'{gguf}' has dims {dims:?} but {} values", data.len())
+                        }
+                        None => format!("'{gguf}' has dims {dims:?}: too many values"),
+                    },
+                ))
+            }
+        };
         let heads = if gguf.ends_with(".attn_q.weight") {
             Some(config.n_heads)
         } else if gguf.ends_with(".attn_k.weight") {
@@ -48,15 +147,29 @@ fn to_hf_tensors<'a>(
         } else {
             None
         };
-        let data = match heads {
+        let qk = match heads {
             Some(n_heads)
                 if config.rope_style == RopeStyle::Interleaved
                     && dims.len() == 2
                     && dims[1] == n_heads * config.head_dim =>
             {
-                Cow::Owned(unpermute_qk(data, n_heads, config.head_dim, dims[0]))
+                Some((n_heads, config.head_dim, dims[0]))
             }
-            _ => Cow::Borrowed(data.as_slice()),
+            _ => None,
+        };
+        let data = match (&input, given) {
+            (_, Some(data)) => Values::Given(match qk {
+                Some((h, d, n_in)) => Cow::Owned(unpermute_qk(data, h, d, n_in)),
+                None => Cow::Borrowed(data),
+            }),
+            (Input::Source(source, failed), None) => Values::Read {
+                source: *source,
+                index,
+                len,
+                qk,
+                failed,
+            },
+            (Input::Given(_), None) => unreachable!("given tensors have values"),
         };
         out.push(HfTensor {
             name,
@@ -97,7 +210,13 @@ impl safetensors::View for &HfTensor<'_> {
     /// The values as little-endian bytes: a copy of this one tensor, made
     /// when the serializer writes it and dropped before the next one.
     fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        Cow::Owned(
+            self.data
+                .f32s()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+        )
     }
 
     fn data_len(&self) -> usize {
@@ -132,7 +251,7 @@ pub fn write_bytes(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
 ) -> Result<(String, Vec<u8>)> {
     config.validate()?;
-    let (hf_tensors, tied) = to_hf_tensors(config, tensors)?;
+    let (hf_tensors, tied) = to_hf_tensors(config, Input::Given(tensors))?;
     let config_json = config_to_hf_json(config, tied)?;
     Ok((config_json, serialize(&hf_tensors)?))
 }
@@ -156,7 +275,7 @@ pub fn write_dir(
 ) -> Result<()> {
     use crate::atomic_write::{write_atomic, write_atomic_by_path};
     config.validate()?;
-    let (hf_tensors, tied) = to_hf_tensors(config, tensors)?;
+    let (hf_tensors, tied) = to_hf_tensors(config, Input::Given(tensors))?;
     let config_json = config_to_hf_json(config, tied)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     // The crate's file writer, not `serialize`: it writes one tensor at a
@@ -215,6 +334,7 @@ impl safetensors::View for &Bf16Tensor<'_, '_> {
         Cow::Owned(
             self.0
                 .data
+                .f32s()
                 .iter()
                 .flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes())
                 .collect(),
@@ -241,9 +361,47 @@ pub fn write_dir_sharded(
     tokenizer_json: Option<&str>,
     options: ShardOptions,
 ) -> Result<()> {
+    write_sharded(dir, config, Input::Given(tensors), tokenizer_json, options)
+}
+
+/// [`write_dir_sharded`] reading each tensor from `source` only when its
+/// turn to be written comes, so one tensor's values are in memory at a
+/// time (with its bytes as written, and for GGUF-ordered Q/K rows one
+/// reordered copy). A failed read is returned as the error, and the shard
+/// it belonged to is not published.
+#[cfg(feature = "std-fs")]
+pub fn write_dir_sharded_from(
+    dir: &std::path::Path,
+    config: &Config,
+    source: &dyn TensorSource,
+    tokenizer_json: Option<&str>,
+    options: ShardOptions,
+) -> Result<()> {
+    let failed = RefCell::new(None);
+    write_sharded(
+        dir,
+        config,
+        Input::Source(source, &failed),
+        tokenizer_json,
+        options,
+    )
+}
+
+#[cfg(feature = "std-fs")]
+fn write_sharded(
+    dir: &std::path::Path,
+    config: &Config,
+    input: Input,
+    tokenizer_json: Option<&str>,
+    options: ShardOptions,
+) -> Result<()> {
     use crate::atomic_write::{write_atomic, write_atomic_by_path};
     config.validate()?;
-    let (hf_tensors, tied) = to_hf_tensors(config, tensors)?;
+    let failed = match &input {
+        Input::Source(_, failed) => Some(*failed),
+        Input::Given(_) => None,
+    };
+    let (hf_tensors, tied) = to_hf_tensors(config, input)?;
     let config_json = config_to_hf_json(config, tied)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let elem = if options.bf16 { 2 } else { 4 };
@@ -278,10 +436,16 @@ pub fn write_dir_sharded(
             if options.bf16 {
                 let views: Vec<Bf16Tensor> = shard.iter().map(|t| Bf16Tensor(t)).collect();
                 let named = views.iter().map(|v| (v.0.name.as_str(), v));
-                safetensors::serialize_to_file(named, metadata(), tmp).map_err(io)
+                safetensors::serialize_to_file(named, metadata(), tmp).map_err(io)?;
             } else {
                 let named = shard.iter().map(|t| (t.name.as_str(), *t));
-                safetensors::serialize_to_file(named, metadata(), tmp).map_err(io)
+                safetensors::serialize_to_file(named, metadata(), tmp).map_err(io)?;
+            }
+            // A tensor that could not be read was written as zeros: the
+            // shard is not published.
+            match failed.and_then(|f| f.borrow_mut().take()) {
+                Some(e) => Err(e),
+                None => Ok(()),
             }
         };
         write_atomic_by_path(&path, write)?;

@@ -248,9 +248,10 @@ fn plan(a: PlanArgs) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a run that the plan says will not fit the device, before the
-/// model is loaded: the plan of the path `cfg` runs (the layerwise step,
-/// or the whole graph with `--recompute false` or the alignment loss).
+/// Refuses a run that the plan says will not fit the device (and on CUDA
+/// the host, which holds AdamW's state), before the model is loaded: the
+/// plan of the path `cfg` runs (the layerwise step, or the whole graph
+/// with `--recompute false` or the alignment loss).
 fn check_memory(a: &SftArgs, cfg: &TrainConfig, device: &candle_core::Device) -> Result<()> {
     use main_trainer::plan::{PlanDevice, PlanSettings};
     let (config, tied) = main_trainer::plan::read_config(&a.model)?;
@@ -260,7 +261,11 @@ fn check_memory(a: &SftArgs, cfg: &TrainConfig, device: &candle_core::Device) ->
         PlanDevice::Cpu
     };
     let p = main_trainer::plan::plan(&config, tied, &PlanSettings::from_train_config(cfg, pd))?;
-    main_trainer::plan::check_fits(&p, main_trainer::plan::available(device)?)
+    main_trainer::plan::check_fits(
+        &p,
+        main_trainer::plan::available(device)?,
+        main_trainer::plan::host_available()?,
+    )
 }
 
 fn sft(a: SftArgs) -> Result<()> {
