@@ -81,6 +81,24 @@ pub fn save(
     let mut moments = vec![("adam.step".to_string(), Blob::Tensor(&step))];
     for (p, st) in model.params.iter().zip(&opt.state) {
         let shape = p.var.dims().to_vec();
+        if let Some(d) = &st.device {
+            // On the GPU: the same names, dtypes and shapes, each tensor
+            // copied to the host only as it is written.
+            for (key, t, absmax) in [("m", &d.m, &d.m_absmax), ("v", &d.v, &d.v_absmax)] {
+                let name = format!("{key}.{}", p.name);
+                match absmax {
+                    None => moments.push((name, Blob::Tensor(t))),
+                    Some(a) => {
+                        moments.push((format!("{name}.q"), Blob::Tensor(t)));
+                        moments.push((format!("{name}.absmax"), Blob::Tensor(a)));
+                    }
+                }
+            }
+            if let Some(m) = &d.master {
+                moments.push((format!("master.{}", p.name), Blob::Tensor(m)));
+            }
+            continue;
+        }
         for (key, buf) in [("m", &st.m), ("v", &st.v)] {
             let name = format!("{key}.{}", p.name);
             match buf {
@@ -208,6 +226,10 @@ pub fn load(dir: &Path, model: &TrainModel, opt: &mut AdamW) -> Result<TrainStat
         let t = weights.tensor(&p.name, like.dtype(), &shape, &mut buf)?;
         let t = t.to_device(like.device()).op("restore weight")?;
         p.var.set(&t).op("restore weight")?;
+        if let Some(d) = st.device.as_mut() {
+            load_device_state(&mut moments, dir, &p.name, d, &mut buf)?;
+            continue;
+        }
         for (key, m) in [("m", &mut st.m), ("v", &mut st.v)] {
             let name = format!("{key}.{}", p.name);
             match m {
@@ -247,6 +269,50 @@ pub fn load(dir: &Path, model: &TrainModel, opt: &mut AdamW) -> Result<TrainStat
     moments.read_into("adam.step", "U32", &[1], &mut buf)?;
     opt.step = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     Ok(state)
+}
+
+/// One tensor's AdamW state on the GPU from the checkpoint: each tensor is
+/// read to the host on its own (checked for name, dtype and shape as the
+/// host state is) and replaces the device tensor it restores.
+fn load_device_state(
+    moments: &mut TensorFile,
+    dir: &Path,
+    param: &str,
+    d: &mut crate::optim::device::DeviceState,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    let mut restore = |name: &str, t: &mut Tensor| -> Result<()> {
+        let host = moments.tensor(name, t.dtype(), t.dims(), buf)?;
+        *t = host.to_device(t.device()).op("restore optimizer state")?;
+        Ok(())
+    };
+    for (key, t, absmax) in [
+        ("m", &mut d.m, &mut d.m_absmax),
+        ("v", &mut d.v, &mut d.v_absmax),
+    ] {
+        let name = format!("{key}.{param}");
+        match absmax {
+            None => restore(&name, t)?,
+            Some(a) => {
+                restore(&format!("{name}.q"), t)?;
+                restore(&format!("{name}.absmax"), a)?;
+            }
+        }
+    }
+    let master_name = format!("master.{param}");
+    match &mut d.master {
+        Some(m) => restore(&master_name, m)?,
+        None if moments.entries.contains_key(&master_name) => {
+            return Err(Error::checkpoint(
+                dir,
+                format!(
+                    "holds an f32 master copy ('{master_name}'), this run keeps none (--master)"
+                ),
+            ));
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //! candle's autograd op by op ([`autograd`]): the forward graph of
 //! `model.rs` rebuilt with its shapes (bf16 weights cast as `w()` casts
 //! them), then the backward's allocations in candle's order, then the step:
-//! `global_grad_norm` and `optim`'s fused AdamW, which allocates nothing on
-//! the CPU and keeps its state in host memory on CUDA.
+//! `global_grad_norm` and `optim`'s fused AdamW, which allocates nothing
+//! (it runs in place; on CUDA its state is in device memory beside the
+//! weights, stepped by the kernel `optim/adamw.cu`).
 //!
 //! The layer-by-layer path (`--recompute true`: packed sequences, per-layer
 //! recomputation, attention in query blocks, a chunked LM head, optionally
@@ -159,9 +160,8 @@ impl PlanSettings {
 
     /// AdamW's state for tensors of `sizes` elements: (moments, master
     /// copies) in bytes, tensor by tensor as `optim::AdamW` allocates it (an
-    /// 8-bit moment's last block of each tensor has its own scale). On CUDA
-    /// it lives in host memory: `AdamW` keeps plain Rust buffers and steps
-    /// each tensor on the host.
+    /// 8-bit moment's last block of each tensor has its own scale), in the
+    /// device's memory (on CUDA as tensors the GPU kernel steps).
     fn optimizer_state(&self, sizes: &[u64]) -> (u64, u64) {
         let n_params: u64 = sizes.iter().sum();
         let moments = sizes
@@ -215,13 +215,7 @@ pub struct Plan {
     pub total_bytes: u64,
     /// Which phase of the step reaches the peak.
     pub peak_at: &'static str,
-    /// On CUDA: what the run keeps in host memory (AdamW's state, which
-    /// `optim::AdamW` holds in plain buffers and steps on the host), not in
     /// `total_bytes`; empty on the CPU, where it is in `parts`.
-    pub host: Vec<Part>,
-    /// On CUDA: the host bytes at the step's peak, the state plus the
-    /// largest tensor's weight and f32 gradient copied over to be stepped.
-    pub host_bytes: u64,
     /// The end-of-run save (`TrainModel::save_hf`), estimated: what the
     /// host already holds then (AdamW's state; on the CPU also the
     /// weights) and the one tensor in flight (the writer reads the weights
@@ -235,25 +229,20 @@ impl Plan {
     fn new(
         n_params: u64,
         parts: Vec<Part>,
-        host: Vec<Part>,
         total_bytes: u64,
         peak_at: &'static str,
         s: &PlanSettings,
         largest: u64,
     ) -> Plan {
-        let host_bytes = match s.device {
-            PlanDevice::Cpu => 0,
-            PlanDevice::Cuda => {
-                host.iter().map(|p| p.bytes).sum::<u64>() + (4 + s.param_bytes()) * largest
-            }
-        };
+        // What the host holds at the save: on the CPU the weights and
+        // AdamW's state (the one memory); on CUDA nothing of the run.
         let resident: u64 = match s.device {
             PlanDevice::Cpu => parts
                 .iter()
                 .filter(|p| ["weights", "master", "moments"].contains(&p.name))
                 .map(|p| p.bytes)
                 .sum(),
-            PlanDevice::Cuda => host.iter().map(|p| p.bytes).sum(),
+            PlanDevice::Cuda => 0,
         };
         let save_host_bytes = resident + (4 + 4 + s.param_bytes()) * largest;
         Plan {
@@ -261,8 +250,6 @@ impl Plan {
             parts,
             total_bytes,
             peak_at,
-            host,
-            host_bytes,
             save_host_bytes,
             settings: s.clone(),
         }
@@ -368,8 +355,7 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
     let pb = s.param_bytes();
     let weights = pb * n_params;
     let (moments, master) = s.optimizer_state(&sizes);
-    let cuda = s.device == PlanDevice::Cuda;
-    let state_here = if cuda { 0 } else { moments + master };
+    let state_here = moments + master;
     let largest = *sizes.iter().max().unwrap_or(&0);
     // The gathered gradients are f32 (`Accumulate`); earlier micro-batches'
     // sums are alive through the later ones.
@@ -401,7 +387,7 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
     .into_iter()
     .max_by_key(|p| p.0)
     .unwrap();
-    let (mut parts, host) = weight_and_state_parts(s, &sizes);
+    let mut parts = weight_and_state_parts(s, &sizes);
     let (acts, grads_here) = if peak_at == "optimizer update" {
         (0, grads.min(4 * n_params))
     } else {
@@ -436,18 +422,18 @@ pub fn plan_whole_graph(c: &Config, tied: bool, s: &PlanSettings, b: BatchShape)
                 .into(),
         },
     });
-    Plan::new(n_params, parts, host, total, peak_at, s, largest)
+    Plan::new(n_params, parts, total, peak_at, s, largest)
 }
 
 /// The device bytes of the step after backward beyond the weights, their
 /// state and the f32 gradients (`global_grad_norm`, then the fused
 /// `AdamW::update`, one tensor at a time): nothing on the CPU (the norm
 /// sums in place, the update runs in place); on CUDA the largest tensor's
-/// f32 square for the norm, which outweighs the update's re-uploaded weight.
+/// f32 square for the norm (the update kernel runs in place).
 fn step_workspace(s: &PlanSettings, largest: u64) -> u64 {
     match s.device {
         PlanDevice::Cpu => 0,
-        PlanDevice::Cuda => (4 * largest).max(s.param_bytes() * largest),
+        PlanDevice::Cuda => 4 * largest,
     }
 }
 
@@ -455,14 +441,13 @@ fn step_workspace_what(s: &PlanSettings) -> String {
     match s.device {
         PlanDevice::Cpu => "none: the norm and the fused AdamW update run in place".into(),
         PlanDevice::Cuda => "the largest gradient's f32 square for the global norm \
-                             (the update then steps it on the host)"
+                             (the update kernel then runs in place)"
             .into(),
     }
 }
 
-/// The weights (on the device) and AdamW's state: on the device's memory
-/// on the CPU, in host memory on CUDA (the second list).
-fn weight_and_state_parts(s: &PlanSettings, sizes: &[u64]) -> (Vec<Part>, Vec<Part>) {
+/// The weights and AdamW's state, both in the device's memory.
+fn weight_and_state_parts(s: &PlanSettings, sizes: &[u64]) -> Vec<Part> {
     let n_params: u64 = sizes.iter().sum();
     let (moments, master) = s.optimizer_state(sizes);
     let weights = Part {
@@ -473,7 +458,8 @@ fn weight_and_state_parts(s: &PlanSettings, sizes: &[u64]) -> (Vec<Part>, Vec<Pa
             s.param_dtype.name()
         ),
     };
-    let state = vec![
+    vec![
+        weights,
         Part {
             name: "master",
             bytes: master,
@@ -484,15 +470,7 @@ fn weight_and_state_parts(s: &PlanSettings, sizes: &[u64]) -> (Vec<Part>, Vec<Pa
             bytes: moments,
             what: format!("AdamW m and v, {}", s.moments.name()),
         },
-    ];
-    match s.device {
-        PlanDevice::Cpu => {
-            let mut parts = vec![weights];
-            parts.extend(state);
-            (parts, Vec::new())
-        }
-        PlanDevice::Cuda => (vec![weights], state),
-    }
+    ]
 }
 
 /// The layer-by-layer path (`layerwise.rs`): replayed statement by
@@ -517,10 +495,7 @@ pub fn plan_layerwise_packed(
     let pb = s.param_bytes();
     let weights = pb * n_params;
     let (moments, master) = s.optimizer_state(&sizes);
-    let state_here = match s.device {
-        PlanDevice::Cpu => moments + master,
-        PlanDevice::Cuda => 0,
-    };
+    let state_here = moments + master;
     let sink = if s.step_in_backward {
         layerwise::SinkKind::StepNow
     } else {
@@ -553,7 +528,7 @@ pub fn plan_layerwise_packed(
         (bw_peak, "backward")
     };
     let grads = if s.step_in_backward { 0 } else { 4 * n_params };
-    let (mut parts, host) = weight_and_state_parts(s, &sizes);
+    let mut parts = weight_and_state_parts(s, &sizes);
     parts.push(Part {
         name: "gradients",
         bytes: grads,
@@ -584,7 +559,7 @@ pub fn plan_layerwise_packed(
                 .into(),
         },
     });
-    Plan::new(n_params, parts, host, total, peak_at, s, largest)
+    Plan::new(n_params, parts, total, peak_at, s, largest)
 }
 
 /// The worst packing of `tokens`: sequences of `seq_len`, the last one
@@ -627,28 +602,12 @@ impl Plan {
             gib(self.total_bytes),
             self.total_bytes
         ));
-        if !self.host.is_empty() {
-            s.push_str("\nin host memory (AdamW steps each tensor there):\n");
-            for p in &self.host {
-                s.push_str(&part(p));
-            }
-            s.push_str(&format!(
-                "  {:<12} {:>9.3} GiB  with the largest tensor's weight and f32 gradient \
-                 copied over",
-                "host total",
-                gib(self.host_bytes)
-            ));
-        }
-        let step_host = match self.settings.device {
-            PlanDevice::Cpu => self.total_bytes,
-            PlanDevice::Cuda => self.host_bytes,
-        };
         s.push_str(&format!(
             "\nsave at the end (estimated): {:.3} GiB of host memory (the weights are \
              written one tensor at a time){}",
             gib(self.save_host_bytes),
-            if self.save_host_bytes > step_host {
-                ": more than the step, the run's host peak"
+            if self.settings.device == PlanDevice::Cpu && self.save_host_bytes > self.total_bytes {
+                ": more than the step, the run's peak"
             } else {
                 ""
             }
@@ -682,8 +641,8 @@ impl Plan {
 /// An error with the plan in it when the run needs more memory than there
 /// is: on the CPU, the step's peak or the save's, whichever is larger,
 /// against `available` (the host's); on CUDA, the device peak against
-/// `available` (the device's) and the host's share (AdamW's state, the
-/// save) against `host_available`.
+/// `available` (the device's) and the save's host memory against
+/// `host_available`.
 pub fn check_fits(plan: &Plan, available: u64, host_available: u64) -> Result<()> {
     let refuse = |what: &str, need: u64, have: u64| {
         Err(Error::invalid(
@@ -709,7 +668,7 @@ pub fn check_fits(plan: &Plan, available: u64, host_available: u64) -> Result<()
             if plan.total_bytes > available {
                 return refuse("device memory", plan.total_bytes, available);
             }
-            let host = plan.host_bytes.max(plan.save_host_bytes);
+            let host = plan.save_host_bytes;
             if host > host_available {
                 return refuse("host memory", host, host_available);
             }
@@ -776,13 +735,13 @@ mod tests {
         );
     }
 
-    /// On CUDA the host's share (AdamW's state there, the save) is checked
-    /// against the host's memory, the rest against the device's.
+    /// On CUDA the save's host memory is checked against the host's, the
+    /// step against the device's.
     #[test]
     fn a_cuda_run_is_checked_on_the_device_and_on_the_host() {
         let s = PlanSettings::whole_graph(256, 128, 1, PlanDevice::Cuda);
         let p = plan(&tiny(), true, &s).unwrap();
-        let host = p.host_bytes.max(p.save_host_bytes);
+        let host = p.save_host_bytes;
         assert!(host > 0);
         assert!(check_fits(&p, p.total_bytes, host).is_ok());
         let e = check_fits(&p, p.total_bytes, host - 1)
@@ -856,25 +815,24 @@ mod tests {
     }
 
     #[test]
-    fn cuda_keeps_the_optimizer_state_in_host_memory() {
+    fn cuda_keeps_the_optimizer_state_beside_the_weights() {
         let mut s = PlanSettings::whole_graph(128, 128, 1, PlanDevice::Cuda);
         s.param_dtype = ParamDtype::Bf16;
         s.master = true;
         let sizes = param_sizes(&tiny(), true);
         let n: u64 = sizes.iter().sum();
+        let largest = sizes.iter().max().unwrap();
         let p = plan(&tiny(), true, &s).unwrap();
-        assert!(p.parts.iter().all(|x| x.name != "moments"));
-        let host: u64 = p.host.iter().map(|x| x.bytes).sum();
-        assert_eq!(host, 8 * n + 4 * n);
-        assert_eq!(p.host_bytes, host + 6 * sizes.iter().max().unwrap());
-        // The same run on the CPU holds the state in the one memory.
+        let part = |p: &Plan, name: &str| p.parts.iter().find(|x| x.name == name).unwrap().bytes;
+        assert_eq!(part(&p, "moments"), 8 * n);
+        assert_eq!(part(&p, "master"), 4 * n);
+        // The save holds one tensor on the host (f32, its copy, bf16 bytes).
+        assert_eq!(p.save_host_bytes, (4 + 4 + 2) * largest);
+        // On the CPU the host also holds the weights and the state then.
         s.device = PlanDevice::Cpu;
         let cpu = plan(&tiny(), true, &s).unwrap();
-        assert!(cpu.host.is_empty() && cpu.host_bytes == 0);
-        assert!(cpu
-            .parts
-            .iter()
-            .any(|x| x.name == "moments" && x.bytes == 8 * n));
+        assert_eq!(part(&cpu, "moments"), 8 * n);
+        assert_eq!(cpu.save_host_bytes, (2 + 8 + 4) * n + (4 + 4 + 2) * largest);
     }
 
     #[test]

@@ -236,9 +236,9 @@ fn plan(a: PlanArgs) -> Result<()> {
     let p = main_trainer::plan::plan(&config, tied, &s)?;
     if a.json {
         let mut v = serde_json::json!({"total_bytes": p.total_bytes, "n_params": p.n_params,
-            "peak_at": p.peak_at, "host_bytes": p.host_bytes,
-            "save_host_bytes": p.save_host_bytes, "settings": p.settings});
-        for part in p.parts.iter().chain(&p.host) {
+            "peak_at": p.peak_at, "save_host_bytes": p.save_host_bytes,
+            "settings": p.settings});
+        for part in &p.parts {
             v[part.name] = part.bytes.into();
         }
         println!("{v}");
@@ -249,7 +249,7 @@ fn plan(a: PlanArgs) -> Result<()> {
 }
 
 /// Refuses a run that the plan says will not fit the device (and on CUDA
-/// the host, which holds AdamW's state), before the model is loaded: the
+/// a save that will not fit the host), before the model is loaded: the
 /// plan of the path `cfg` runs (the layerwise step, or the whole graph
 /// with `--recompute false` or the alignment loss).
 fn check_memory(a: &SftArgs, cfg: &TrainConfig, device: &candle_core::Device) -> Result<()> {

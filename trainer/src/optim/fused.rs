@@ -5,8 +5,8 @@
 //! made about 16 element-wise passes with a temporary tensor each.
 //!
 //! On the CPU it runs inside a candle [`InplaceOp2`] over the weight's own
-//! storage (no copy of the weight); on other devices the weight and
-//! gradient go through host memory ([`super::AdamW::update_one`]).
+//! storage (no copy of the weight); on a GPU the same arithmetic runs in
+//! the kernel `adamw.cu` over state in device memory (`super::device`).
 
 use std::cell::RefCell;
 
@@ -24,6 +24,9 @@ pub struct TensorState {
     pub v: MomentBuf,
     /// The f32 master weight (bf16 parameters with `--master` only).
     pub master: Option<Vec<f32>>,
+    /// On a GPU: the state in device memory, stepped by the GPU kernel
+    /// (`m` and `v` above are then empty and `master` is `None`).
+    pub device: Option<super::device::DeviceState>,
 }
 
 /// The scalars of one tensor's update.

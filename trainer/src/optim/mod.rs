@@ -11,14 +11,14 @@
 //! - `grad_norm`: the global gradient norm with one host sync per step;
 //! - `schedule`: the learning rate.
 //!
-//! The moments live in plain Rust buffers in host memory. On the CPU the
-//! update runs over the weight's own storage; on a GPU the weight and its
-//! gradient are copied to the host for the update and back (correct, but a
-//! device kernel would be faster; no GPU was available to write and test
-//! one), which also means the moments never take GPU memory there.
+//! On the CPU the moments live in plain Rust buffers and the update runs
+//! over the weight's own storage. On a GPU they live in device memory
+//! beside the weight (`device`) and the update is one launch of the fused
+//! kernel `adamw.cu` per tensor, the CPU's arithmetic to the bit.
 
 pub mod bf16_rounding;
 pub mod blockwise8;
+pub mod device;
 mod fused;
 mod grad_norm;
 pub mod moments;
@@ -77,13 +77,32 @@ pub struct AdamW {
     /// Multiplies every gradient in [`AdamW::update_one`]: global-norm
     /// clipping sets it before a step ([`clip_scale`]); 1 otherwise.
     pub grad_scale: f64,
+    /// The 8-bit maps on the GPU (state on a GPU only).
+    maps: Option<device::DeviceMaps>,
 }
 
 impl AdamW {
     pub fn new(model_params: &[Param], params: AdamWParams) -> Result<AdamW> {
         let mut state = Vec::with_capacity(model_params.len());
+        let mut maps = None;
         for p in model_params {
             let w = p.var.as_tensor();
+            if w.device().is_cuda() {
+                if maps.is_none() {
+                    maps = Some(device::DeviceMaps::new(w.device())?);
+                }
+                state.push(TensorState {
+                    m: MomentBuf::zeros(params.moments, 0, true),
+                    v: MomentBuf::zeros(params.moments, 0, false),
+                    master: None,
+                    device: Some(device::DeviceState::zeros(
+                        params.moments,
+                        w,
+                        params.master,
+                    )?),
+                });
+                continue;
+            }
             let n = w.elem_count();
             let master = if params.master && w.dtype() != DType::F32 {
                 let values = w
@@ -99,6 +118,7 @@ impl AdamW {
                 m: MomentBuf::zeros(params.moments, n, true),
                 v: MomentBuf::zeros(params.moments, n, false),
                 master,
+                device: None,
             });
         }
         Ok(AdamW {
@@ -106,6 +126,7 @@ impl AdamW {
             step: 0,
             state,
             grad_scale: 1.0,
+            maps,
         })
     }
 
@@ -114,7 +135,9 @@ impl AdamW {
         self.state
             .iter()
             .map(|s| {
-                self.params.moments.bytes(s.m.len()) + s.master.as_ref().map_or(0, |m| 4 * m.len())
+                self.params.moments.bytes(s.m.len())
+                    + s.master.as_ref().map_or(0, |m| 4 * m.len())
+                    + s.device.as_ref().map_or(0, |d| d.bytes())
             })
             .sum()
     }
@@ -157,7 +180,11 @@ impl AdamW {
                 ),
             ));
         }
-        if st.m.len() != w.elem_count() {
+        let state_len = match &st.device {
+            Some(d) => d.m.elem_count(),
+            None => st.m.len(),
+        };
+        if state_len != w.elem_count() {
             return Err(Error::invalid(
                 "optimizer",
                 format!(
@@ -185,6 +212,16 @@ impl AdamW {
             key: bf16_rounding::tensor_key(p.seed, self.step, i),
         };
         let what = format!("AdamW update of '{}'", param.name);
+        if let Some(d) = &st.device {
+            let maps = self.maps.as_ref().ok_or_else(|| {
+                Error::invalid("optimizer", "state on the GPU without the 8-bit maps")
+            })?;
+            let grad = match grad.dtype() {
+                DType::F32 | DType::BF16 => grad.clone(),
+                _ => grad.to_dtype(DType::F32).op(&what)?,
+            };
+            return device::step(w, &grad, d, maps, p.moments, &consts);
+        }
         let cpu = Device::Cpu;
         let grad = match grad.dtype() {
             DType::F32 | DType::BF16 => grad.to_device(&cpu),
@@ -199,7 +236,8 @@ impl AdamW {
         if w.device().is_cpu() {
             w.inplace_op2(&grad, &op).op(&what)?;
         } else {
-            // Through host memory: see the module comment.
+            // A device without a kernel here (neither the CPU nor CUDA):
+            // through host memory.
             let host = w.to_device(&cpu).op(&what)?;
             host.inplace_op2(&grad, &op).op(&what)?;
             let back = host.to_device(w.device()).op(&what)?;
