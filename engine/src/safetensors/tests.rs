@@ -625,7 +625,10 @@ struct Counted<'a> {
 #[cfg(feature = "std-fs")]
 impl TensorSource for Counted<'_> {
     fn specs(&self) -> Vec<(String, Vec<usize>)> {
-        self.tensors.iter().map(|t| (t.0.clone(), t.1.clone())).collect()
+        self.tensors
+            .iter()
+            .map(|t| (t.0.clone(), t.1.clone()))
+            .collect()
     }
     fn values(&self, i: usize) -> Result<Vec<f32>> {
         self.reads.set(self.reads.get() + 1);
@@ -679,8 +682,16 @@ fn a_source_is_written_tensor_by_tensor_like_given_tensors() {
         reads: std::cell::Cell::new(0),
         fail: Some("blk.1.ffn_up.weight"),
     };
-    let e = err_string(write_dir_sharded_from(&bad.0, &config, &failing, None, options));
-    assert!(e.contains("blk.1.ffn_up.weight") && e.contains("device lost"), "{e}");
+    let e = err_string(write_dir_sharded_from(
+        &bad.0, &config, &failing, None, options,
+    ));
+    assert!(
+        e.contains("blk.1.ffn_up.weight") && e.contains("device lost"),
+        "{e}"
+    );
     let (_, store) = load_dir(&bad.0).map_or((None, None), |(c, s)| (Some(c), Some(s)));
-    assert!(store.is_none(), "a folder with a failed tensor must not load");
+    assert!(
+        store.is_none(),
+        "a folder with a failed tensor must not load"
+    );
 }
