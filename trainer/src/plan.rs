@@ -9,7 +9,7 @@
 //! them), then the backward's allocations in candle's order, then the step:
 //! `global_grad_norm` and `optim`'s fused AdamW, which allocates nothing
 //! (it runs in place; on CUDA its state is in device memory beside the
-//! weights, stepped by the kernel `optim/adamw.cu`).
+//! weights, stepped by the kernel `engine/src/cuda/adamw.cu`).
 //!
 //! The layer-by-layer path (`--recompute true`: packed sequences, per-layer
 //! recomputation, attention in query blocks, a chunked LM head, optionally

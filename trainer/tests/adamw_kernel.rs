@@ -1,4 +1,5 @@
-//! The GPU's fused AdamW kernel (`src/optim/adamw.cu`) against the CPU's
+//! The GPU's fused AdamW kernel (`main_engine::cuda::ADAMW_SOURCE`,
+//! `engine/src/cuda/adamw.cu`) against the CPU's
 //! update (`AdamW::update_one` on the CPU), bit for bit: the kernel source
 //! compiled as C++ by the host's compiler (no contraction of `a * b + c`,
 //! as NVRTC builds it with `--fmad=false`) and run block by block, three
@@ -7,7 +8,6 @@
 //! moments. On a GPU the same kernel runs from `optim::device`.
 
 use std::ffi::c_void;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -45,7 +45,8 @@ fn kernel() -> &'static Kernel {
     static K: OnceLock<Kernel> = OnceLock::new();
     K.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
-        let cu = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/optim/adamw.cu");
+        let cu = dir.join("adamw.cu");
+        std::fs::write(&cu, main_engine::cuda::ADAMW_SOURCE).unwrap();
         let harness = format!(
             r#"#include <cstdint>
 #include <cstring>

@@ -228,10 +228,22 @@ pub fn compile_kernels(arch: &str, device: &str) -> Result<Vec<u8>> {
 /// [`compile_kernels`] with other options than [`NVRTC_OPTIONS`] (tests:
 /// what NVRTC's defaults would build).
 pub fn compile_kernels_with(arch: &str, nvrtc_options: &[&str], device: &str) -> Result<Vec<u8>> {
-    let what = format!("compiling the kernels for {arch} with NVRTC");
+    compile_source("kernels.cu", KERNEL_SOURCE, arch, nvrtc_options, device)
+}
+
+/// Compiles CUDA C `source` (named `file` in NVRTC's messages) for `arch`
+/// with `nvrtc_options`, as [`compile_kernels_with`] does `kernels.cu`.
+pub fn compile_source(
+    file: &str,
+    source: &str,
+    arch: &str,
+    nvrtc_options: &[&str],
+    device: &str,
+) -> Result<Vec<u8>> {
+    let what = format!("compiling {file} for {arch} with NVRTC");
     let fail = |reason: String| Error::gpu(device, what.clone(), reason);
-    let src = CString::new(KERNEL_SOURCE).expect("kernels.cu has no NUL");
-    let name = CString::new("kernels.cu").expect("no NUL");
+    let src = CString::new(source).map_err(|_| fail("the source holds a NUL byte".into()))?;
+    let name = CString::new(file).map_err(|_| fail("the file name holds a NUL byte".into()))?;
     let prog = rtc::create_program(&src, Some(&name)).map_err(|e| fail(format!("{e:?}")))?;
     // NVRTC_OPTIONS says why each option is there (no fused multiply-add, IEEE f32).
     let mut options = vec![format!("--gpu-architecture={arch}")];

@@ -4,7 +4,8 @@
 //! - [`backend`]: the device as a small trait; `driver` is the real GPU
 //!   (feature `cuda`: cudarc's driver API, NVRTC, cuBLAS, loaded at run
 //!   time), `emulator` runs the same kernels on the CPU in tests.
-//! - `kernels.cu`: the CUDA C kernels, compiled by NVRTC at load.
+//! - `kernels.cu`: the CUDA C kernels, compiled by NVRTC at load;
+//!   `adamw.cu`: the trainer's fused AdamW update.
 //! - [`forward`]: weights on the device, the packed forward pass and the
 //!   decode step.
 //! - [`decode`]: batched generation's model on the GPU (KV caches in device
@@ -35,6 +36,12 @@ use forward::GpuModel;
 
 /// The kernel source, compiled at load for the device's architecture.
 pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
+
+/// The fused AdamW update of one tensor (`adamw.cu`): the trainer's
+/// optimizer on a GPU (`main_trainer::optim::device`), compiled by NVRTC
+/// with [`NVRTC_OPTIONS`] like the scorer's kernels; kept here with the
+/// other CUDA ops so NVRTC's checks cover it.
+pub const ADAMW_SOURCE: &str = include_str!("adamw.cu");
 
 /// NVRTC's options besides `--gpu-architecture`, and why each is there.
 /// The kernels are tested against the CPU's IEEE f32 arithmetic, the weight

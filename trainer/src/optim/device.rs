@@ -1,6 +1,9 @@
 //! AdamW on the GPU: the moments (and the f32 master weights) live in the
 //! weight's device memory, and each tensor's update is one launch of the
-//! fused kernel `adamw.cu`, the CPU's `fused::adamw_tensor` step for step
+//! fused kernel `main_engine::cuda::ADAMW_SOURCE` (`engine/src/cuda/
+//! adamw.cu`, compiled by NVRTC with the engine's IEEE options: no
+//! contraction, IEEE division and square root), the CPU's
+//! `fused::adamw_tensor` step for step
 //! (`tests/adamw_kernel.rs` holds the two equal bit for bit, the kernel
 //! built as C++ for the host). No copy of a weight, gradient or moment
 //! crosses to the host during training; checkpoints read and write the
@@ -14,20 +17,6 @@ use super::moments::MomentsKind;
 #[cfg(not(feature = "cuda"))]
 use crate::error::Error;
 use crate::error::{CandleExt, Result};
-
-/// The kernel's CUDA C source (compiled by NVRTC once per process).
-pub const SOURCE: &str = include_str!("adamw.cu");
-
-/// NVRTC's options: IEEE arithmetic as on the CPU (no contraction of
-/// `a * b + c`, no flush to zero, IEEE division and square root), so the
-/// GPU's update is the CPU's to the bit.
-pub const NVRTC_OPTIONS: [&str; 5] = [
-    "--std=c++17",
-    "--fmad=false",
-    "--ftz=false",
-    "--prec-div=true",
-    "--prec-sqrt=true",
-];
 
 /// One tensor's optimizer state on its device.
 pub struct DeviceState {
@@ -158,7 +147,9 @@ mod cuda {
     use candle_core::cuda::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
     use candle_core::{CudaStorage, InplaceOp2, Layout, Storage, Tensor};
 
-    use super::{DeviceMaps, DeviceState, MomentsKind, StepConsts, BLOCK, NVRTC_OPTIONS, SOURCE};
+    use main_engine::cuda::{ADAMW_SOURCE, NVRTC_OPTIONS};
+
+    use super::{DeviceMaps, DeviceState, MomentsKind, StepConsts, BLOCK};
 
     pub struct Launch<'a> {
         pub st: &'a DeviceState,
@@ -175,7 +166,7 @@ mod cuda {
                 options: NVRTC_OPTIONS.iter().map(|o| o.to_string()).collect(),
                 ..Default::default()
             };
-            compile_ptx_with_opts(SOURCE, opts)
+            compile_ptx_with_opts(ADAMW_SOURCE, opts)
                 .map(|p| p.to_src())
                 .map_err(|e| format!("NVRTC cannot compile adamw.cu: {e:?}"))
         })

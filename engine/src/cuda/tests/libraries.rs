@@ -106,6 +106,37 @@ fn the_loaded_nvrtc_is_named_by_its_file() {
     assert!(std::path::Path::new(nvrtc[0]).is_file(), "{}", nvrtc[0]);
 }
 
+/// The trainer's AdamW kernel compiles with NVRTC (its options: the same
+/// IEEE ones) for Ampere and Hopper, its entry in the PTX; its arithmetic
+/// is tested against the CPU's update in trainer/tests/adamw_kernel.rs.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_adamw_kernel_compiles_with_nvrtc() {
+    if !crate::cuda::driver::nvrtc_present() {
+        eprintln!("skipped: libnvrtc was not found (scripts/nvrtc-lib)");
+        return;
+    }
+    use crate::cuda::{ADAMW_SOURCE, NVRTC_OPTIONS};
+    for arch in ["sm_80", "sm_90", "compute_90"] {
+        let image = crate::cuda::driver::compile_source(
+            "adamw.cu",
+            ADAMW_SOURCE,
+            arch,
+            NVRTC_OPTIONS,
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(image.len() > 1000, "{arch}: {} bytes", image.len());
+        if arch.starts_with("compute") {
+            let ptx = String::from_utf8_lossy(&image);
+            assert!(
+                ptx.contains(".entry adamw_step("),
+                "{arch}: no entry adamw_step"
+            );
+        }
+    }
+}
+
 /// The kernel source compiles with NVRTC for the GPUs MAIN targets, so a
 /// syntax error in kernels.cu is caught on a machine without a GPU.
 /// NVRTC comes from PyPI's nvidia-cuda-nvrtc (scripts/test puts it on

@@ -1,7 +1,8 @@
-// The fused AdamW update of one tensor on the GPU: the same arithmetic as
-// the CPU's `optim::fused::adamw_tensor`, step for step, so the two agree
-// bit for bit (NVRTC builds it with --fmad=false, IEEE division and square
-// root: `optim::device::NVRTC_OPTIONS`). One thread per block of BLOCK
+// The trainer's fused AdamW update of one tensor on the GPU
+// (main_trainer::optim::device launches it): the same arithmetic as the
+// CPU's `main_trainer::optim::fused::adamw_tensor`, step for step, so the
+// two agree bit for bit (NVRTC builds it with NVRTC_OPTIONS: --fmad=false,
+// IEEE division and square root). One thread per block of BLOCK
 // values (the 8-bit moments' quantisation block): it reads the block's
 // moments, the gradient and the weight, and writes them back, in one
 // launch per tensor. A thread walks its block serially, so a warp's loads
