@@ -118,6 +118,7 @@ fn weight_bytes(w: &Tensor) -> Vec<u8> {
     match w.dtype() {
         DType::F32 => bytes_of(&flat.to_vec1::<f32>().unwrap()),
         DType::BF16 => bytes_of(&flat.to_vec1::<bf16>().unwrap()),
+        DType::U8 => flat.to_vec1::<u8>().unwrap(),
         other => panic!("{other:?}"),
     }
 }
@@ -263,6 +264,78 @@ fn the_gpu_kernel_steps_exactly_as_the_cpu() {
             run(DType::F32, false, gd, moments);
             run(DType::BF16, false, gd, moments);
             run(DType::BF16, true, gd, moments);
+        }
+    }
+}
+
+/// On a GPU (a build with `--features cuda` on a machine with one): the
+/// update through `AdamW::update_one` with the weight and state on the
+/// device equals the CPU's, bit for bit, for every storage combination.
+/// Without a GPU it says so and passes.
+#[cfg(feature = "cuda")]
+#[test]
+fn on_a_gpu_the_update_is_the_cpus() {
+    if !candle_core::utils::cuda_is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    let gpu = Device::new_cuda(0).unwrap();
+    let cpu = Device::Cpu;
+    let device_bytes = |t: &Tensor| weight_bytes(&t.to_device(&cpu).unwrap());
+    for moments in [MomentsKind::F32, MomentsKind::Bf16, MomentsKind::Bit8] {
+        for (wd, master) in [
+            (DType::F32, false),
+            (DType::BF16, false),
+            (DType::BF16, true),
+        ] {
+            let n = 5 * 157;
+            let w0: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 1e-3)
+                .collect();
+            let make = |dev: &Device| {
+                let t = Tensor::from_vec(w0.clone(), (5, 157), dev).unwrap();
+                Param {
+                    name: "w".into(),
+                    var: Var::from_tensor(&t.to_dtype(wd).unwrap()).unwrap(),
+                }
+            };
+            let (pc, pg) = (make(&cpu), make(&gpu));
+            let params = AdamWParams {
+                weight_decay: 0.1,
+                moments,
+                master,
+                seed: 3,
+                ..Default::default()
+            };
+            let mut oc = AdamW::new(std::slice::from_ref(&pc), params.clone()).unwrap();
+            let mut og = AdamW::new(std::slice::from_ref(&pg), params).unwrap();
+            for step in 1..=3 {
+                let g: Vec<f32> = (0..n)
+                    .map(|i| (((i * 7 + step * 13) % 29) as f32 - 14.0) * [1e-4, 1e-2, 1.0][i % 3])
+                    .collect();
+                let gc = Tensor::from_vec(g, (5, 157), &cpu).unwrap();
+                let gg = gc.to_device(&gpu).unwrap();
+                for (o, p, g) in [(&mut oc, &pc, &gc), (&mut og, &pg, &gg)] {
+                    o.begin_step();
+                    o.update_one(0, p, g, 1e-3).unwrap();
+                }
+                let what = format!("{wd:?} (master {master}), {moments:?}, step {step}");
+                assert!(
+                    weight_bytes(pc.var.as_tensor()) == device_bytes(pg.var.as_tensor()),
+                    "weights: {what}"
+                );
+                let d = og.state[0].device.as_ref().expect("state on the GPU");
+                let (m, m_absmax) = moment_bytes(&oc.state[0].m);
+                let (v, v_absmax) = moment_bytes(&oc.state[0].v);
+                assert!(
+                    m == device_bytes(&d.m) && v == device_bytes(&d.v),
+                    "moments: {what}"
+                );
+                if let (Some(a), Some(b)) = (&d.m_absmax, &d.v_absmax) {
+                    assert_eq!(a.to_vec1::<f32>().unwrap(), m_absmax, "scales: {what}");
+                    assert_eq!(b.to_vec1::<f32>().unwrap(), v_absmax, "scales: {what}");
+                }
+            }
         }
     }
 }
