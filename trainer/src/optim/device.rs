@@ -12,8 +12,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::blockwise8::{signed_map, unsigned_map, BLOCK};
-use super::fused::StepConsts;
 use super::moments::MomentsKind;
+use super::step_consts::StepConsts;
 #[cfg(not(feature = "cuda"))]
 use crate::error::Error;
 use crate::error::{CandleExt, Result};

@@ -17,6 +17,7 @@ use half::bf16;
 use super::bf16_rounding::{mix64, stochastic};
 use super::blockwise8::BLOCK;
 use super::moments::MomentBuf;
+use super::step_consts::StepConsts;
 
 /// One tensor's optimizer state.
 pub struct TensorState {
@@ -27,24 +28,6 @@ pub struct TensorState {
     /// On a GPU: the state in device memory, stepped by the GPU kernel
     /// (`m` and `v` above are then empty and `master` is `None`).
     pub device: Option<super::device::DeviceState>,
-}
-
-/// The scalars of one tensor's update.
-#[derive(Clone, Copy, Debug)]
-pub struct StepConsts {
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    /// Bias corrections `1 - beta^t`.
-    pub c1: f32,
-    pub c2: f32,
-    pub lr: f32,
-    /// `1 - lr * weight_decay` for matrices, 1 for vectors.
-    pub decay: f32,
-    /// Multiplies the gradient (global-norm clipping), 1 without.
-    pub grad_scale: f32,
-    /// Random bits for stochastic rounding: `mix64(key + element)`.
-    pub key: u64,
 }
 
 /// The weight being updated, as its storage holds it.

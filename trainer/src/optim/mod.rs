@@ -23,6 +23,7 @@ mod fused;
 mod grad_norm;
 pub mod moments;
 mod schedule;
+mod step_consts;
 #[cfg(test)]
 mod tests;
 
@@ -33,11 +34,12 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{CandleExt, Error, Result};
 use crate::model::Param;
 
+use fused::FusedAdamW;
 pub use fused::TensorState;
-use fused::{FusedAdamW, StepConsts};
 pub use grad_norm::{clip_grad_norm, clip_scale, global_grad_norm, sum_squares};
 pub use moments::{MomentBuf, MomentsKind};
 pub use schedule::lr_at;
+use step_consts::StepConsts;
 
 #[derive(Clone, Debug)]
 pub struct AdamWParams {
