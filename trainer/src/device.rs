@@ -20,6 +20,18 @@ pub fn select() -> Result<(Device, DType)> {
     Ok((Device::Cpu, DType::F32))
 }
 
+/// Whether [`select`] picks a GPU (a build with `cuda` on a machine with one).
+pub fn gpu_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        candle_core::utils::cuda_is_available()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
 /// Where the pipeline's scorer runs, and in which precision: the GPU (bf16,
 /// its default) when training runs on one, else the CPU in exact.
 pub fn scoring() -> (main_engine::Device, main_engine::matmul::Precision) {

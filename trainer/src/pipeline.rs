@@ -288,8 +288,18 @@ pub struct PipelineReport {
 /// generator's URL, over the config's (`--generator`).
 pub fn run_file(path: &Path, generator: Option<&str>) -> Result<()> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut cfg: PipelineConfig = toml::from_str(&text)
-        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
+    let bad = |e: toml::de::Error| Error::invalid(path.display().to_string(), e.to_string());
+    let mut cfg: PipelineConfig = toml::from_str(&text).map_err(bad)?;
+    if crate::device::gpu_available() {
+        // The storage `[train]` leaves unset gets the GPU's defaults.
+        let table: toml::Table = toml::from_str(&text).map_err(bad)?;
+        let set: Vec<String> = match table.get("train").and_then(|t| t.as_table()) {
+            Some(t) => t.keys().cloned().collect(),
+            None => Vec::new(),
+        };
+        cfg.train
+            .use_gpu_storage_defaults(&|k| set.iter().any(|x| x == k));
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     for p in [
         &mut cfg.base_model,

@@ -193,15 +193,33 @@ impl MemoryArgs {
     }
 }
 
-/// The `[train]` settings of `--train-config`, or the defaults.
-fn read_train_config(path: Option<&PathBuf>) -> Result<TrainConfig> {
+/// The `[train]` settings of `--train-config`, or the defaults, with the
+/// keys the file sets.
+fn read_train_config(path: Option<&PathBuf>) -> Result<(TrainConfig, Vec<String>)> {
     match path {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-            toml::from_str::<TrainConfig>(&text)
-                .map_err(|e| Error::invalid(p.display().to_string(), e.to_string()))
+            let bad = |e: toml::de::Error| Error::invalid(p.display().to_string(), e.to_string());
+            let keys = toml::from_str::<toml::Table>(&text)
+                .map_err(bad)?
+                .keys()
+                .cloned()
+                .collect();
+            Ok((toml::from_str::<TrainConfig>(&text).map_err(bad)?, keys))
         }
-        None => Ok(TrainConfig::default()),
+        None => Ok((TrainConfig::default(), Vec::new())),
+    }
+}
+
+/// On a GPU, the storage the run left unset gets the GPU's defaults
+/// ([`TrainConfig::use_gpu_storage_defaults`]).
+fn storage_defaults(cfg: &mut TrainConfig, keys: &[String], mem: &MemoryArgs, gpu: bool) {
+    if gpu {
+        cfg.use_gpu_storage_defaults(&|k| {
+            keys.iter().any(|x| x == k)
+                || (k == "param_dtype" && mem.param_dtype.is_some())
+                || (k == "moments" && mem.moments.is_some())
+        });
     }
 }
 
@@ -229,8 +247,9 @@ fn plan(a: PlanArgs) -> Result<()> {
     use main_trainer::plan::{PlanDevice, PlanSettings};
     let (config, tied) = main_trainer::plan::read_config(&a.model)?;
     let device = PlanDevice::parse(&a.device)?;
-    let mut cfg = read_train_config(a.train_config.as_ref())?;
+    let (mut cfg, keys) = read_train_config(a.train_config.as_ref())?;
     a.mem.apply(&mut cfg)?;
+    storage_defaults(&mut cfg, &keys, &a.mem, device == PlanDevice::Cuda);
     cfg.validate()?;
     let s = PlanSettings::from_train_config(&cfg, device);
     let p = main_trainer::plan::plan(&config, tied, &s)?;
@@ -269,7 +288,7 @@ fn check_memory(a: &SftArgs, cfg: &TrainConfig, device: &candle_core::Device) ->
 }
 
 fn sft(a: SftArgs) -> Result<()> {
-    let mut cfg = read_train_config(a.train_config.as_ref())?;
+    let (mut cfg, keys) = read_train_config(a.train_config.as_ref())?;
     macro_rules! set {
         ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
     }
@@ -308,6 +327,7 @@ fn sft(a: SftArgs) -> Result<()> {
     };
     #[cfg(not(feature = "nccl"))]
     let (device, dtype) = main_trainer::device::select()?;
+    storage_defaults(&mut cfg, &keys, &a.mem, device.is_cuda());
     cfg.validate()?;
     check_memory(&a, &cfg, &device)?;
     let mut model = main_trainer::model::TrainModel::load(&a.model, &device, dtype)?;
@@ -430,6 +450,39 @@ mod tests {
 
     /// clap's own checks (no flag defined twice: `sft` and `plan` share
     /// `MemoryArgs`), and the memory flags parse the same for both.
+    #[test]
+    fn a_gpu_run_defaults_to_bf16_weights_and_8bit_moments_unless_set() {
+        use main_trainer::model::ParamDtype;
+        use main_trainer::optim::MomentsKind;
+        let run = |flags: &[&str], keys: &[&str], gpu: bool| {
+            let cmd = ["main-train", "plan", "--model", "m"];
+            let cli = super::Cli::try_parse_from(cmd.iter().chain(flags)).unwrap();
+            let super::Cmd::Plan(a) = cli.cmd else {
+                unreachable!()
+            };
+            let mut cfg = main_trainer::sft::TrainConfig::default();
+            a.mem.apply(&mut cfg).unwrap();
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            super::storage_defaults(&mut cfg, &keys, &a.mem, gpu);
+            (cfg.param_dtype, cfg.moments)
+        };
+        assert_eq!(run(&[], &[], false), (ParamDtype::F32, MomentsKind::F32));
+        assert_eq!(run(&[], &[], true), (ParamDtype::Bf16, MomentsKind::Bit8));
+        assert_eq!(
+            run(&["--param-dtype", "f32"], &[], true),
+            (ParamDtype::F32, MomentsKind::Bit8)
+        );
+        assert_eq!(
+            run(&["--moments", "bf16"], &[], true),
+            (ParamDtype::Bf16, MomentsKind::Bf16)
+        );
+        // Set in --train-config's TOML (its defaults are then the CPU's).
+        assert_eq!(
+            run(&[], &["param_dtype", "moments"], true),
+            (ParamDtype::F32, MomentsKind::F32)
+        );
+    }
+
     #[test]
     fn sft_and_plan_take_the_same_memory_flags() {
         super::Cli::command().debug_assert();
