@@ -167,7 +167,7 @@ fn kernels_compile_with_nvrtc() {
     let e = crate::cuda::driver::compile_kernels("sm_1", "test")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("compiling the kernels for sm_1"), "{e}");
+    assert!(e.contains("compiling kernels.cu for sm_1"), "{e}");
 }
 
 /// NVRTC itself, with the options the GPU gets, emits no fused
