@@ -108,6 +108,23 @@ impl Default for TrainConfig {
     }
 }
 
+/// The keys a TOML text sets at its top level, or in its table `table`
+/// (`[train]` of a pipeline config): what a run chose, as opposed to what
+/// it left at the default ([`TrainConfig::use_gpu_storage_defaults`]).
+pub fn toml_keys(
+    text: &str,
+    table: Option<&str>,
+) -> std::result::Result<Vec<String>, toml::de::Error> {
+    let top: toml::Table = toml::from_str(text)?;
+    let keys = match table {
+        None => Some(&top),
+        Some(t) => top.get(t).and_then(|v| v.as_table()),
+    };
+    Ok(keys
+        .map(|k| k.keys().cloned().collect())
+        .unwrap_or_default())
+}
+
 impl TrainConfig {
     /// The storage defaults on a GPU: bf16 weights and 8-bit AdamW moments,
     /// for each of the two that the run left unset (`is_set(key)`: given by

@@ -141,9 +141,11 @@ static ADAMW_DEVICE inline void adamw_block(
         inv_m = 1.0f / am;
         inv_v = 1.0f / av;
     }
-    int zero_m = m_kind == M_8BIT ? zero_code(m_map) : 0;
-    int zero_v = m_kind == M_8BIT ? zero_code(v_map) : 0;
     int quant_m = am != 0.0f && is_finite(am), quant_v = av != 0.0f && is_finite(av);
+    // The map's zero code, looked up only for a block that stores zeros
+    // (an all-zero or non-finite block: untouched embedding rows).
+    int zero_m = m_kind == M_8BIT && !quant_m ? zero_code(m_map) : 0;
+    int zero_v = m_kind == M_8BIT && !quant_v ? zero_code(v_map) : 0;
     for (uint64_t j = 0; j < len; j++) {
         uint64_t i = s + j;
         float mo, vo;

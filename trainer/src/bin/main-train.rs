@@ -200,11 +200,7 @@ fn read_train_config(path: Option<&PathBuf>) -> Result<(TrainConfig, Vec<String>
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
             let bad = |e: toml::de::Error| Error::invalid(p.display().to_string(), e.to_string());
-            let keys = toml::from_str::<toml::Table>(&text)
-                .map_err(bad)?
-                .keys()
-                .cloned()
-                .collect();
+            let keys = main_trainer::train_config::toml_keys(&text, None).map_err(bad)?;
             Ok((toml::from_str::<TrainConfig>(&text).map_err(bad)?, keys))
         }
         None => Ok((TrainConfig::default(), Vec::new())),

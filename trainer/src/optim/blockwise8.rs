@@ -121,6 +121,11 @@ fn unsigned_starts() -> &'static [u8] {
     T.get_or_init(|| bucket_starts(unsigned_map()))
 }
 
+/// The code of 0 in `map` (what a block of zeros stores).
+pub fn zero_code(map: &[f32; 256]) -> u8 {
+    map.iter().position(|&c| c == 0.0).unwrap_or(0) as u8
+}
+
 /// One tensor's moment in 8-bit blockwise form.
 #[derive(Clone, Debug)]
 pub struct Blockwise8 {
@@ -136,7 +141,7 @@ impl Blockwise8 {
     /// `n` zeros.
     pub fn zeros(n: usize, signed: bool) -> Blockwise8 {
         let map = Self::map_of(signed);
-        let zero = map.iter().position(|&c| c == 0.0).unwrap_or(0) as u8;
+        let zero = zero_code(map);
         Blockwise8 {
             codes: vec![zero; n],
             absmax: vec![0.0; n.div_ceil(BLOCK)],
@@ -193,8 +198,7 @@ impl Blockwise8 {
         self.absmax[b] = absmax;
         let codes = &mut self.codes[b * BLOCK..b * BLOCK + values.len()];
         if absmax == 0.0 || !absmax.is_finite() {
-            let zero = map.iter().position(|&c| c == 0.0).unwrap_or(0) as u8;
-            codes.fill(zero);
+            codes.fill(zero_code(map));
             return;
         }
         let inv = 1.0 / absmax;

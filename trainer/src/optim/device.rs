@@ -11,7 +11,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::blockwise8::{signed_map, unsigned_map, BLOCK};
+use super::blockwise8::{signed_map, unsigned_map, zero_code, BLOCK};
 use super::moments::MomentsKind;
 use super::step_consts::StepConsts;
 #[cfg(not(feature = "cuda"))]
@@ -45,10 +45,6 @@ impl DeviceMaps {
             unsigned: up(unsigned_map())?,
         })
     }
-}
-
-fn zero_code(map: &[f32; 256]) -> u8 {
-    map.iter().position(|&c| c == 0.0).unwrap_or(0) as u8
 }
 
 impl DeviceState {
