@@ -29,6 +29,7 @@
 use std::sync::Arc;
 
 mod generation;
+mod reuse;
 pub use generation::TextPrompt;
 
 use crate::conversation::{Conversation, Turn};
@@ -178,8 +179,23 @@ impl Side {
     /// Target log-probs of every view, in order. `groups[i]` names the turn
     /// view `i` belongs to; consecutive views of one turn share their common
     /// prompt prefix (a conversation's history) where it is longer than what
-    /// they share with the scorer's precomputed prefix.
+    /// they share with the scorer's precomputed prefix. A view repeated in
+    /// `views` is computed once, and views with one prompt share it
+    /// (`reuse`).
     fn run(
+        &mut self,
+        rt: &Runtime,
+        views: &[&ViewTokens],
+        groups: &[usize],
+        batch_tokens: usize,
+    ) -> Result<Vec<Vec<f64>>> {
+        let plan = reuse::plan(views, groups, batch_tokens);
+        let lps = self.run_distinct(rt, &plan.views, &plan.groups, batch_tokens)?;
+        Ok(plan.spread(lps))
+    }
+
+    /// [`Side::run`] on planned views (no repeats, a group's views together).
+    fn run_distinct(
         &mut self,
         rt: &Runtime,
         views: &[&ViewTokens],

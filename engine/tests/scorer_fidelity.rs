@@ -217,3 +217,37 @@ fn lanes_of_views_give_the_one_thread_scores() {
     };
     assert_eq!(score(1), score(2));
 }
+
+/// Pairs that repeat a response or an instruction (one prompt answered
+/// several ways, one response under several instructions, a pair twice)
+/// repeat unconditional views, which the scorer computes once and copies:
+/// every pair still gets the scores it gets alone (exact precision, to
+/// float rounding across different batch neighbours: 1e-6 nats).
+#[test]
+fn repeated_views_score_as_they_do_alone() {
+    let (_, pairs) = golden_pairs();
+    let (a, b) = (&pairs[0], &pairs[1]);
+    let batch = vec![
+        a.clone(),
+        Pair::new(a.instruction.clone(), b.response.clone()),
+        b.clone(),
+        Pair::new(b.instruction.clone(), a.response.clone()),
+        a.clone(),
+    ];
+    let model = Arc::new(Model::load(&default_model()).expect("load fixture model"));
+    let params = ScorerParams {
+        precision: Precision::Exact,
+        ..ScorerParams::default()
+    };
+    let mut scorer = Scorer::new(model, None, params).unwrap();
+    let together = scorer.score_batch(&batch).unwrap();
+    for (i, (p, t)) in batch.iter().zip(&together).enumerate() {
+        let alone = scorer.score_pair(p).unwrap();
+        for view in VIEWS {
+            let d = (view_mean(t, view) - view_mean(&alone, view)).abs();
+            assert!(d <= 1e-6, "pair {i} {view}: |Δ| {d}");
+        }
+        assert_eq!(t.response_tokens, alone.response_tokens, "pair {i}");
+        assert_eq!(t.instruction_tokens, alone.instruction_tokens, "pair {i}");
+    }
+}
