@@ -12,6 +12,11 @@
 //! bounded by `max_batch` caches of `prompt + max_new` positions and one
 //! prefill chunk, however many requests there are.
 //!
+//! Requests with the same prompt (several samples of one prompt, the
+//! pipeline's candidates of one response) prefill it once: a later one
+//! takes a copy of the first one's cache ([`StepModel::fork_cache`]) and
+//! draws its first token from the same logits with its own sampler.
+//!
 //! Every sequence sees only itself: batching changes which sequences share
 //! a weight read, never what a sequence computes (the matrix products treat
 //! each row alone), so greedy decoding gives the tokens of one-at-a-time
@@ -118,6 +123,11 @@ pub trait StepModel {
     fn model(&self) -> &Model;
     /// A cache for `capacity` positions (an error when there is no room).
     fn new_cache(&mut self, capacity: usize) -> Result<Self::Cache>;
+    /// A cache for `capacity` positions holding the first `len` positions of
+    /// `src` (`len <= src`'s length and `capacity`): a prompt computed once
+    /// and continued by several sequences.
+    fn fork_cache(&mut self, src: &Self::Cache, len: usize, capacity: usize)
+        -> Result<Self::Cache>;
     /// Whether one prompt may be prefilled over several calls (continuing
     /// its own cache); when not, a prefill call takes whole prompts only.
     fn splits_prompts(&self) -> bool;
@@ -149,6 +159,10 @@ impl StepModel for CpuModel<'_> {
 
     fn new_cache(&mut self, capacity: usize) -> Result<KvCache> {
         Ok(self.model.new_cache(capacity))
+    }
+
+    fn fork_cache(&mut self, src: &KvCache, len: usize, capacity: usize) -> Result<KvCache> {
+        Ok(KvCache::from_prefix(src, len, capacity))
     }
 
     fn splits_prompts(&self) -> bool {
@@ -226,8 +240,25 @@ struct Live {
     capacity: usize,
     /// Prompt positions already prefilled.
     prefilled: usize,
+    /// The logits after the whole prompt, once prefilled: what a request
+    /// with the same prompt draws its first token from.
+    prompt_logits: Option<std::rc::Rc<[f32]>>,
     tokens: Vec<u32>,
     text: String,
+}
+
+impl Live {
+    fn new(index: usize, request: Request, capacity: usize) -> Live {
+        Live {
+            index,
+            request,
+            capacity,
+            prefilled: 0,
+            prompt_logits: None,
+            tokens: Vec::new(),
+            text: String::new(),
+        }
+    }
 }
 
 /// Generates up to `max_new` tokens after `prompt`, stopping after any id in
@@ -306,9 +337,13 @@ pub fn generate_batch_with<M: StepModel>(
     let mut live: Vec<Live> = Vec::with_capacity(params.max_batch);
     let mut caches: Vec<M::Cache> = Vec::with_capacity(params.max_batch);
     loop {
-        // Admit new sequences, prefill them and draw their first tokens.
+        // Admit new sequences, prefill them and draw their first tokens. A
+        // request whose prompt a live or newly admitted sequence already
+        // holds waits in `twins` for a copy of that one's cache.
         let first_new = live.len();
-        for (index, request) in waiting.by_ref().take(params.max_batch - live.len()) {
+        let mut twins: Vec<(usize, Live)> = Vec::new();
+        let room = params.max_batch - live.len();
+        for (index, request) in waiting.by_ref().take(room) {
             if request.max_new == 0 {
                 done(
                     index,
@@ -322,21 +357,33 @@ pub fn generate_batch_with<M: StepModel>(
             }
             // The last generated token is never fed back: it needs no room.
             let capacity = (request.prompt.len() + request.max_new - 1).min(context);
-            caches.push(m.new_cache(capacity)?);
-            live.push(Live {
-                index,
-                request,
-                capacity,
-                prefilled: 0,
-                tokens: Vec::new(),
-                text: String::new(),
-            });
+            let seq = Live::new(index, request, capacity);
+            match live
+                .iter()
+                .position(|s| s.request.prompt == seq.request.prompt)
+            {
+                Some(src) => twins.push((src, seq)),
+                None => {
+                    caches.push(m.new_cache(capacity)?);
+                    live.push(seq);
+                }
+            }
         }
         if live.is_empty() {
             return Ok(());
         }
         if first_new < live.len() {
             prefill(m, &mut live[first_new..], &mut caches[first_new..], params)?;
+        }
+        for (src, mut seq) in twins {
+            let n = seq.request.prompt.len();
+            caches.push(m.fork_cache(&caches[src], n, seq.capacity)?);
+            let logits = live[src].prompt_logits.clone();
+            let logits = logits.expect("a prefilled prompt keeps its logits");
+            seq.prefilled = n;
+            push_token(&mut seq, &logits);
+            seq.prompt_logits = Some(logits);
+            live.push(seq);
         }
         retire(&mut live, &mut caches, m.model(), &mut done)?;
         if live.is_empty() {
@@ -394,7 +441,9 @@ fn prefill<M: StepModel>(
         {
             seq.prefilled += n;
             if ends {
-                push_token(seq, rows.next().expect("one row per ended prompt"));
+                let row = rows.next().expect("one row per ended prompt");
+                push_token(seq, row);
+                seq.prompt_logits = Some(row.as_slice().into());
             }
         }
         // The next call starts at the first prompt not yet fully fed.

@@ -147,6 +147,29 @@ impl StepModel for GpuDecoder<'_> {
         })
     }
 
+    fn fork_cache(&mut self, src: &GpuCache, len: usize, capacity: usize) -> Result<GpuCache> {
+        if len > src.len || len > capacity {
+            return Err(Error::invalid_argument(
+                "fork_cache",
+                format!(
+                    "{len} positions asked of a cache holding {} into one of {capacity}",
+                    src.len
+                ),
+            ));
+        }
+        let dst = self.new_cache(capacity)?;
+        let s = self.gpu.qkv_width() * 4;
+        let gpu = self.gpu.backend().clone();
+        for l in 0..self.gpu.config.n_layers {
+            gpu.copy(
+                dst.buf.at(l * capacity * s),
+                src.buf.at(l * src.capacity * s),
+                len * s,
+            )?;
+        }
+        Ok(GpuCache { len, ..dst })
+    }
+
     fn splits_prompts(&self) -> bool {
         // The packed forward pass continues one shared prefix, not each
         // sequence's own cache: a prompt is prefilled in one call.

@@ -69,7 +69,8 @@ fn cpu_tokens(model: &Model, reqs: Vec<Request>) -> Vec<Vec<u32>> {
 /// up to 9 new ones run past the window, so decode attention must drop the
 /// oldest keys as the CPU does. Budgets differ, so sequences leave at
 /// different steps, and with two at a time the third joins mid-run
-/// (continuous batching), its prompt prefilled while the others decode.
+/// (continuous batching), its prompt prefilled while the others decode;
+/// the fourth repeats the first's prompt and continues a copy of its cache.
 /// Exact: GPU batched == GPU alone == CPU, token for token. bf16: batched
 /// == alone (on the emulator each row is computed alone, so exactly).
 #[test]
@@ -91,7 +92,11 @@ fn gpu_generation_matches_one_at_a_time_and_the_cpu_with_a_sliding_window() {
         ps.iter().any(|p| p.len() > 16),
         "no prompt passes the window of 16"
     );
-    let max_new = [9, 3, 6];
+    // A repeated prompt takes a copy of the first one's cache
+    // (`fork_cache`): with two at a time, while the first decodes.
+    let mut ps = ps;
+    ps.push(ps[0].clone());
+    let max_new = [9, 3, 6, 7];
     let want = cpu_tokens(&model, requests(&model, &ps, &max_new));
     for (i, w) in want.iter().enumerate() {
         assert_eq!(w.len(), max_new[i], "sequence {i} stopped early: {w:?}");
