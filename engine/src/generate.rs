@@ -241,7 +241,9 @@ struct Live {
     /// Prompt positions already prefilled.
     prefilled: usize,
     /// The logits after the whole prompt, once prefilled: what a request
-    /// with the same prompt draws its first token from.
+    /// with the same prompt draws its first token from. Kept while the
+    /// sequence lives (a later request may repeat its prompt), so the batch
+    /// holds at most `max_batch` vocabulary rows more than the caches.
     prompt_logits: Option<std::rc::Rc<[f32]>>,
     tokens: Vec<u32>,
     text: String,
