@@ -67,12 +67,13 @@ fn auc_roc_separates_true_from_swapped_pairs() {
         ..Default::default()
     };
     let mut scorer = Scorer::new(model, None, params).unwrap();
-    let mut score = |ps: &[Pair]| {
-        ps.chunks(16)
-            .flat_map(|c| scorer.score_batch(c).unwrap())
-            .collect::<Vec<_>>()
-    };
-    let (t, f) = (score(&pairs), score(&swapped));
+    // One call: a swapped pair's unconditional views (its instruction
+    // alone, its response alone) are those of two true pairs, and the
+    // scorer computes a view repeated in a batch once.
+    let all: Vec<Pair> = pairs.iter().chain(&swapped).cloned().collect();
+    let mut scores = scorer.score_batch(&all).unwrap();
+    let f = scores.split_off(n);
+    let t = scores;
     let auc = |g: fn(&main_engine::score::PairScore) -> f64| {
         roc_auc(
             &t.iter().map(g).collect::<Vec<_>>(),
