@@ -68,7 +68,7 @@ def pairs_file(records, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference(pairs_file, model, tmp_path_factory) -> dict:
+def reference(records, pairs_file, model, tmp_path_factory) -> dict:
     """id -> the §3 fields of the "alignment" object main-score writes, parsed
     by Python's json (exact: serde_json writes shortest round-trip floats)."""
     binary = need(MAIN_SCORE, "build it: cargo build --release -p main-engine --bin main-score")
@@ -86,7 +86,7 @@ def reference(pairs_file, model, tmp_path_factory) -> dict:
             missing = set(FIELDS) - set(r["alignment"])
             assert not missing, f"main-score wrote no {missing}"
             scored[r["id"]] = {k: r["alignment"][k] for k in FIELDS}
-    assert len(scored) == 200
+    assert len(scored) == len(records)
     return scored
 
 
