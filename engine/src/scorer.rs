@@ -8,7 +8,10 @@
 //! longest part of it that it shares (the system prompt for conditional
 //! views, all of it for unconditional ones). The views of one turn of a
 //! conversation share more: its history, computed once per batch and
-//! continued by each of them.
+//! continued by each of them. And turns (or pairs) of a batch that start
+//! with the same long prompt, such as a conversation's system message and
+//! tool definitions or a system prompt a whole data set repeats, compute it
+//! once for all of them (`clusters`).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -28,6 +31,7 @@
 
 use std::sync::Arc;
 
+mod clusters;
 mod generation;
 mod reuse;
 pub use generation::TextPrompt;
@@ -45,6 +49,7 @@ use crate::score::{self, Combine, Pair, PairScore, TokenScore, ViewLogprobs};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
 use crate::views::{build_view, negative_view, turn_views, ViewTokens};
+use clusters::Start;
 
 /// Settings of a [`Scorer`].
 #[derive(Clone, Debug)]
@@ -129,7 +134,8 @@ struct GroupPrefix {
 }
 
 impl Item {
-    /// Tokens the forward pass computes for this item.
+    /// Tokens the forward pass computes for this item (at most: a
+    /// cluster of the batch may compute its start once for several items).
     fn n_new(&self, views: &[&ViewTokens], prefix_ids: &[u32]) -> usize {
         let views = &views[self.views.clone()];
         match self.prefix {
@@ -213,7 +219,7 @@ impl Side {
                 .collect();
             return gpu.run(&gv);
         }
-        let items = self.items(views, groups);
+        let (items, units) = cluster_order(views, self.items(views, groups), &self.prefix_ids);
         let sizes: Vec<usize> = items
             .iter()
             .map(|it| it.n_new(views, &self.prefix_ids))
@@ -226,20 +232,48 @@ impl Side {
             prefix,
             prefix_ids: &self.prefix_ids,
         };
+        // Back to the order of `views`: each item's results go to its views.
+        let mut out: Vec<Option<Vec<f64>>> = vec![None; views.len()];
+        let mut place = |ids: &mut dyn Iterator<Item = usize>, lps: Vec<Vec<f64>>| {
+            let mut lps = lps.into_iter();
+            for i in ids {
+                for v in items[i].views.clone() {
+                    out[v] = lps.next();
+                }
+            }
+        };
         let n_lanes = lanes::n_lanes(rt.threads.n_threads(), sizes.iter().sum());
         if n_lanes == 1 {
             // The threads share each matmul of each batch.
-            let mut out = Vec::with_capacity(views.len());
             for b in lanes::batches(&sizes, batch_tokens) {
-                out.extend(cpu.run_batch(rt, views, &items[b])?);
+                let lps = cpu.run_batch(rt, views, &items[b.clone()])?;
+                place(&mut b.into_iter(), lps);
             }
-            return Ok(out);
+            return Ok(collect(out));
         }
         // One lane of views per thread, each on one thread end to end
         // (`lanes`); together they hold at most `batch_tokens` new tokens
-        // at a time, as one batch would.
-        let dealt = lanes::deal(&sizes, n_lanes);
+        // at a time, as one batch would. A cluster's items stay in one lane,
+        // in parts of at most half a lane's share, so the lanes still get
+        // equal work (each part computes the shared prompt once).
         let limit = (batch_tokens / n_lanes).max(1);
+        let cap = (sizes.iter().sum::<usize>() / (2 * n_lanes)).clamp(1, limit);
+        let units: Vec<std::ops::Range<usize>> = units
+            .into_iter()
+            .flat_map(|u| {
+                lanes::batches(&sizes[u.clone()], cap)
+                    .into_iter()
+                    .map(move |b| u.start + b.start..u.start + b.end)
+            })
+            .collect();
+        let unit_sizes: Vec<usize> = units
+            .iter()
+            .map(|u| sizes[u.clone()].iter().sum())
+            .collect();
+        let dealt: Vec<Vec<usize>> = lanes::deal(&unit_sizes, n_lanes)
+            .into_iter()
+            .map(|lane| lane.into_iter().flat_map(|u| units[u].clone()).collect())
+            .collect();
         let mut results: Vec<Option<Result<Vec<Vec<f64>>>>> = (0..n_lanes).map(|_| None).collect();
         rt.threads.for_each_mut(&mut results, |lane, result| {
             let serial = Runtime::new(1, rt.precision);
@@ -254,20 +288,10 @@ impl Side {
             };
             *result = Some(run());
         });
-        // Back to the order of `views`.
-        let mut out: Vec<Option<Vec<f64>>> = vec![None; views.len()];
         for (lane, result) in dealt.iter().zip(results) {
-            let mut lps = result.expect("every lane runs")?.into_iter();
-            for &i in lane {
-                for v in items[i].views.clone() {
-                    out[v] = lps.next();
-                }
-            }
+            place(&mut lane.iter().copied(), result.expect("every lane runs")?);
         }
-        Ok(out
-            .into_iter()
-            .map(|lp| lp.expect("every view is in one lane"))
-            .collect())
+        Ok(collect(out))
     }
 
     /// `views` cut into what is packed whole: a turn whose views share a
@@ -343,46 +367,87 @@ impl CpuSide<'_> {
     ) -> Result<Vec<Vec<f64>>> {
         let d = self.model.config.d_model;
         let prefix = self.prefix;
-        // The shared prefixes of this batch's turns first, continued from
+        // Long prompts that several items start with (a conversation's
+        // system message, a data set's system prompt), computed once from
         // the precomputed prompt; their outputs are not needed, only their
         // keys and values.
-        let grouped: Vec<(&Item, GroupPrefix)> = items
+        let starts = starts(all, items, self.prefix_ids);
+        let clusters = clusters::clusters(&starts);
+        let mut cluster_caches: Vec<KvCache> = clusters
             .iter()
-            .filter_map(|it| it.prefix.map(|p| (it, p)))
+            .map(|c| KvCache::from_prefix(prefix, c.from, c.len))
+            .collect();
+        if !clusters.is_empty() {
+            let tokens: Vec<&[u32]> = clusters
+                .iter()
+                .map(|c| &starts[c.items[0]].ids[c.from..c.len])
+                .collect();
+            self.model.forward(rt, &mut cluster_caches, &tokens)?;
+        }
+        let mut cluster_of = vec![None; items.len()];
+        for (k, c) in clusters.iter().enumerate() {
+            for &i in &c.items {
+                cluster_of[i] = Some(k);
+            }
+        }
+        // Where item `i` continues from: its cluster, else the precomputed
+        // prompt, and how many positions it takes from there.
+        let source = |i: usize| -> (&KvCache, usize) {
+            match cluster_of[i] {
+                Some(k) => (&cluster_caches[k], clusters[k].len),
+                None => (prefix, starts[i].covered),
+            }
+        };
+
+        // The shared prefixes of this batch's turns next, each continued
+        // from its source (where that covers all of it, the turn's views
+        // continue from the source itself).
+        let grouped: Vec<(usize, GroupPrefix)> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, it)| it.prefix.map(|p| (i, p)))
+            .filter(|&(i, p)| source(i).1 < p.len)
             .collect();
         let mut group_caches: Vec<KvCache> = grouped
             .iter()
-            .map(|(_, p)| KvCache::from_prefix(prefix, p.from, p.len))
+            .map(|&(i, p)| {
+                let (src, s) = source(i);
+                KvCache::from_prefix(src, s, p.len)
+            })
             .collect();
         if !grouped.is_empty() {
             let tokens: Vec<&[u32]> = grouped
                 .iter()
-                .map(|(it, p)| &all[it.views.start].ids[p.from..p.len])
+                .map(|&(i, p)| &starts[i].ids[source(i).1..p.len])
                 .collect();
             self.model.forward(rt, &mut group_caches, &tokens)?;
+        }
+        let mut group_of = vec![None; items.len()];
+        for (g, &(i, _)) in grouped.iter().enumerate() {
+            group_of[i] = Some(g);
         }
 
         // Each view: the cache it continues and how many positions it takes from it.
         let mut views: Vec<&ViewTokens> = Vec::new();
         let mut shared: Vec<usize> = Vec::new();
         let mut caches: Vec<KvCache> = Vec::new();
-        let mut g = 0;
-        for it in items {
-            let from = match it.prefix {
-                Some(p) => {
-                    g += 1;
-                    Some((&group_caches[g - 1], p.len))
-                }
-                None => None,
+        for (i, it) in items.iter().enumerate() {
+            let from = match (group_of[i], it.prefix) {
+                (Some(g), Some(p)) => (&group_caches[g], p.len),
+                _ => source(i),
             };
             for v in &all[it.views.clone()] {
-                let (src, s) = from.unwrap_or((prefix, shared_len(self.prefix_ids, v)));
+                // A lone view outside any cluster takes what it shares
+                // with the precomputed prompt (its `covered`); the views
+                // of a turn whose history the source covers take all of it.
+                let (src, s) = from;
                 views.push(v);
                 shared.push(s);
                 caches.push(KvCache::from_prefix(src, s, v.ids.len()));
             }
         }
         drop(group_caches);
+        drop(cluster_caches);
         let new_tokens: Vec<&[u32]> = views
             .iter()
             .zip(&shared)
@@ -410,6 +475,72 @@ impl CpuSide<'_> {
             views.iter().map(|v| v.ids.len() - v.n_prompt),
         ))
     }
+}
+
+/// Every view's results, once each has them.
+fn collect(out: Vec<Option<Vec<f64>>>) -> Vec<Vec<f64>> {
+    out.into_iter()
+        .map(|lp| lp.expect("every view is in one batch"))
+        .collect()
+}
+
+/// Where each item starts (`clusters::Start`): a turn's shared history, or a
+/// lone view's prompt but its last token.
+fn starts<'a>(all: &[&'a ViewTokens], items: &[Item], prefix_ids: &[u32]) -> Vec<Start<'a>> {
+    items
+        .iter()
+        .map(|it| match it.prefix {
+            Some(p) => Start {
+                ids: &all[it.views.start].ids[..p.len],
+                covered: p.from,
+            },
+            None => {
+                let v = all[it.views.start];
+                Start {
+                    ids: &v.ids[..v.n_prompt.saturating_sub(1)],
+                    covered: shared_len(prefix_ids, v),
+                }
+            }
+        })
+        .collect()
+}
+
+/// `items` reordered so that the items of each cluster (`clusters`) are
+/// next to each other, and the units they are dealt to lanes and cut into
+/// batches by: a cluster's items, or one item. Without it a cluster's items
+/// would land in different lanes and batches, and share nothing.
+fn cluster_order(
+    all: &[&ViewTokens],
+    items: Vec<Item>,
+    prefix_ids: &[u32],
+) -> (Vec<Item>, Vec<std::ops::Range<usize>>) {
+    let clusters = clusters::clusters(&starts(all, &items, prefix_ids));
+    let mut first_of = vec![None; items.len()];
+    let mut member = vec![false; items.len()];
+    for (k, c) in clusters.iter().enumerate() {
+        first_of[c.items[0]] = Some(k);
+        for &i in &c.items {
+            member[i] = true;
+        }
+    }
+    // Each cluster where its first item was, the other items in order.
+    let mut order = Vec::with_capacity(items.len());
+    let mut units = Vec::new();
+    for i in 0..items.len() {
+        let start = order.len();
+        match first_of[i] {
+            Some(k) => order.extend(&clusters[k].items),
+            None if !member[i] => order.push(i),
+            None => continue,
+        }
+        units.push(start..order.len());
+    }
+    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+    let items = order
+        .iter()
+        .map(|&i| slots[i].take().expect("each item once"))
+        .collect();
+    (items, units)
 }
 
 /// Scores pairs with a forward model and, optionally, a separate reverse
