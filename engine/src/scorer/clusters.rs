@@ -10,6 +10,9 @@
 //! (a row's keys and values are computed alone, whatever call computes
 //! them); only the work does.
 
+use super::side::{shared_len, Item};
+use crate::views::ViewTokens;
+
 /// Fewest tokens beyond the precomputed prompt that a cluster must share:
 /// below it the extra forward call and cache copies cost about what they save.
 pub(super) const MIN_SHARED: usize = 16;
@@ -84,6 +87,69 @@ fn keep(mut c: Cluster, out: &mut Vec<Cluster>) {
         c.items.sort_unstable();
         out.push(c);
     }
+}
+
+/// Where each item starts (`clusters::Start`): a turn's shared history, or a
+/// lone view's prompt but its last token.
+pub(super) fn starts<'a>(
+    all: &[&'a ViewTokens],
+    items: &[Item],
+    prefix_ids: &[u32],
+) -> Vec<Start<'a>> {
+    items
+        .iter()
+        .map(|it| match it.prefix {
+            Some(p) => Start {
+                ids: &all[it.views.start].ids[..p.len],
+                covered: p.from,
+            },
+            None => {
+                let v = all[it.views.start];
+                Start {
+                    ids: &v.ids[..v.n_prompt.saturating_sub(1)],
+                    covered: shared_len(prefix_ids, v),
+                }
+            }
+        })
+        .collect()
+}
+
+/// `items` reordered so that the items of each cluster (`clusters`) are
+/// next to each other, and the units they are dealt to lanes and cut into
+/// batches by: a cluster's items, or one item. Without it a cluster's items
+/// would land in different lanes and batches, and share nothing.
+pub(super) fn cluster_order(
+    all: &[&ViewTokens],
+    items: Vec<Item>,
+    prefix_ids: &[u32],
+) -> (Vec<Item>, Vec<std::ops::Range<usize>>) {
+    let clusters = clusters(&starts(all, &items, prefix_ids));
+    let mut first_of = vec![None; items.len()];
+    let mut member = vec![false; items.len()];
+    for (k, c) in clusters.iter().enumerate() {
+        first_of[c.items[0]] = Some(k);
+        for &i in &c.items {
+            member[i] = true;
+        }
+    }
+    // Each cluster where its first item was, the other items in order.
+    let mut order = Vec::with_capacity(items.len());
+    let mut units = Vec::new();
+    for i in 0..items.len() {
+        let start = order.len();
+        match first_of[i] {
+            Some(k) => order.extend(&clusters[k].items),
+            None if !member[i] => order.push(i),
+            None => continue,
+        }
+        units.push(start..order.len());
+    }
+    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+    let items = order
+        .iter()
+        .map(|&i| slots[i].take().expect("each item once"))
+        .collect();
+    (items, units)
 }
 
 #[cfg(test)]
